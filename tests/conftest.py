@@ -1,0 +1,47 @@
+"""Shared test settings: tolerance table, markers that skip with a reason, tiny fixtures."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+OFFICIAL_FIXTURES = SHARED / "fixtures"
+
+# Relative error tolerances per dtype for fast paths against their references (max |a-b| / max |b|).
+TOLERANCES = {
+    "float32": {"rtol": 1e-5, "atol": 1e-6},
+    "float16": {"rtol": 2e-3, "atol": 1e-3},
+    "bfloat16": {"rtol": 1.6e-2, "atol": 1e-2},
+}
+
+
+def _has_cuda() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _has_tensorrt() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not usable here"
+        return False
+    return True
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    skip_trt = pytest.mark.skip(reason="needs TensorRT (`import tensorrt` fails on this machine)")
+    cuda = _has_cuda()
+    trt = _has_tensorrt()
+    for item in items:
+        if "gpu" in item.keywords and not cuda:
+            item.add_marker(skip_gpu)
+        if "tensorrt" in item.keywords and not trt:
+            item.add_marker(skip_trt)
