@@ -1,0 +1,1 @@
+"""omg-rt: the torch-free OMG-Seg runtime."""
