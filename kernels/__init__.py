@@ -2,7 +2,12 @@
 
 ``ms_deform_attn`` and ``masked_attention`` run the Triton kernel on CUDA (and on the CPU under
 ``TRITON_INTERPRET=1`` when asked explicitly) and the plain PyTorch reference otherwise.
-``set_impl("reference" | "triton" | "auto")`` chooses for the whole model; ``impl=`` overrides per call.
+``set_impl("reference" | "triton" | "auto")`` chooses for the whole model; ``impl=`` overrides
+per call.
+
+The Triton modules are ``kernels.ms_deform_attn_triton`` and ``kernels.masked_attention_triton``:
+a submodule named like a dispatcher (``kernels/ms_deform_attn.py``) would replace the dispatcher
+function on the package the moment anything imported it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ _impl = os.environ.get("OMG_KERNELS", "auto")
 
 
 def set_impl(impl: str) -> None:
-    """Choose the implementation every dispatcher uses: ``auto`` (Triton on CUDA), ``reference``, ``triton``."""
+    """Choose what every dispatcher runs: ``auto`` (Triton on CUDA), ``reference``, ``triton``."""
     global _impl
     if impl not in IMPLS:
         raise ValueError(f"kernel impl: expected one of {IMPLS}, got {impl!r}")
@@ -40,9 +45,9 @@ def _use_triton(tensor: torch.Tensor, impl: str | None) -> bool:
 
 def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
                    *, impl: str | None = None) -> torch.Tensor:
-    """Multi-scale deformable attention; shapes as :func:`kernels.reference.ms_deform_attn_reference`."""
+    """Multi-scale deformable attention; shapes as in :func:`ms_deform_attn_reference`."""
     if _use_triton(value, impl):
-        from kernels.ms_deform_attn import ms_deform_attn_triton
+        from kernels.ms_deform_attn_triton import ms_deform_attn_triton
 
         return ms_deform_attn_triton(value, spatial_shapes, level_start_index, sampling_locations,
                                      attention_weights)
@@ -53,7 +58,7 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
 def masked_attention(q, k, v, mask, *, impl: str | None = None) -> torch.Tensor:
     """Masked attention; shapes as :func:`kernels.reference.masked_attention_reference`."""
     if _use_triton(q, impl):
-        from kernels.masked_attention import masked_attention_triton
+        from kernels.masked_attention_triton import masked_attention_triton
 
         return masked_attention_triton(q, k, v, mask)
     return masked_attention_reference(q, k, v, mask)

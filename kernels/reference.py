@@ -53,9 +53,8 @@ def ms_deform_attn_reference(
     for level, (h, w) in enumerate(sizes):
         value_l = per_level[level].flatten(2).transpose(1, 2).reshape(n * m, d, h, w)
         grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (N*M, Lq, P, 2)
-        sampled.append(
-            F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
-        )  # (N*M, D, Lq, P)
+        sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros",
+                                     align_corners=False))  # (N*M, D, Lq, P)
     weights = attention_weights.float().transpose(1, 2).reshape(n * m, 1, lq, levels * points)
     out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)  # (N*M, D, Lq)
     return out.view(n, m * d, lq).transpose(1, 2).to(out_dtype)
