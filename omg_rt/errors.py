@@ -1,4 +1,5 @@
-"""Typed errors of omg-rt: raised at the boundary, with the argument, what was expected and what came."""
+"""Typed errors of omg-rt, raised at the boundary; messages name the argument, what was expected
+and what came."""
 
 from __future__ import annotations
 
