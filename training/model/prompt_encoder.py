@@ -1,0 +1,65 @@
+"""Visual prompts -> decoder queries (the official head's ``enable_box_query`` path).
+
+Every prompt is a box: a click (x, y) becomes [x - r, y - r, x + r, y + r] (r = 3 px in
+resized-image pixels, as the official point evaluation). Boxes are normalised by the resized
+image size, turned into (cx, cy, w, h), passed through mmdet's ``inverse_sigmoid`` and back through
+``sigmoid`` (a clamp to [1e-5, 1 - 1e-5], kept for bit parity), sine-encoded and projected: that is
+the query's position. Its content is a box/point type embedding plus a learned mask token. The
+official inference feeds clicks with the *box* type (0) too, and so do we.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from training.model.position_encoding import coordinate_to_encoding
+
+BOX_TYPE = 0
+POINT_TYPE = 1
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def points_to_boxes(points: torch.Tensor, radius: float) -> torch.Tensor:
+    """(..., 2) clicks (x, y) -> (..., 4) pseudo boxes [x - r, y - r, x + r, y + r]."""
+    return torch.cat([points - radius, points + radius], dim=-1)
+
+
+class BoxPromptEncoder(nn.Module):
+    """Boxes (xyxy, resized-image pixels) -> prompt queries (content, position)."""
+
+    def __init__(self, *, embed_dim: int) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.mask_tokens = nn.Embedding(1, embed_dim)
+        self.pb_embedding = nn.Embedding(2, embed_dim)  # 0 = box, 1 = point
+        self.pos_linear = nn.Linear(2 * embed_dim, embed_dim)
+
+    def forward(self, boxes: torch.Tensor, image_size: torch.Tensor,
+                prompt_types: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            boxes: (B, P, 4) xyxy in resized-image pixels.
+            image_size: (B, 2) or (2,) float (height, width) of the resized (unpadded) image.
+            prompt_types: (B, P) int64, 0 = box, 1 = point; default all boxes.
+
+        Returns:
+            content: (B, P, C) query features.
+            position: (B, P, C) query position embeddings.
+        """
+        size = image_size.to(boxes.dtype).reshape(-1, 1, 2)
+        h, w = size[..., 0], size[..., 1]
+        normalised = boxes / torch.stack([w, h, w, h], dim=-1)
+        x0, y0, x1, y1 = normalised.unbind(-1)
+        cxcywh = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
+        box_code = coordinate_to_encoding(inverse_sigmoid(cxcywh).sigmoid(), self.embed_dim // 2)
+        position = self.pos_linear(box_code)
+        if prompt_types is None:
+            prompt_types = torch.full(boxes.shape[:2], BOX_TYPE, dtype=torch.int64,
+                                      device=boxes.device)
+        content = self.pb_embedding(prompt_types) + self.mask_tokens.weight[0]
+        return content, position

@@ -1,0 +1,212 @@
+"""The Mask2Former transformer decoder with OMG-Seg's heads (mmdet ``Mask2FormerTransformerDecoder``
+inside the official ``Mask2FormerVideoHead``).
+
+Each of the 9 layers: masked cross-attention to one memory level (cycling stride 32, 16, 8) ->
+self-attention -> FFN, post-norm. A query may attend only where its previous mask prediction
+(resized to the level) has sigmoid >= 0.5; a query whose mask would block every key attends to
+all keys (Mask2Former's rule). Heads (mask, class, IoU) run on the post-normed queries before the
+first layer and after every layer; at inference only the last class/IoU heads matter, so the
+intermediate ones compute masks only (an exact saving).
+
+Video: a clip's T frames share one decoding. Memories join along the token axis (frame-major)
+with the 3-D sine code; mask features are stacked along height, so each query predicts a tube.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+from training.model.classifier import OpenVocabClassifier, text_logits
+from training.model.position_encoding import sine_encoding_3d
+
+
+@dataclass
+class QueryPredictions:
+    """One prediction head's output for a batch of clips (T = 1 for images).
+
+    class_logits: (B, Q, K + 1) void last; mask_logits: (B, Q, T, H/4, W/4);
+    iou_logits: (B, Q); query_embeddings: (B, Q, C) the decoder queries before the final norm.
+    """
+
+    class_logits: torch.Tensor | None
+    mask_logits: torch.Tensor
+    iou_logits: torch.Tensor | None
+    query_embeddings: torch.Tensor
+
+
+class MultiheadAttention(nn.Module):
+    """``nn.MultiheadAttention``'s parameter layout (packed q/k/v ``in_proj``) with the attention
+    itself done by ``kernels.masked_attention`` (reference or Triton)."""
+
+    def __init__(self, embed_dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+
+    def _project(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        c = x.shape[-1]
+        w = self.in_proj_weight[index * c:(index + 1) * c]
+        b = self.in_proj_bias[index * c:(index + 1) * c]
+        y = F.linear(x, w, b)
+        return y.unflatten(-1, (self.num_heads, c // self.num_heads)).transpose(1, 2)  # (B, M, L, d)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                allowed: torch.Tensor | None) -> torch.Tensor:
+        """query (B, Q, C), key/value (B, K, C), allowed (B, 1, Q, K) bool -> (B, Q, C)."""
+        out = kernels.masked_attention(self._project(query, 0), self._project(key, 1),
+                                       self._project(value, 2), allowed)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+    def value_only(self, value: torch.Tensor) -> torch.Tensor:
+        """Attention where every query sees only itself: softmax of one key is 1, so the output
+        is out_proj(v_proj(value)) exactly."""
+        c = value.shape[-1]
+        v = F.linear(value, self.in_proj_weight[2 * c:], self.in_proj_bias[2 * c:])
+        return self.out_proj(v)
+
+
+class DecoderLayer(nn.Module):
+    """Masked cross-attention -> self-attention -> FFN, each followed by LayerNorm."""
+
+    def __init__(self, *, embed_dim: int, num_heads: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.cross_attn = MultiheadAttention(embed_dim, num_heads)
+        self.norm_cross = nn.LayerNorm(embed_dim)
+        self.self_attn = MultiheadAttention(embed_dim, num_heads)
+        self.norm_self = nn.LayerNorm(embed_dim)
+        self.fc1 = nn.Linear(embed_dim, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, embed_dim)
+        self.norm_ffn = nn.LayerNorm(embed_dim)
+
+    def forward(self, queries: torch.Tensor, query_pos: torch.Tensor, memory: torch.Tensor,
+                memory_pos: torch.Tensor, allowed: torch.Tensor, isolated: bool) -> torch.Tensor:
+        cross = self.cross_attn(queries + query_pos, memory + memory_pos, memory, allowed)
+        queries = self.norm_cross(queries + cross)
+        if isolated:  # prompt queries attend only to themselves (official diagonal mask)
+            update = self.self_attn.value_only(queries)
+        else:
+            q = queries + query_pos
+            update = self.self_attn(q, q, queries, None)
+        queries = self.norm_self(queries + update)
+        return self.norm_ffn(queries + self.fc2(F.relu(self.fc1(queries))))
+
+
+def _mlp(dims: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class Mask2FormerQueryDecoder(nn.Module):
+    """Queries attend to the pixel decoder's memories and predict masks, classes and IoU.
+
+    Args:
+        embed_dim: width (256); num_layers: 9; num_heads: 8; ffn_dim: 2048;
+        num_queries: learned semantic queries (300); num_levels: memory levels (3);
+        clip_dim: text bank dimension (768 for ConvNeXt-L); logit_scale_log: 4.6052.
+    """
+
+    def __init__(self, *, embed_dim: int, num_layers: int, num_heads: int, ffn_dim: int,
+                 num_queries: int, clip_dim: int, logit_scale_log: float,
+                 num_levels: int = 3) -> None:
+        super().__init__()
+        self.embed_dim, self.num_levels = embed_dim, num_levels
+        self.layers = nn.ModuleList(
+            DecoderLayer(embed_dim=embed_dim, num_heads=num_heads, ffn_dim=ffn_dim)
+            for _ in range(num_layers))
+        self.post_norm = nn.LayerNorm(embed_dim)
+        self.query_feat = nn.Embedding(num_queries, embed_dim)
+        self.query_embed = nn.Embedding(num_queries, embed_dim)
+        self.level_embed = nn.Embedding(num_levels, embed_dim)
+        self.mask_embed = _mlp([embed_dim] * 4)
+        self.iou_embed = _mlp([embed_dim] * 3 + [1])
+        self.classifier = OpenVocabClassifier(embed_dim=embed_dim, clip_dim=clip_dim)
+        # float32 exp as the official buffer computes it
+        self.register_buffer("logit_scale", torch.tensor(logit_scale_log).exp(), persistent=False)
+
+    def forward(self, memories: list[torch.Tensor], mask_features: torch.Tensor,
+                class_bank: torch.Tensor, *, num_frames: int = 1,
+                prompt_queries: tuple[torch.Tensor, torch.Tensor] | None = None,
+                all_layers: bool = False) -> list[QueryPredictions]:
+        """
+        Args:
+            memories: three (B*T, C, h_l, w_l) maps, strides 32, 16, 8.
+            mask_features: (B*T, C, H, W) stride-4 features.
+            class_bank: (K, S, D) unit-norm text embeddings.
+            num_frames: T, frames per clip (1 for images).
+            prompt_queries: (content, position), each (B, P, C), to decode prompts instead of the
+                learned queries; prompts do not see each other.
+            all_layers: return every head's predictions with classes (training); otherwise only
+                the last one.
+
+        Returns:
+            predictions, one per head call (initial + every layer) or just the last.
+        """
+        t = num_frames
+        bt, c, h4, w4 = mask_features.shape
+        b = bt // t
+        # (B*T, C, H, W) -> (B, C, T*H, W): frames stacked along height
+        stacked = mask_features.unflatten(0, (b, t)).transpose(1, 2).flatten(2, 3)
+        keys, key_pos, sizes = [], [], []
+        for i, memory in enumerate(memories):
+            h, w = memory.shape[-2:]
+            tokens = memory.flatten(2).transpose(1, 2).unflatten(0, (b, t)).flatten(1, 2)  # (B, T*hw, C)
+            keys.append(tokens + self.level_embed.weight[i])
+            key_pos.append(sine_encoding_3d(t, h, w, c // 2, memory.device)[None])
+            sizes.append((h, w))
+        if prompt_queries is None:
+            queries = self.query_feat.weight[None].expand(b, -1, -1)
+            query_pos = self.query_embed.weight[None].expand(b, -1, -1)
+            isolated = False
+        else:
+            queries, query_pos = prompt_queries
+            isolated = True
+
+        outputs = []
+        last = len(self.layers)
+        pred = self._predict(queries, stacked, class_bank, t, with_classes=all_layers or last == 0)
+        outputs.append(pred)
+        for i, layer in enumerate(self.layers):
+            level = i % self.num_levels
+            allowed = self._attention_mask(pred.mask_logits, sizes[level])
+            queries = layer(queries, query_pos, keys[level], key_pos[level], allowed, isolated)
+            pred = self._predict(queries, stacked, class_bank, t,
+                                 with_classes=all_layers or i == last - 1)
+            outputs.append(pred)
+        return outputs if all_layers else outputs[-1:]
+
+    def _predict(self, queries: torch.Tensor, stacked_features: torch.Tensor,
+                 class_bank: torch.Tensor, num_frames: int, with_classes: bool) -> QueryPredictions:
+        normed = self.post_norm(queries)
+        mask_logits = torch.einsum("bqc,bchw->bqhw", self.mask_embed(normed), stacked_features)
+        class_logits = iou_logits = None
+        if with_classes:
+            embeddings = self.classifier(normed, stacked_features, mask_logits)
+            class_logits = text_logits(embeddings, class_bank, self.logit_scale)
+            iou_logits = self.iou_embed(normed)[..., 0]
+        return QueryPredictions(class_logits=class_logits,
+                                mask_logits=mask_logits.unflatten(2, (num_frames, -1)),
+                                iou_logits=iou_logits, query_embeddings=queries)
+
+    @staticmethod
+    def _attention_mask(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, Q, T, H, W) mask logits -> (B, 1, Q, T*h*w) bool, True = may attend.
+
+        Each frame is resized to the level's (h, w), bilinear, align_corners=False; a key is
+        blocked where sigmoid(logit) < 0.5 (the official test, kept literally for parity)."""
+        b, q, t = mask_logits.shape[:3]
+        resized = F.interpolate(mask_logits.flatten(1, 2), size=size, mode="bilinear",
+                                align_corners=False)  # (B, Q*T, h, w)
+        allowed = resized.sigmoid() >= 0.5
+        return allowed.view(b, q, -1)[:, None].detach()
