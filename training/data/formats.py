@@ -8,6 +8,7 @@ order the JSON lists them, which gives the contiguous class indices the model tr
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,12 @@ def rle_decode(segmentation: Any, height: int, width: int) -> np.ndarray:
         raise DataFormatError(
             f"segmentation: expected polygons, RLE or uncompressed RLE, got {type(segmentation)}"
         )
-    mask = mask_utils.decode(rle).astype(bool)
+    with warnings.catch_warnings():
+        # pycocotools' compiled decode trips numpy 2's `__array__(copy=...)` deprecation; the
+        # result is right, the warning is noise on every call.
+        warnings.filterwarnings("ignore", message="__array__ implementation",
+                                category=DeprecationWarning)
+        mask = mask_utils.decode(rle).astype(bool)
     if mask.shape != (height, width):
         raise DataFormatError(
             f"segmentation: expected size ({height}, {width}), got {mask.shape}"
