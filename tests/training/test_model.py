@@ -1,0 +1,203 @@
+"""The PyTorch OMG-Seg model on the tiny preset: shapes, ranges, determinism, the masked-attention
+rule, prompt independence, checkpoints and their errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from omg_rt.errors import CheckpointError
+from omg_rt.spec import PRESETS, ModelSpec, PixelDecoderSpec, get_preset
+from tests.conftest import OFFICIAL_FIXTURES
+from training.model import build_model
+from training.model.checkpoint import load_checkpoint, remap_official_keys, save_checkpoint
+from training.model.query_decoder import Mask2FormerQueryDecoder
+
+torch.set_grad_enabled(False)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_model("tiny").eval()
+
+
+def _bank(k: int = 6, s: int = 2, d: int = 64, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(k, s, d, generator=g), dim=-1)
+
+
+def _images(n: int, h: int = 64, w: int = 96, seed: int = 2) -> torch.Tensor:
+    return torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_round_trips_through_json(name):
+    spec = get_preset(name)
+    assert ModelSpec.from_json(spec.to_json()) == spec
+
+
+def test_invalid_spec_is_rejected_with_the_reason():
+    with pytest.raises(ValueError, match="num_groups"):
+        ModelSpec(pixel_decoder=PixelDecoderSpec(embed_dim=256, num_groups=30))
+    with pytest.raises(ValueError, match="unknown fields"):
+        ModelSpec.from_dict({"nonsense": 1})
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset("huge")
+
+
+def test_image_outputs_have_the_documented_shapes_and_ranges(tiny):
+    images, bank = _images(2), _bank()
+    features = tiny.encode(images)
+    assert [f.shape[-1] for f in features] == [24, 12, 6, 3]
+    mask_features, memories = tiny.decode_pixels(features)
+    assert mask_features.shape == (2, 64, 16, 24)
+    assert [m.shape[-2:] for m in memories] == [(2, 3), (4, 6), (8, 12)]
+    out = tiny.decode_queries(memories, mask_features, bank)[-1]
+    q = tiny.config.query_decoder.num_queries
+    assert out.class_logits.shape == (2, q, 7)
+    assert out.mask_logits.shape == (2, q, 1, 16, 24)
+    assert out.iou_logits.shape == (2, q)
+    assert torch.all(out.class_logits[..., -1] == 0), "void is a zero embedding: logit exactly 0"
+    scale = tiny.query_decoder.logit_scale
+    assert out.class_logits.abs().max() <= scale * (1 + 1e-5), "cosine logits are bounded by the scale"
+    assert torch.isfinite(out.mask_logits).all()
+
+
+def test_same_input_gives_the_same_output(tiny):
+    a = tiny(_images(1), _bank())[-1]
+    b = tiny(_images(1), _bank())[-1]
+    assert torch.equal(a.class_logits, b.class_logits) and torch.equal(a.mask_logits, b.mask_logits)
+
+
+def test_batch_items_are_independent(tiny):
+    images = _images(2)
+    both = tiny(images, _bank())[-1]
+    one = tiny(images[1:], _bank())[-1]
+    torch.testing.assert_close(both.mask_logits[1:], one.mask_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_video_clip_predicts_one_tube_per_query(tiny):
+    out = tiny(_images(6), _bank(), num_frames=3)[-1]
+    q = tiny.config.query_decoder.num_queries
+    assert out.mask_logits.shape == (2, q, 3, 16, 24)
+    assert out.class_logits.shape == (2, q, 7)
+    # frames of a clip are decoded jointly: changing frame 2 changes frame 0's tube masks
+    images = _images(6)
+    changed = images.clone()
+    changed[2] += 1.0
+    a = tiny(images, _bank(), num_frames=3)[-1]
+    b = tiny(changed, _bank(), num_frames=3)[-1]
+    assert not torch.allclose(a.mask_logits[0, :, 0], b.mask_logits[0, :, 0])
+    torch.testing.assert_close(a.mask_logits[1], b.mask_logits[1])  # the other clip is untouched
+
+
+def test_all_layers_gives_a_prediction_per_head_call(tiny):
+    outs = tiny(_images(1), _bank(), all_layers=True)
+    assert len(outs) == tiny.config.query_decoder.num_layers + 1
+    assert all(o.class_logits is not None and o.iou_logits is not None for o in outs)
+
+
+def test_fully_masked_query_attends_to_every_key():
+    # A mask that blocks every key for one query must behave as no mask for that query.
+    mask_logits = torch.full((1, 2, 1, 8, 8), -5.0)
+    mask_logits[0, 1, 0, :4] = 5.0  # query 1 sees the top half only
+    allowed = Mask2FormerQueryDecoder._attention_mask(mask_logits, (4, 4))
+    assert not allowed[0, 0, 0].any() and allowed[0, 0, 1].any()
+    import kernels
+
+    q = torch.randn(1, 2, 2, 8)
+    k = torch.randn(1, 2, 16, 8)
+    v = torch.randn(1, 2, 16, 8)
+    out = kernels.masked_attention(q, k, v, allowed, impl="reference")
+    plain = kernels.masked_attention(q, k, v, None, impl="reference")
+    torch.testing.assert_close(out[:, :, 0], plain[:, :, 0])
+    assert not torch.allclose(out[:, :, 1], plain[:, :, 1])
+
+
+def test_prompt_results_do_not_depend_on_other_prompts(tiny):
+    images, bank = _images(1), _bank()
+    size = torch.tensor([64.0, 96.0])
+    boxes = torch.tensor([[[4.0, 4.0, 40.0, 30.0], [50.0, 10.0, 90.0, 60.0], [20.0, 20.0, 26.0, 26.0]]])
+    mask_features, memories = tiny.decode_pixels(tiny.encode(images))
+    together = tiny.decode_queries(memories, mask_features, bank, prompt_boxes=boxes, image_size=size)[-1]
+    for i in range(3):
+        alone = tiny.decode_queries(memories, mask_features, bank, prompt_boxes=boxes[:, i:i + 1],
+                                    image_size=size)[-1]
+        torch.testing.assert_close(together.mask_logits[:, i:i + 1], alone.mask_logits, rtol=1e-5, atol=1e-5)
+    # ... and a prompt's result does depend on where it is
+    assert not torch.allclose(together.mask_logits[0, 0], together.mask_logits[0, 1])
+
+
+def test_prompts_need_the_image_size(tiny):
+    mask_features, memories = tiny.decode_pixels(tiny.encode(_images(1)))
+    with pytest.raises(ValueError, match="image_size"):
+        tiny.decode_queries(memories, mask_features, _bank(), prompt_boxes=torch.zeros(1, 1, 4))
+
+
+def test_checkpoint_round_trip_keeps_every_weight_and_output(tiny, tmp_path):
+    save_checkpoint(tiny, tmp_path / "run")
+    loaded, spec = load_checkpoint(tmp_path / "run")
+    assert spec == tiny.config
+    for (k, a), (k2, b) in zip(tiny.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    a = tiny(_images(1), _bank())[-1]
+    b = loaded(_images(1), _bank())[-1]
+    assert torch.equal(a.mask_logits, b.mask_logits)
+
+
+def test_bad_checkpoints_raise_checkpoint_error_naming_the_problem(tiny, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pth")
+    save_checkpoint(tiny, tmp_path / "run")
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(tmp_path / "run" / "checkpoint.safetensors"))
+    weights.pop("query_decoder.query_feat.weight")
+    weights["query_decoder.bogus"] = torch.zeros(1)
+    save_file(weights, str(tmp_path / "run" / "checkpoint.safetensors"))
+    with pytest.raises(CheckpointError, match=r"missing 1: query_decoder.query_feat.weight.*"
+                                              r"unexpected 1: query_decoder.bogus"):
+        load_checkpoint(tmp_path / "run")
+    torch.save({"some.key": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="panoptic_head"):
+        load_checkpoint(tmp_path / "other.pth")
+    (tmp_path / "pickle.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="weights-only"):
+        load_checkpoint(tmp_path / "pickle.pth")
+
+
+def test_official_key_map_places_every_tensor_and_rejects_strays():
+    layout = json.loads((OFFICIAL_FIXTURES / "official_omg_seg_convl_keys.json").read_text())
+    names = list(layout["decoder"]) + list(layout["backbone_if_wrapped"])
+    # distinct values so a swapped mapping cannot pass
+    state = {k: torch.full((1,), float(i)) for i, k in enumerate(names)}
+    mapped = remap_official_keys(state)
+    model = build_model("omg-convl", with_text_encoder=False)
+    ours = model.state_dict()
+    assert set(mapped) == set(ours)
+    for key in names:
+        assert key in layout["decoder"] or key in layout["backbone_if_wrapped"]
+    shapes = {**layout["decoder"], **layout["backbone_if_wrapped"]}
+    index = {float(i): k for i, k in enumerate(names)}
+    for new_key, value in mapped.items():
+        assert tuple(ours[new_key].shape) == tuple(shapes[index[float(value)]]), new_key
+    expect = {
+        "panoptic_head.pixel_decoder.encoder.layers.3.ffn.layers.0.0.weight":
+            "pixel_decoder.encoder.3.ffn.fc1.weight",
+        "panoptic_head.transformer_decoder.layers.7.norms.1.bias": "query_decoder.layers.7.norm_self.bias",
+        "panoptic_head.transformer_decoder.layers.0.cross_attn.attn.in_proj_weight":
+            "query_decoder.layers.0.cross_attn.in_proj_weight",
+        "panoptic_head.cls_proj.4.weight": "query_decoder.classifier.cls_proj.4.weight",
+        "panoptic_head.pb_embedding.weight": "prompt_encoder.pb_embedding.weight",
+        "backbone.layer3.blocks.26.mlp.fc2.weight": "backbone.trunk.stages.2.blocks.26.mlp.fc2.weight",
+        "backbone.head.1.mlp.fc1.weight": "backbone.head.mlp.fc1.weight",
+        "backbone.head.0.norm.weight": "backbone.trunk.head.norm.weight",
+    }
+    for old, new in expect.items():
+        assert float(mapped[new]) == float(state[old]), (old, new)
+    with pytest.raises(CheckpointError, match="panoptic_head.stray"):
+        remap_official_keys({"panoptic_head.stray.weight": torch.zeros(1)})
