@@ -519,6 +519,6 @@ def test_id_consistency_counts_unmatched_frames_and_breaks_ties_by_the_smaller_i
 
 def test_metrics_never_import_torch():
     code = ("import sys, omg_rt.metrics; "
-            "bad = [m for m in ('torch', 'training', 'skimage', 'panopticapi') if m in sys.modules]; "
-            "sys.exit(f'imported {bad}' if bad else 0)")
+            "bad = [m for m in ('torch', 'training', 'skimage', 'panopticapi') "
+            "if m in sys.modules]; sys.exit(f'imported {bad}' if bad else 0)")
     subprocess.run([sys.executable, "-c", code], check=True)
