@@ -118,17 +118,25 @@ class ModelSpec:
         problems = []
         pd, qd = self.pixel_decoder, self.query_decoder
         if pd.embed_dim != qd.embed_dim:
-            problems.append(f"pixel_decoder.embed_dim {pd.embed_dim} != query_decoder.embed_dim "
-                            f"{qd.embed_dim} (the official model has no decoder input projections)")
+            problems.append(
+                f"pixel_decoder.embed_dim {pd.embed_dim} != query_decoder.embed_dim "
+                f"{qd.embed_dim} (the official model has no decoder input projections)"
+            )
         if pd.embed_dim % pd.num_groups:
-            problems.append(f"pixel_decoder.embed_dim {pd.embed_dim} is not divisible by "
-                            f"num_groups {pd.num_groups}")
-        for part, dim, heads in (("pixel_decoder", pd.embed_dim, pd.num_heads),
-                                 ("query_decoder", qd.embed_dim, qd.num_heads)):
+            problems.append(
+                f"pixel_decoder.embed_dim {pd.embed_dim} is not divisible by "
+                f"num_groups {pd.num_groups}"
+            )
+        for part, dim, heads in (
+            ("pixel_decoder", pd.embed_dim, pd.num_heads),
+            ("query_decoder", qd.embed_dim, qd.num_heads),
+        ):
             if dim % heads:
                 problems.append(f"{part}.embed_dim {dim} is not divisible by num_heads {heads}")
         if pd.num_levels != 3:
-            problems.append(f"pixel_decoder.num_levels must be 3 (strides 8/16/32), got {pd.num_levels}")
+            problems.append(
+                f"pixel_decoder.num_levels must be 3 (strides 8/16/32), got {pd.num_levels}"
+            )
         if qd.num_layers < 1 or qd.num_queries < 1:
             problems.append("query_decoder needs at least one layer and one query")
         if len(self.backbone.widths) != 4 or len(self.backbone.depths) != 4:
@@ -190,14 +198,22 @@ PRESETS: dict[str, ModelSpec] = {
     # Tests, CI and the demo: a few hundred thousand parameters, runs in milliseconds on a CPU.
     "tiny": ModelSpec(
         name="tiny",
-        backbone=BackboneSpec(clip_model="custom", timm_model="convnext_atto",
-                              widths=(16, 32, 64, 128), depths=(1, 1, 2, 1), embed_dim=64,
-                              frozen=False, pretrained_tag=None),
+        backbone=BackboneSpec(
+            clip_model="custom",
+            timm_model="convnext_atto",
+            widths=(16, 32, 64, 128),
+            depths=(1, 1, 2, 1),
+            embed_dim=64,
+            frozen=False,
+            pretrained_tag=None,
+        ),
         text=TextEncoderSpec(context_length=16, vocab_size=49408, width=64, heads=2, layers=2),
-        pixel_decoder=PixelDecoderSpec(embed_dim=64, num_layers=2, num_heads=4, num_points=4,
-                                       ffn_dim=128, num_groups=32),
-        query_decoder=QueryDecoderSpec(embed_dim=64, num_layers=3, num_heads=4, ffn_dim=128,
-                                       num_queries=20),
+        pixel_decoder=PixelDecoderSpec(
+            embed_dim=64, num_layers=2, num_heads=4, num_points=4, ffn_dim=128, num_groups=32
+        ),
+        query_decoder=QueryDecoderSpec(
+            embed_dim=64, num_layers=3, num_heads=4, ffn_dim=128, num_queries=20
+        ),
         preprocess=PreprocessSpec(image_scale=(128, 128), video_scale=(128, 128)),
     ),
 }

@@ -1,4 +1,5 @@
-"""Regenerates the official golden fixtures' deterministic weights (see ../shared/fixtures/README.md)."""
+"""Regenerates the official golden fixtures' deterministic weights
+(see ../shared/fixtures/README.md)."""
 
 from __future__ import annotations
 
@@ -36,10 +37,12 @@ def official_state_dicts() -> tuple[dict[str, torch.Tensor], dict[str, torch.Ten
     """(decoder state dict as the published file, backbone as an OpenCLIP ``visual.*`` dict)."""
     layout = json.loads(KEYS.read_text())
     decoder = {k: deterministic_tensor(k, shape) for k, shape in layout["decoder"].items()}
-    wrapped = {k: deterministic_tensor(k, shape) for k, shape in layout["backbone_if_wrapped"].items()}
+    wrapped = {
+        k: deterministic_tensor(k, shape) for k, shape in layout["backbone_if_wrapped"].items()
+    }
     visual = {}
     for key, value in wrapped.items():
-        name = key[len("backbone."):]
+        name = key[len("backbone.") :]
         if name.startswith("stem."):
             visual["visual.trunk." + name] = value
         elif name.startswith("layer"):

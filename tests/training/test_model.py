@@ -63,7 +63,9 @@ def test_image_outputs_have_the_documented_shapes_and_ranges(tiny):
     assert out.iou_logits.shape == (2, q)
     assert torch.all(out.class_logits[..., -1] == 0), "void is a zero embedding: logit exactly 0"
     scale = tiny.query_decoder.logit_scale
-    assert out.class_logits.abs().max() <= scale * (1 + 1e-5), "cosine logits are bounded by the scale"
+    assert out.class_logits.abs().max() <= scale * (1 + 1e-5), (
+        "cosine logits are bounded by the scale"
+    )
     assert torch.isfinite(out.mask_logits).all()
 
 
@@ -121,13 +123,20 @@ def test_fully_masked_query_attends_to_every_key():
 def test_prompt_results_do_not_depend_on_other_prompts(tiny):
     images, bank = _images(1), _bank()
     size = torch.tensor([64.0, 96.0])
-    boxes = torch.tensor([[[4.0, 4.0, 40.0, 30.0], [50.0, 10.0, 90.0, 60.0], [20.0, 20.0, 26.0, 26.0]]])
+    boxes = torch.tensor(
+        [[[4.0, 4.0, 40.0, 30.0], [50.0, 10.0, 90.0, 60.0], [20.0, 20.0, 26.0, 26.0]]]
+    )
     mask_features, memories = tiny.decode_pixels(tiny.encode(images))
-    together = tiny.decode_queries(memories, mask_features, bank, prompt_boxes=boxes, image_size=size)[-1]
+    together = tiny.decode_queries(
+        memories, mask_features, bank, prompt_boxes=boxes, image_size=size
+    )[-1]
     for i in range(3):
-        alone = tiny.decode_queries(memories, mask_features, bank, prompt_boxes=boxes[:, i:i + 1],
-                                    image_size=size)[-1]
-        torch.testing.assert_close(together.mask_logits[:, i:i + 1], alone.mask_logits, rtol=1e-5, atol=1e-5)
+        alone = tiny.decode_queries(
+            memories, mask_features, bank, prompt_boxes=boxes[:, i : i + 1], image_size=size
+        )[-1]
+        torch.testing.assert_close(
+            together.mask_logits[:, i : i + 1], alone.mask_logits, rtol=1e-5, atol=1e-5
+        )
     # ... and a prompt's result does depend on where it is
     assert not torch.allclose(together.mask_logits[0, 0], together.mask_logits[0, 1])
 
@@ -159,8 +168,11 @@ def test_bad_checkpoints_raise_checkpoint_error_naming_the_problem(tiny, tmp_pat
     weights.pop("query_decoder.query_feat.weight")
     weights["query_decoder.bogus"] = torch.zeros(1)
     save_file(weights, str(tmp_path / "run" / "checkpoint.safetensors"))
-    with pytest.raises(CheckpointError, match=r"missing 1: query_decoder.query_feat.weight.*"
-                                              r"unexpected 1: query_decoder.bogus"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"missing 1: query_decoder.query_feat.weight.*"
+        r"unexpected 1: query_decoder.bogus",
+    ):
         load_checkpoint(tmp_path / "run")
     torch.save({"some.key": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="panoptic_head"):
@@ -186,11 +198,9 @@ def test_official_key_map_places_every_tensor_and_rejects_strays():
     for new_key, value in mapped.items():
         assert tuple(ours[new_key].shape) == tuple(shapes[index[float(value)]]), new_key
     expect = {
-        "panoptic_head.pixel_decoder.encoder.layers.3.ffn.layers.0.0.weight":
-            "pixel_decoder.encoder.3.ffn.fc1.weight",
+        "panoptic_head.pixel_decoder.encoder.layers.3.ffn.layers.0.0.weight": "pixel_decoder.encoder.3.ffn.fc1.weight",
         "panoptic_head.transformer_decoder.layers.7.norms.1.bias": "query_decoder.layers.7.norm_self.bias",
-        "panoptic_head.transformer_decoder.layers.0.cross_attn.attn.in_proj_weight":
-            "query_decoder.layers.0.cross_attn.in_proj_weight",
+        "panoptic_head.transformer_decoder.layers.0.cross_attn.attn.in_proj_weight": "query_decoder.layers.0.cross_attn.in_proj_weight",
         "panoptic_head.cls_proj.4.weight": "query_decoder.classifier.cls_proj.4.weight",
         "panoptic_head.pb_embedding.weight": "prompt_encoder.pb_embedding.weight",
         "backbone.layer3.blocks.26.mlp.fc2.weight": "backbone.trunk.stages.2.blocks.26.mlp.fc2.weight",

@@ -26,11 +26,24 @@ class OpenCLIPBackbone(nn.Module):
         frozen: no gradients and always eval mode, as the official model.
     """
 
-    def __init__(self, *, timm_model: str, widths: tuple[int, ...], depths: tuple[int, ...],
-                 embed_dim: int, head: str = "mlp", frozen: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        timm_model: str,
+        widths: tuple[int, ...],
+        depths: tuple[int, ...],
+        embed_dim: int,
+        head: str = "mlp",
+        frozen: bool = True,
+    ) -> None:
         super().__init__()
-        self.trunk = timm.create_model(timm_model, pretrained=False, dims=tuple(widths),
-                                       depths=tuple(depths), drop_path_rate=0.0)
+        self.trunk = timm.create_model(
+            timm_model,
+            pretrained=False,
+            dims=tuple(widths),
+            depths=tuple(depths),
+            drop_path_rate=0.0,
+        )
         # OpenCLIP resets only the classifier: the head keeps its global pool + LayerNorm.
         self.trunk.reset_classifier(0)
         width = widths[-1]

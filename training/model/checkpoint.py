@@ -26,14 +26,20 @@ from omg_rt.spec import ModelSpec, get_preset
 
 OFFICIAL_PREFIX = "panoptic_head."
 
-# Ordered (pattern, replacement) rules, applied to a key after ``panoptic_head.``; the first match wins.
+# Ordered (pattern, replacement) rules for a key after ``panoptic_head.``; the first match wins.
 _DECODER_RULES: list[tuple[str, str]] = [
     (r"^pixel_decoder\.input_convs\.(\d+)\.conv\.", r"pixel_decoder.input_projections.\1.conv."),
     (r"^pixel_decoder\.input_convs\.(\d+)\.gn\.", r"pixel_decoder.input_projections.\1.norm."),
     (r"^pixel_decoder\.level_encoding\.", r"pixel_decoder.level_embed."),
     (r"^pixel_decoder\.encoder\.layers\.(\d+)\.self_attn\.", r"pixel_decoder.encoder.\1.attn."),
-    (r"^pixel_decoder\.encoder\.layers\.(\d+)\.ffn\.layers\.0\.0\.", r"pixel_decoder.encoder.\1.ffn.fc1."),
-    (r"^pixel_decoder\.encoder\.layers\.(\d+)\.ffn\.layers\.1\.", r"pixel_decoder.encoder.\1.ffn.fc2."),
+    (
+        r"^pixel_decoder\.encoder\.layers\.(\d+)\.ffn\.layers\.0\.0\.",
+        r"pixel_decoder.encoder.\1.ffn.fc1.",
+    ),
+    (
+        r"^pixel_decoder\.encoder\.layers\.(\d+)\.ffn\.layers\.1\.",
+        r"pixel_decoder.encoder.\1.ffn.fc2.",
+    ),
     (r"^pixel_decoder\.encoder\.layers\.(\d+)\.norms\.0\.", r"pixel_decoder.encoder.\1.norm1."),
     (r"^pixel_decoder\.encoder\.layers\.(\d+)\.norms\.1\.", r"pixel_decoder.encoder.\1.norm2."),
     (r"^pixel_decoder\.lateral_convs\.0\.conv\.", r"pixel_decoder.lateral_conv.conv."),
@@ -41,8 +47,14 @@ _DECODER_RULES: list[tuple[str, str]] = [
     (r"^pixel_decoder\.output_convs\.0\.conv\.", r"pixel_decoder.output_conv.conv."),
     (r"^pixel_decoder\.output_convs\.0\.gn\.", r"pixel_decoder.output_conv.norm."),
     (r"^pixel_decoder\.mask_feature\.", r"pixel_decoder.mask_projection."),
-    (r"^transformer_decoder\.layers\.(\d+)\.cross_attn\.attn\.", r"query_decoder.layers.\1.cross_attn."),
-    (r"^transformer_decoder\.layers\.(\d+)\.self_attn\.attn\.", r"query_decoder.layers.\1.self_attn."),
+    (
+        r"^transformer_decoder\.layers\.(\d+)\.cross_attn\.attn\.",
+        r"query_decoder.layers.\1.cross_attn.",
+    ),
+    (
+        r"^transformer_decoder\.layers\.(\d+)\.self_attn\.attn\.",
+        r"query_decoder.layers.\1.self_attn.",
+    ),
     (r"^transformer_decoder\.layers\.(\d+)\.ffn\.layers\.0\.0\.", r"query_decoder.layers.\1.fc1."),
     (r"^transformer_decoder\.layers\.(\d+)\.ffn\.layers\.1\.", r"query_decoder.layers.\1.fc2."),
     (r"^transformer_decoder\.layers\.(\d+)\.norms\.0\.", r"query_decoder.layers.\1.norm_cross."),
@@ -55,7 +67,8 @@ _DECODER_RULES: list[tuple[str, str]] = [
 ]
 
 # OpenCLIP checkpoint keys (``visual.*`` and the top-level text tower) and the official wrapper's
-# names for the same backbone tensors (``backbone.stem``, ``backbone.layer{i}``, ``backbone.head.{0,1}``).
+# names for the same backbone tensors (``backbone.stem``, ``backbone.layer{i}``,
+# ``backbone.head.{0,1}``).
 _CLIP_RULES: list[tuple[str, str]] = [
     (r"^visual\.trunk\.", "backbone.trunk."),
     (r"^visual\.head\.", "backbone.head."),
@@ -63,8 +76,10 @@ _CLIP_RULES: list[tuple[str, str]] = [
     (r"^backbone\.layer(\d)\.", lambda m: f"backbone.trunk.stages.{int(m.group(1)) - 1}."),  # type: ignore[list-item]
     (r"^backbone\.head\.0\.", "backbone.trunk.head."),
     (r"^backbone\.head\.1\.", "backbone.head."),
-    (r"^(token_embedding|positional_embedding|transformer\.|ln_final|text_projection)",
-     r"text_encoder.tower.\1"),
+    (
+        r"^(token_embedding|positional_embedding|transformer\.|ln_final|text_projection)",
+        r"text_encoder.tower.\1",
+    ),
 ]
 
 
@@ -86,7 +101,7 @@ def remap_official_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.
     unmapped = []
     for key, value in state_dict.items():
         if key.startswith(OFFICIAL_PREFIX):
-            new = _apply_rules(key[len(OFFICIAL_PREFIX):], _DECODER_RULES)
+            new = _apply_rules(key[len(OFFICIAL_PREFIX) :], _DECODER_RULES)
         else:
             new = _apply_rules(key, _CLIP_RULES)
         if new is None:
@@ -94,8 +109,9 @@ def remap_official_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.
         else:
             out[new] = value
     if unmapped:
-        raise CheckpointError(f"{len(unmapped)} checkpoint keys have no mapping: "
-                              f"{_preview(unmapped)}")
+        raise CheckpointError(
+            f"{len(unmapped)} checkpoint keys have no mapping: {_preview(unmapped)}"
+        )
     return out
 
 
@@ -122,8 +138,11 @@ def _load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], so
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-    wrong = [f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
-             for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    wrong = [
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -143,16 +162,20 @@ def _official_spec(state_dict: dict[str, torch.Tensor]) -> ModelSpec:
         raise CheckpointError(f"official checkpoint without {key}: not an OMG-Seg decoder file")
     width = state_dict[key].shape[1]
     if width != spec.backbone.widths[-1]:
-        raise CheckpointError(f"official checkpoint for a backbone of width {width}; only the "
-                              f"ConvNeXt-L layout ({spec.backbone.widths[-1]}) is supported")
+        raise CheckpointError(
+            f"official checkpoint for a backbone of width {width}; only the "
+            f"ConvNeXt-L layout ({spec.backbone.widths[-1]}) is supported"
+        )
     queries = state_dict[OFFICIAL_PREFIX + "query_feat.weight"].shape[0]
     prompts = OFFICIAL_PREFIX + "pos_linear.weight" in state_dict
     qd = dataclasses.replace(spec.query_decoder, num_queries=queries, enable_prompts=prompts)
     return spec.replace(query_decoder=qd)
 
 
-def _openclip_weights(spec: ModelSpec, backbone_weights: str | os.PathLike | None,
-                      ) -> dict[str, torch.Tensor]:
+def _openclip_weights(
+    spec: ModelSpec,
+    backbone_weights: str | os.PathLike | None,
+) -> dict[str, torch.Tensor]:
     if backbone_weights is not None:
         path = Path(backbone_weights)
         if not path.exists():
@@ -165,17 +188,22 @@ def _openclip_weights(spec: ModelSpec, backbone_weights: str | os.PathLike | Non
     import open_clip
 
     try:
-        clip = open_clip.create_model(spec.backbone.clip_model, pretrained=spec.backbone.pretrained_tag)
+        clip = open_clip.create_model(
+            spec.backbone.clip_model, pretrained=spec.backbone.pretrained_tag
+        )
     except Exception as exc:  # noqa: BLE001 - download/cache failures all mean "not available here"
         raise CheckpointError(
             f"could not get OpenCLIP weights {spec.backbone.clip_model}/"
             f"{spec.backbone.pretrained_tag} ({exc}); offline, pass backbone_weights=<local "
-            f"open_clip checkpoint>") from exc
+            f"open_clip checkpoint>"
+        ) from exc
     return clip.state_dict()
 
 
-def load_checkpoint(path: str | os.PathLike, backbone_weights: str | os.PathLike | None = None,
-                    ) -> tuple[torch.nn.Module, ModelSpec]:
+def load_checkpoint(
+    path: str | os.PathLike,
+    backbone_weights: str | os.PathLike | None = None,
+) -> tuple[torch.nn.Module, ModelSpec]:
     """Load an official ``.pth`` or one of our checkpoints.
 
     Args:
@@ -211,8 +239,10 @@ def load_checkpoint(path: str | os.PathLike, backbone_weights: str | os.PathLike
 
     raw = _torch_load(path)
     if not any(k.startswith(OFFICIAL_PREFIX) for k in raw):
-        raise CheckpointError(f"{path}: no '{OFFICIAL_PREFIX}' keys; neither an official OMG-Seg "
-                              f"checkpoint nor one of ours (a directory with config.json)")
+        raise CheckpointError(
+            f"{path}: no '{OFFICIAL_PREFIX}' keys; neither an official OMG-Seg "
+            f"checkpoint nor one of ours (a directory with config.json)"
+        )
     spec = _official_spec(raw)
     state = remap_official_keys(raw)
     # the backbone (and the text tower when the file has it)
@@ -233,7 +263,10 @@ def save_checkpoint(model: torch.nn.Module, directory: str | os.PathLike) -> Pat
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    for name, payload in (("checkpoint.safetensors", None), ("config.json", model.config.to_json())):
+    for name, payload in (
+        ("checkpoint.safetensors", None),
+        ("config.json", model.config.to_json()),
+    ):
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
         os.close(fd)
         if payload is None:
@@ -242,4 +275,3 @@ def save_checkpoint(model: torch.nn.Module, directory: str | os.PathLike) -> Pat
             Path(tmp).write_text(payload)
         os.replace(tmp, directory / name)
     return directory
-

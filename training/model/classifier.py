@@ -23,15 +23,18 @@ def mask_pool(features: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor
         (B, Q, C); an empty mask gives zeros.
     """
     if features.shape[-2:] != mask_logits.shape[-2:]:
-        mask_logits = F.interpolate(mask_logits, size=features.shape[-2:], mode="bilinear",
-                                    align_corners=False)
+        mask_logits = F.interpolate(
+            mask_logits, size=features.shape[-2:], mode="bilinear", align_corners=False
+        )
     with torch.no_grad():
         mask = (mask_logits.detach() > 0).to(features.dtype)
         denominator = mask.sum(dim=(-1, -2), keepdim=True) + 1e-8
     return torch.einsum("bchw,bqhw->bqc", features, mask / denominator)
 
 
-def text_logits(embeddings: torch.Tensor, class_bank: torch.Tensor, logit_scale: float) -> torch.Tensor:
+def text_logits(
+    embeddings: torch.Tensor, class_bank: torch.Tensor, logit_scale: float
+) -> torch.Tensor:
     """Cosine-similarity logits against a text bank, max over synonyms, void appended as 0.
 
     Args:
@@ -52,15 +55,20 @@ class OpenVocabClassifier(nn.Module):
 
     def __init__(self, *, embed_dim: int, clip_dim: int) -> None:
         super().__init__()
-        self.mask_pooling_proj = nn.Sequential(nn.LayerNorm(embed_dim),
-                                               nn.Linear(embed_dim, embed_dim))
+        self.mask_pooling_proj = nn.Sequential(
+            nn.LayerNorm(embed_dim), nn.Linear(embed_dim, embed_dim)
+        )
         self.cls_proj = nn.Sequential(
-            nn.Linear(embed_dim, embed_dim), nn.ReLU(inplace=True),
-            nn.Linear(embed_dim, embed_dim), nn.ReLU(inplace=True),
-            nn.Linear(embed_dim, clip_dim))
+            nn.Linear(embed_dim, embed_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(embed_dim, embed_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(embed_dim, clip_dim),
+        )
 
-    def forward(self, queries: torch.Tensor, mask_features: torch.Tensor,
-                mask_logits: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, mask_features: torch.Tensor, mask_logits: torch.Tensor
+    ) -> torch.Tensor:
         """
         Args:
             queries: (B, Q, C) post-normed decoder queries.

@@ -1,8 +1,8 @@
 """OMG-Seg: composition only. The three methods below are the export graph boundaries:
 
-    encode(images)                    -> backbone stage features   (encoder graph)
-    decode_pixels(features)           -> mask features, memories    (pixel-decoder graph)
-    decode_queries(memories, ...)     -> masks, classes, IoU        (query-decoder graph)
+encode(images)                    -> backbone stage features   (encoder graph)
+decode_pixels(features)           -> mask features, memories    (pixel-decoder graph)
+decode_queries(memories, ...)     -> masks, classes, IoU        (query-decoder graph)
 """
 
 from __future__ import annotations
@@ -30,10 +30,16 @@ class OMGSeg(nn.Module):
             (the official decoder-only checkpoint with a visual-only CLIP file).
     """
 
-    def __init__(self, *, spec: ModelSpec, backbone: OpenCLIPBackbone,
-                 pixel_decoder: MSDeformAttnPixelDecoder, query_decoder: Mask2FormerQueryDecoder,
-                 prompt_encoder: BoxPromptEncoder | None,
-                 text_encoder: CLIPTextEncoder | None) -> None:
+    def __init__(
+        self,
+        *,
+        spec: ModelSpec,
+        backbone: OpenCLIPBackbone,
+        pixel_decoder: MSDeformAttnPixelDecoder,
+        query_decoder: Mask2FormerQueryDecoder,
+        prompt_encoder: BoxPromptEncoder | None,
+        text_encoder: CLIPTextEncoder | None,
+    ) -> None:
         super().__init__()
         self.config = spec
         self.backbone = backbone
@@ -47,15 +53,23 @@ class OMGSeg(nn.Module):
         (stride 32) doubles as the dense CLIP feature map used for open-vocabulary pooling."""
         return self.backbone(images)
 
-    def decode_pixels(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def decode_pixels(
+        self, features: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Stage maps -> mask features (N, C, H/4, W/4) and memories at strides 32, 16, 8."""
         return self.pixel_decoder(features)
 
-    def decode_queries(self, memories: list[torch.Tensor], mask_features: torch.Tensor,
-                       class_bank: torch.Tensor, *, num_frames: int = 1,
-                       prompt_boxes: torch.Tensor | None = None,
-                       image_size: torch.Tensor | None = None,
-                       all_layers: bool = False) -> list[QueryPredictions]:
+    def decode_queries(
+        self,
+        memories: list[torch.Tensor],
+        mask_features: torch.Tensor,
+        class_bank: torch.Tensor,
+        *,
+        num_frames: int = 1,
+        prompt_boxes: torch.Tensor | None = None,
+        image_size: torch.Tensor | None = None,
+        all_layers: bool = False,
+    ) -> list[QueryPredictions]:
         """Decode the learned queries, or prompt boxes when ``prompt_boxes`` is given.
 
         Args:
@@ -71,25 +85,52 @@ class OMGSeg(nn.Module):
         prompts = None
         if prompt_boxes is not None:
             if self.prompt_encoder is None:
-                raise ValueError("this model was built without prompt queries (enable_prompts=False)")
+                raise ValueError(
+                    "this model was built without prompt queries (enable_prompts=False)"
+                )
             if image_size is None:
-                raise ValueError("image_size: required with prompt_boxes (boxes are normalised by it)")
+                raise ValueError(
+                    "image_size: required with prompt_boxes (boxes are normalised by it)"
+                )
             prompts = self.prompt_encoder(prompt_boxes, image_size)
-        return self.query_decoder(memories, mask_features, class_bank, num_frames=num_frames,
-                                  prompt_queries=prompts, all_layers=all_layers)
+        return self.query_decoder(
+            memories,
+            mask_features,
+            class_bank,
+            num_frames=num_frames,
+            prompt_queries=prompts,
+            all_layers=all_layers,
+        )
 
-    def forward(self, images: torch.Tensor, class_bank: torch.Tensor, *, num_frames: int = 1,
-                prompt_boxes: torch.Tensor | None = None, image_size: torch.Tensor | None = None,
-                all_layers: bool = False) -> list[QueryPredictions]:
+    def forward(
+        self,
+        images: torch.Tensor,
+        class_bank: torch.Tensor,
+        *,
+        num_frames: int = 1,
+        prompt_boxes: torch.Tensor | None = None,
+        image_size: torch.Tensor | None = None,
+        all_layers: bool = False,
+    ) -> list[QueryPredictions]:
         """images (B*T, 3, H, W) -> predictions (see :meth:`decode_queries`)."""
         mask_features, memories = self.decode_pixels(self.encode(images))
-        return self.decode_queries(memories, mask_features, class_bank, num_frames=num_frames,
-                                   prompt_boxes=prompt_boxes, image_size=image_size,
-                                   all_layers=all_layers)
+        return self.decode_queries(
+            memories,
+            mask_features,
+            class_bank,
+            num_frames=num_frames,
+            prompt_boxes=prompt_boxes,
+            image_size=image_size,
+            all_layers=all_layers,
+        )
 
-    def clip_class_logits(self, clip_features: torch.Tensor, mask_logits: torch.Tensor,
-                          class_bank: torch.Tensor, padded_size: tuple[int, int],
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    def clip_class_logits(
+        self,
+        clip_features: torch.Tensor,
+        mask_logits: torch.Tensor,
+        class_bank: torch.Tensor,
+        padded_size: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The open-vocabulary side: CLIP's own class logits for each predicted mask.
 
         As the official ``open_voc_inference``: the stride-4 mask logits are upsampled to the
@@ -107,10 +148,12 @@ class OMGSeg(nn.Module):
             one CLIP-resolution pixel (elsewhere the ensemble keeps the learned scores).
         """
         b, q, t = mask_logits.shape[:3]
-        up = F.interpolate(mask_logits.flatten(1, 2), size=padded_size, mode="bilinear",
-                           align_corners=False)
-        small = F.interpolate(up, size=clip_features.shape[-2:], mode="bilinear",
-                              align_corners=False)  # (B, Q*T, h, w)
+        up = F.interpolate(
+            mask_logits.flatten(1, 2), size=padded_size, mode="bilinear", align_corners=False
+        )
+        small = F.interpolate(
+            up, size=clip_features.shape[-2:], mode="bilinear", align_corners=False
+        )  # (B, Q*T, h, w)
         small = small.unflatten(1, (q, t)).flatten(2, 3)  # (B, Q, T*h, w)
         feats = clip_features.unflatten(0, (b, t)).transpose(1, 2).flatten(2, 3)  # (B, C, T*h, w)
         embeddings = self.backbone.clip_projection(mask_pool(feats, small))
@@ -122,6 +165,8 @@ class OMGSeg(nn.Module):
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         """(N,) strings -> (N, D) CLIP text embeddings (needs the text tower)."""
         if self.text_encoder is None:
-            raise ValueError("this model has no text encoder; give a precomputed class bank instead")
+            raise ValueError(
+                "this model has no text encoder; give a precomputed class bank instead"
+            )
         tokens = self.text_encoder.tokenize(texts).to(next(self.text_encoder.parameters()).device)
         return self.text_encoder(tokens)

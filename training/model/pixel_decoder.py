@@ -1,4 +1,5 @@
-"""Mask2Former's multi-scale deformable-attention pixel decoder (mmdet ``MSDeformAttnPixelDecoder``).
+"""Mask2Former's multi-scale deformable-attention pixel decoder
+(mmdet ``MSDeformAttnPixelDecoder``).
 
 Levels run low -> high resolution: level 0 = stride 32, 1 = stride 16, 2 = stride 8. A 6-layer
 post-norm deformable encoder mixes them; an FPN step adds stride 4 and a 1x1 conv gives the mask
@@ -18,11 +19,20 @@ from training.model.position_encoding import sine_encoding_2d
 class ConvNorm(nn.Module):
     """Conv2d + GroupNorm (+ optional ReLU), the mmcv ``ConvModule`` the official decoder uses."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, bias: bool,
-                 num_groups: int, relu: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        bias: bool,
+        num_groups: int,
+        relu: bool = False,
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
-                              bias=bias)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias
+        )
         self.norm = nn.GroupNorm(num_groups, out_channels)
         self.relu = relu
 
@@ -45,8 +55,14 @@ class MSDeformAttn(nn.Module):
         self.value_proj = nn.Linear(embed_dim, embed_dim)
         self.output_proj = nn.Linear(embed_dim, embed_dim)
 
-    def forward(self, query: torch.Tensor, value: torch.Tensor, reference_points: torch.Tensor,
-                spatial_shapes: torch.Tensor, level_start_index: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        value: torch.Tensor,
+        reference_points: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+    ) -> torch.Tensor:
         """
         Args:
             query: (N, S, C) with positional code added.
@@ -62,10 +78,16 @@ class MSDeformAttn(nn.Module):
         m, lv, p = self.num_heads, self.num_levels, self.num_points
         value = self.value_proj(value).view(n, s, m, c // m)
         offsets = self.sampling_offsets(query).view(n, s, m, lv, p, 2)
-        weights = self.attention_weights(query).view(n, s, m, lv * p).softmax(-1).view(n, s, m, lv, p)
-        normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)  # (L, 2) = (W, H)
-        locations = (reference_points[None, :, None, None, None, :]
-                     + offsets / normalizer[None, None, None, :, None, :])
+        weights = (
+            self.attention_weights(query).view(n, s, m, lv * p).softmax(-1).view(n, s, m, lv, p)
+        )
+        normalizer = torch.stack(
+            [spatial_shapes[..., 1], spatial_shapes[..., 0]], -1
+        )  # (L, 2) = (W, H)
+        locations = (
+            reference_points[None, :, None, None, None, :]
+            + offsets / normalizer[None, None, None, :, None, :]
+        )
         out = kernels.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
         return self.output_proj(out)
 
@@ -85,18 +107,28 @@ class FFN(nn.Module):
 class DeformableEncoderLayer(nn.Module):
     """Post-norm: x = LN(x + MSDA(x + pos, x)); x = LN(FFN(x))."""
 
-    def __init__(self, *, embed_dim: int, num_heads: int, num_levels: int, num_points: int,
-                 ffn_dim: int) -> None:
+    def __init__(
+        self, *, embed_dim: int, num_heads: int, num_levels: int, num_points: int, ffn_dim: int
+    ) -> None:
         super().__init__()
-        self.attn = MSDeformAttn(embed_dim=embed_dim, num_heads=num_heads, num_levels=num_levels,
-                                 num_points=num_points)
+        self.attn = MSDeformAttn(
+            embed_dim=embed_dim, num_heads=num_heads, num_levels=num_levels, num_points=num_points
+        )
         self.norm1 = nn.LayerNorm(embed_dim)
         self.ffn = FFN(embed_dim, ffn_dim)
         self.norm2 = nn.LayerNorm(embed_dim)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, reference_points: torch.Tensor,
-                spatial_shapes: torch.Tensor, level_start_index: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(x + self.attn(x + pos, x, reference_points, spatial_shapes, level_start_index))
+    def forward(
+        self,
+        x: torch.Tensor,
+        pos: torch.Tensor,
+        reference_points: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+    ) -> torch.Tensor:
+        x = self.norm1(
+            x + self.attn(x + pos, x, reference_points, spatial_shapes, level_start_index)
+        )
         return self.norm2(self.ffn(x))
 
 
@@ -112,23 +144,42 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
     STRIDES = (4, 8, 16, 32)
 
-    def __init__(self, *, in_channels: tuple[int, ...], embed_dim: int, num_layers: int,
-                 num_heads: int, num_points: int, ffn_dim: int, num_groups: int,
-                 num_levels: int = 3) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: tuple[int, ...],
+        embed_dim: int,
+        num_layers: int,
+        num_heads: int,
+        num_points: int,
+        ffn_dim: int,
+        num_groups: int,
+        num_levels: int = 3,
+    ) -> None:
         super().__init__()
         self.embed_dim, self.num_levels = embed_dim, num_levels
         # i = 0 is the lowest resolution (stride 32).
         self.input_projections = nn.ModuleList(
             ConvNorm(in_channels[-1 - i], embed_dim, 1, bias=True, num_groups=num_groups)
-            for i in range(num_levels))
+            for i in range(num_levels)
+        )
         self.level_embed = nn.Embedding(num_levels, embed_dim)
         self.encoder = nn.ModuleList(
-            DeformableEncoderLayer(embed_dim=embed_dim, num_heads=num_heads, num_levels=num_levels,
-                                   num_points=num_points, ffn_dim=ffn_dim)
-            for _ in range(num_layers))
-        self.lateral_conv = ConvNorm(in_channels[0], embed_dim, 1, bias=False, num_groups=num_groups)
-        self.output_conv = ConvNorm(embed_dim, embed_dim, 3, bias=False, num_groups=num_groups,
-                                    relu=True)
+            DeformableEncoderLayer(
+                embed_dim=embed_dim,
+                num_heads=num_heads,
+                num_levels=num_levels,
+                num_points=num_points,
+                ffn_dim=ffn_dim,
+            )
+            for _ in range(num_layers)
+        )
+        self.lateral_conv = ConvNorm(
+            in_channels[0], embed_dim, 1, bias=False, num_groups=num_groups
+        )
+        self.output_conv = ConvNorm(
+            embed_dim, embed_dim, 3, bias=False, num_groups=num_groups, relu=True
+        )
         self.mask_projection = nn.Conv2d(embed_dim, embed_dim, 1)
 
     def forward(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -167,10 +218,13 @@ class MSDeformAttnPixelDecoder(nn.Module):
         level_start_index = torch.tensor([0] + counts[:-1], device=device).cumsum(0)
         for layer in self.encoder:
             x = layer(x, pos, reference_points, spatial_shapes, level_start_index)
-        memories = [m.transpose(1, 2).reshape(n, self.embed_dim, h, w)
-                    for m, (h, w) in zip(x.split(counts, dim=1), sizes)]
+        memories = [
+            m.transpose(1, 2).reshape(n, self.embed_dim, h, w)
+            for m, (h, w) in zip(x.split(counts, dim=1), sizes)
+        ]
         lateral = self.lateral_conv(features[0])
-        fused = lateral + F.interpolate(memories[-1], size=lateral.shape[-2:], mode="bilinear",
-                                        align_corners=False)
+        fused = lateral + F.interpolate(
+            memories[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False
+        )
         mask_features = self.mask_projection(self.output_conv(fused))
         return mask_features, memories

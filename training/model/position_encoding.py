@@ -36,8 +36,9 @@ def _normalised_positions(n: int, device: torch.device) -> torch.Tensor:
     return embed / (embed[-1:] + EPS) * SCALE
 
 
-def sine_encoding_2d(height: int, width: int, num_feats: int,
-                     device: torch.device | None = None) -> torch.Tensor:
+def sine_encoding_2d(
+    height: int, width: int, num_feats: int, device: torch.device | None = None
+) -> torch.Tensor:
     """The pixel decoder's positional code for an unpadded (height, width) map.
 
     Returns:
@@ -52,8 +53,9 @@ def sine_encoding_2d(height: int, width: int, num_feats: int,
     return torch.cat((pos_y, pos_x), dim=-1).permute(2, 0, 1)
 
 
-def sine_encoding_3d(frames: int, height: int, width: int, num_feats: int,
-                     device: torch.device | None = None) -> torch.Tensor:
+def sine_encoding_3d(
+    frames: int, height: int, width: int, num_feats: int, device: torch.device | None = None
+) -> torch.Tensor:
     """The query decoder's key positional code for a clip of ``frames`` maps of (height, width).
 
     The z code has 2 * num_feats channels and is added to the [y | x] code.
@@ -67,8 +69,13 @@ def sine_encoding_3d(frames: int, height: int, width: int, num_feats: int,
     z = _interleave(_normalised_positions(frames, device)[:, None] / dim_t_z)  # (T, 2F)
     y = _interleave(_normalised_positions(height, device)[:, None] / dim_t)  # (H, F)
     x = _interleave(_normalised_positions(width, device)[:, None] / dim_t)  # (W, F)
-    yx = torch.cat((y[:, None, :].expand(height, width, num_feats),
-                    x[None, :, :].expand(height, width, num_feats)), dim=-1)  # (H, W, 2F)
+    yx = torch.cat(
+        (
+            y[:, None, :].expand(height, width, num_feats),
+            x[None, :, :].expand(height, width, num_feats),
+        ),
+        dim=-1,
+    )  # (H, W, 2F)
     pos = yx[None] + z[:, None, None, :]  # (T, H, W, 2F)
     return pos.reshape(frames * height * width, 2 * num_feats)
 

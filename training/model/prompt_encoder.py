@@ -39,8 +39,12 @@ class BoxPromptEncoder(nn.Module):
         self.pb_embedding = nn.Embedding(2, embed_dim)  # 0 = box, 1 = point
         self.pos_linear = nn.Linear(2 * embed_dim, embed_dim)
 
-    def forward(self, boxes: torch.Tensor, image_size: torch.Tensor,
-                prompt_types: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        boxes: torch.Tensor,
+        image_size: torch.Tensor,
+        prompt_types: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             boxes: (B, P, 4) xyxy in resized-image pixels.
@@ -59,7 +63,8 @@ class BoxPromptEncoder(nn.Module):
         box_code = coordinate_to_encoding(inverse_sigmoid(cxcywh).sigmoid(), self.embed_dim // 2)
         position = self.pos_linear(box_code)
         if prompt_types is None:
-            prompt_types = torch.full(boxes.shape[:2], BOX_TYPE, dtype=torch.int64,
-                                      device=boxes.device)
+            prompt_types = torch.full(
+                boxes.shape[:2], BOX_TYPE, dtype=torch.int64, device=boxes.device
+            )
         content = self.pb_embedding(prompt_types) + self.mask_tokens.weight[0]
         return content, position

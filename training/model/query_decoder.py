@@ -53,23 +53,31 @@ class MultiheadAttention(nn.Module):
 
     def _project(self, x: torch.Tensor, index: int) -> torch.Tensor:
         c = x.shape[-1]
-        w = self.in_proj_weight[index * c:(index + 1) * c]
-        b = self.in_proj_bias[index * c:(index + 1) * c]
+        w = self.in_proj_weight[index * c : (index + 1) * c]
+        b = self.in_proj_bias[index * c : (index + 1) * c]
         y = F.linear(x, w, b)
-        return y.unflatten(-1, (self.num_heads, c // self.num_heads)).transpose(1, 2)  # (B, M, L, d)
+        return y.unflatten(-1, (self.num_heads, c // self.num_heads)).transpose(
+            1, 2
+        )  # (B, M, L, d)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                allowed: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        allowed: torch.Tensor | None,
+    ) -> torch.Tensor:
         """query (B, Q, C), key/value (B, K, C), allowed (B, 1, Q, K) bool -> (B, Q, C)."""
-        out = kernels.masked_attention(self._project(query, 0), self._project(key, 1),
-                                       self._project(value, 2), allowed)
+        out = kernels.masked_attention(
+            self._project(query, 0), self._project(key, 1), self._project(value, 2), allowed
+        )
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
     def value_only(self, value: torch.Tensor) -> torch.Tensor:
         """Attention where every query sees only itself: softmax of one key is 1, so the output
         is out_proj(v_proj(value)) exactly."""
         c = value.shape[-1]
-        v = F.linear(value, self.in_proj_weight[2 * c:], self.in_proj_bias[2 * c:])
+        v = F.linear(value, self.in_proj_weight[2 * c :], self.in_proj_bias[2 * c :])
         return self.out_proj(v)
 
 
@@ -86,8 +94,15 @@ class DecoderLayer(nn.Module):
         self.fc2 = nn.Linear(ffn_dim, embed_dim)
         self.norm_ffn = nn.LayerNorm(embed_dim)
 
-    def forward(self, queries: torch.Tensor, query_pos: torch.Tensor, memory: torch.Tensor,
-                memory_pos: torch.Tensor, allowed: torch.Tensor, isolated: bool) -> torch.Tensor:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        query_pos: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+        allowed: torch.Tensor,
+        isolated: bool,
+    ) -> torch.Tensor:
         cross = self.cross_attn(queries + query_pos, memory + memory_pos, memory, allowed)
         queries = self.norm_cross(queries + cross)
         if isolated:  # prompt queries attend only to themselves (official diagonal mask)
@@ -117,14 +132,24 @@ class Mask2FormerQueryDecoder(nn.Module):
         clip_dim: text bank dimension (768 for ConvNeXt-L); logit_scale_log: 4.6052.
     """
 
-    def __init__(self, *, embed_dim: int, num_layers: int, num_heads: int, ffn_dim: int,
-                 num_queries: int, clip_dim: int, logit_scale_log: float,
-                 num_levels: int = 3) -> None:
+    def __init__(
+        self,
+        *,
+        embed_dim: int,
+        num_layers: int,
+        num_heads: int,
+        ffn_dim: int,
+        num_queries: int,
+        clip_dim: int,
+        logit_scale_log: float,
+        num_levels: int = 3,
+    ) -> None:
         super().__init__()
         self.embed_dim, self.num_levels = embed_dim, num_levels
         self.layers = nn.ModuleList(
             DecoderLayer(embed_dim=embed_dim, num_heads=num_heads, ffn_dim=ffn_dim)
-            for _ in range(num_layers))
+            for _ in range(num_layers)
+        )
         self.post_norm = nn.LayerNorm(embed_dim)
         self.query_feat = nn.Embedding(num_queries, embed_dim)
         self.query_embed = nn.Embedding(num_queries, embed_dim)
@@ -135,10 +160,16 @@ class Mask2FormerQueryDecoder(nn.Module):
         # float32 exp as the official buffer computes it
         self.register_buffer("logit_scale", torch.tensor(logit_scale_log).exp(), persistent=False)
 
-    def forward(self, memories: list[torch.Tensor], mask_features: torch.Tensor,
-                class_bank: torch.Tensor, *, num_frames: int = 1,
-                prompt_queries: tuple[torch.Tensor, torch.Tensor] | None = None,
-                all_layers: bool = False) -> list[QueryPredictions]:
+    def forward(
+        self,
+        memories: list[torch.Tensor],
+        mask_features: torch.Tensor,
+        class_bank: torch.Tensor,
+        *,
+        num_frames: int = 1,
+        prompt_queries: tuple[torch.Tensor, torch.Tensor] | None = None,
+        all_layers: bool = False,
+    ) -> list[QueryPredictions]:
         """
         Args:
             memories: three (B*T, C, h_l, w_l) maps, strides 32, 16, 8.
@@ -161,7 +192,9 @@ class Mask2FormerQueryDecoder(nn.Module):
         keys, key_pos, sizes = [], [], []
         for i, memory in enumerate(memories):
             h, w = memory.shape[-2:]
-            tokens = memory.flatten(2).transpose(1, 2).unflatten(0, (b, t)).flatten(1, 2)  # (B, T*hw, C)
+            tokens = (
+                memory.flatten(2).transpose(1, 2).unflatten(0, (b, t)).flatten(1, 2)
+            )  # (B, T*hw, C)
             keys.append(tokens + self.level_embed.weight[i])
             key_pos.append(sine_encoding_3d(t, h, w, c // 2, memory.device)[None])
             sizes.append((h, w))
@@ -181,13 +214,20 @@ class Mask2FormerQueryDecoder(nn.Module):
             level = i % self.num_levels
             allowed = self._attention_mask(pred.mask_logits, sizes[level])
             queries = layer(queries, query_pos, keys[level], key_pos[level], allowed, isolated)
-            pred = self._predict(queries, stacked, class_bank, t,
-                                 with_classes=all_layers or i == last - 1)
+            pred = self._predict(
+                queries, stacked, class_bank, t, with_classes=all_layers or i == last - 1
+            )
             outputs.append(pred)
         return outputs if all_layers else outputs[-1:]
 
-    def _predict(self, queries: torch.Tensor, stacked_features: torch.Tensor,
-                 class_bank: torch.Tensor, num_frames: int, with_classes: bool) -> QueryPredictions:
+    def _predict(
+        self,
+        queries: torch.Tensor,
+        stacked_features: torch.Tensor,
+        class_bank: torch.Tensor,
+        num_frames: int,
+        with_classes: bool,
+    ) -> QueryPredictions:
         normed = self.post_norm(queries)
         mask_logits = torch.einsum("bqc,bchw->bqhw", self.mask_embed(normed), stacked_features)
         class_logits = iou_logits = None
@@ -195,9 +235,12 @@ class Mask2FormerQueryDecoder(nn.Module):
             embeddings = self.classifier(normed, stacked_features, mask_logits)
             class_logits = text_logits(embeddings, class_bank, self.logit_scale)
             iou_logits = self.iou_embed(normed)[..., 0]
-        return QueryPredictions(class_logits=class_logits,
-                                mask_logits=mask_logits.unflatten(2, (num_frames, -1)),
-                                iou_logits=iou_logits, query_embeddings=queries)
+        return QueryPredictions(
+            class_logits=class_logits,
+            mask_logits=mask_logits.unflatten(2, (num_frames, -1)),
+            iou_logits=iou_logits,
+            query_embeddings=queries,
+        )
 
     @staticmethod
     def _attention_mask(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -206,7 +249,8 @@ class Mask2FormerQueryDecoder(nn.Module):
         Each frame is resized to the level's (h, w), bilinear, align_corners=False; a key is
         blocked where sigmoid(logit) < 0.5 (the official test, kept literally for parity)."""
         b, q, t = mask_logits.shape[:3]
-        resized = F.interpolate(mask_logits.flatten(1, 2), size=size, mode="bilinear",
-                                align_corners=False)  # (B, Q*T, h, w)
+        resized = F.interpolate(
+            mask_logits.flatten(1, 2), size=size, mode="bilinear", align_corners=False
+        )  # (B, Q*T, h, w)
         allowed = resized.sigmoid() >= 0.5
         return allowed.view(b, q, -1)[:, None].detach()

@@ -19,11 +19,24 @@ class CLIPTextEncoder(nn.Module):
         context_length, vocab_size, width, heads, layers: the tower's shape.
     """
 
-    def __init__(self, *, embed_dim: int, context_length: int, vocab_size: int, width: int,
-                 heads: int, layers: int) -> None:
+    def __init__(
+        self,
+        *,
+        embed_dim: int,
+        context_length: int,
+        vocab_size: int,
+        width: int,
+        heads: int,
+        layers: int,
+    ) -> None:
         super().__init__()
-        cfg = CLIPTextCfg(context_length=context_length, vocab_size=vocab_size, width=width,
-                          heads=heads, layers=layers)
+        cfg = CLIPTextCfg(
+            context_length=context_length,
+            vocab_size=vocab_size,
+            width=width,
+            heads=heads,
+            layers=layers,
+        )
         self.tower = _build_text_tower(embed_dim, cfg)
         self.context_length = context_length
         self._tokenizer = SimpleTokenizer(context_length=context_length)
