@@ -1,0 +1,56 @@
+"""Training data: real-format readers, the synthetic world, prompts, augmentations, datasets.
+
+``synthetic`` writes COCO panoptic / COCO instances / YouTube-VIS files; ``readers`` read them
+(and the real datasets) lazily into typed records; ``prompts`` makes SAM-style clicks and boxes
+from masks; ``transforms`` does large-scale jitter, flips and pseudo-videos; ``dataset`` (the
+only torch module, imported on first use of its names) gives the sample dicts and the joint
+sampler.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from training.data.formats import Categories, DataError, DataFormatError
+from training.data.prompts import sample_box, sample_point
+from training.data.readers import (
+    ImageRecord,
+    VideoRecord,
+    read_coco_instances,
+    read_coco_panoptic,
+    read_ytvis,
+)
+from training.data.synthetic import SceneConfig, SceneGenerator, dataset_paths, generate_dataset
+from training.data.transforms import ClipSample, large_scale_jitter, pseudo_video
+
+_TORCH_NAMES = ("ImageDataset", "VideoDataset", "PromptDataset", "JointSampler",
+                "collate_samples")
+
+__all__ = [
+    "Categories",
+    "ClipSample",
+    "DataError",
+    "DataFormatError",
+    "ImageRecord",
+    "SceneConfig",
+    "SceneGenerator",
+    "VideoRecord",
+    "dataset_paths",
+    "generate_dataset",
+    "large_scale_jitter",
+    "pseudo_video",
+    "read_coco_instances",
+    "read_coco_panoptic",
+    "read_ytvis",
+    "sample_box",
+    "sample_point",
+    *_TORCH_NAMES,
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The torch datasets load lazily so the generator and readers work without torch.
+    if name in _TORCH_NAMES:
+        return getattr(importlib.import_module("training.data.dataset"), name)
+    raise AttributeError(f"module 'training.data' has no attribute {name!r}")
