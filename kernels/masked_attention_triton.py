@@ -38,13 +38,13 @@ from kernels.reference import masked_attention_reference
 def _masked_attention_fwd_kernel(
     # inputs
     q_ptr, k_ptr, v_ptr, mask_ptr,
-    # scalars
-    Q, K,
+    # scalars (mask strides in elements; 0 broadcasts the mask over heads or batch)
+    Q, K, stride_mask_b, stride_mask_h,
     # outputs
     out_ptr,
     # compile-time constants
     M: tl.constexpr, D: tl.constexpr, SCALE: tl.constexpr,
-    HAS_MASK: tl.constexpr, MASK_PER_HEAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HAS_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_q = tl.program_id(0)
@@ -58,10 +58,7 @@ def _masked_attention_fwd_kernel(
                      mask=q_ok[:, None] & d_ok[None, :], other=0.0)
     k_base = k_ptr + bh * K * D
     v_base = v_ptr + bh * K * D
-    if MASK_PER_HEAD:
-        mask_base = mask_ptr + bh * Q * K
-    else:
-        mask_base = mask_ptr + (bh // M) * Q * K
+    mask_base = mask_ptr + (bh // M) * stride_mask_b + (bh % M) * stride_mask_h
     mask_rows = mask_base + offs_q[:, None].to(tl.int64) * K
 
     m_i = tl.full([BLOCK_Q], -1.0e30, dtype=tl.float32)
@@ -167,15 +164,19 @@ def _forward(q, k, v, mask):
         return q.new_zeros(q.shape)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = new_output(q.shape, like=q)
-    mask_u8 = mask.contiguous().view(torch.uint8) if mask is not None else q  # dummy pointer
+    if mask is not None:
+        mask_u8 = mask.contiguous().view(torch.uint8)
+        stride_b = mask_u8.shape[1] * nq * nk
+        stride_h = nq * nk if mask_u8.shape[1] == m else 0
+    else:
+        mask_u8, stride_b, stride_h = q, 0, 0  # never read (HAS_MASK=False)
     block_q, block_k, block_d = block_sizes(nq, d)
     grid = (triton.cdiv(nq, block_q), b * m)
     _masked_attention_fwd_kernel[grid](
-        q, k, v, mask_u8, nq, nk, out,
+        q, k, v, mask_u8, nq, nk, stride_b, stride_h, out,
         M=m, D=d, SCALE=float(d) ** -0.5, HAS_MASK=mask is not None,
-        MASK_PER_HEAD=mask is not None and mask.shape[1] == m and m > 1,
-        DOT_PRECISION=dot_precision(q.dtype),
-        BLOCK_Q=block_q, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=4)
+        DOT_PRECISION=dot_precision(q.dtype), BLOCK_Q=block_q, BLOCK_K=block_k, BLOCK_D=block_d,
+        num_warps=4)
     return out
 
 
