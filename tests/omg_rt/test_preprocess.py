@@ -1,0 +1,104 @@
+"""Preprocessing follows the official mmcv Resize + data preprocessor, sizes from the fixtures."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from omg_rt.errors import InvalidInputError
+from omg_rt.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VIDEO_SCALE,
+    keep_ratio_size,
+    normalize_and_pad,
+    prepare_image,
+    resize_keep_ratio,
+)
+from tests.conftest import OFFICIAL_FIXTURES
+
+GOLDEN = OFFICIAL_FIXTURES / "official_golden"
+
+
+@pytest.mark.parametrize(
+    ("hw", "scale", "expected"),
+    [
+        ((480, 640), (1024, 1024), (768, 1024)),  # golden.json resized_hw
+        ((360, 480), (1280, 736), (736, 981)),  # video_golden.json resized_hw
+        ((640, 480), (1333, 800), (1067, 800)),  # portrait: short edge binds
+        ((100, 1000), (1333, 800), (133, 1333)),  # long edge binds
+        ((800, 1333), (800, 1333), (800, 1333)),  # (short, long) order is the same box
+    ],
+)
+def test_keep_ratio_size_matches_mmcv_rescale_size(hw, scale, expected):
+    assert keep_ratio_size(hw, scale) == expected
+
+
+def test_video_frame_is_resized_and_padded_as_the_official_run():
+    image = np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+    prepared = prepare_image(image, VIDEO_SCALE)
+    assert prepared.original_hw == (360, 480)
+    assert prepared.resized_hw == (736, 981)
+    assert prepared.padded_hw == (736, 992)  # video_golden.json batch_input_hw
+    assert prepared.tensor.shape == (1, 3, 736, 992)
+    assert prepared.tensor.dtype == np.float32
+    assert np.all(prepared.tensor[..., 981:] == 0)
+
+
+def test_golden_image_prepares_to_the_fixture_sizes():
+    bgr = cv2.imread(str(GOLDEN / "image.png"), cv2.IMREAD_COLOR)
+    rgb = np.ascontiguousarray(bgr[..., ::-1])
+    prepared = prepare_image(rgb, (1024, 1024))
+    assert prepared.original_hw == (480, 640)
+    assert prepared.resized_hw == (768, 1024)
+    assert prepared.padded_hw == (768, 1024)
+    # Channel order: channel 0 holds the red plane, normalised with the red statistics.
+    resized = cv2.resize(rgb, (1024, 768), interpolation=cv2.INTER_LINEAR)
+    red = (resized[..., 0].astype(np.float32) - np.float32(123.675)) / np.float32(58.395)
+    np.testing.assert_array_equal(prepared.tensor[0, 0], red)
+
+
+def test_resizing_rgb_equals_resizing_bgr_then_swapping():
+    image = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    rgb = resize_keep_ratio(image, (100, 70))
+    bgr = cv2.resize(image[..., ::-1].copy(), (rgb.shape[1], rgb.shape[0]), cv2.INTER_LINEAR)
+    assert rgb.shape == (70, 100, 3)
+    np.testing.assert_array_equal(rgb, bgr[..., ::-1])
+
+
+def test_padding_is_zero_after_normalisation():
+    image = np.full((33, 40, 3), 200, dtype=np.uint8)
+    tensor = normalize_and_pad(image)
+    assert tensor.shape == (1, 3, 64, 64)
+    mean = np.asarray(IMAGENET_MEAN, np.float32)
+    std = np.asarray(IMAGENET_STD, np.float32)
+    np.testing.assert_array_equal(tensor[0, :, 0, 0], (np.float32(200) - mean) / std)
+    assert np.all(tensor[0, :, 33:, :] == 0) and np.all(tensor[0, :, :, 40:] == 0)
+    assert np.all(tensor[0, :, :33, :40] != 0)
+
+
+def test_sizes_already_multiple_of_divisor_are_not_padded():
+    assert normalize_and_pad(np.zeros((64, 32, 3), np.uint8)).shape == (1, 3, 64, 32)
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((4, 5)), "image: expected uint8 (H, W, 3), got float64 (4, 5)"),
+        (np.zeros((4, 5, 4), np.uint8), "image: expected uint8 (H, W, 3), got uint8 (4, 5, 4)"),
+        ([[0]], "image: expected uint8 (H, W, 3) numpy array, got list"),
+    ],
+)
+def test_bad_images_raise_typed_errors_naming_the_argument(image, message):
+    with pytest.raises(InvalidInputError) as info:
+        prepare_image(image)
+    assert str(info.value) == message
+
+
+def test_bad_scale_and_std_raise():
+    image = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(InvalidInputError, match="scale"):
+        resize_keep_ratio(image, (1024,))
+    with pytest.raises(InvalidInputError, match="std"):
+        normalize_and_pad(image, std=(1.0, 0.0, 1.0))
