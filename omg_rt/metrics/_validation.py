@@ -53,10 +53,15 @@ def same_shape(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray) -> None:
 
 
 def vector(name: str, value: Any, length: int, kind: str) -> np.ndarray:
-    """A 1-D array of `length` numbers; kind 'int' or 'float'."""
+    """A 1-D array of `length` values; kind 'int', 'float' or 'bool' (bool or 0/1 ints)."""
     arr = np.asarray(value)
     if arr.ndim != 1 or arr.shape[0] != length:
         raise InvalidInputError(f"{name}: expected shape ({length},), got {describe(arr)}")
+    if kind == "bool":
+        if arr.size and arr.dtype != np.bool_ and not (
+                np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() <= 1):
+            raise InvalidInputError(f"{name}: expected bool (or 0/1) values, got {describe(arr)}")
+        return arr.astype(bool)
     if kind == "int":
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
             raise InvalidInputError(f"{name}: expected integers, got {describe(arr)}")

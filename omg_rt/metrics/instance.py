@@ -111,7 +111,7 @@ class MaskAPAccumulator:
         labels = check.vector("pred_labels", pred_labels, pred.shape[0], "int")
         gt_cats = check.vector("gt_labels", gt_labels, gtm.shape[0], "int")
         crowd = (np.zeros(gtm.shape[0], bool) if gt_iscrowd is None
-                 else check.vector("gt_iscrowd", gt_iscrowd, gtm.shape[0], "int").astype(bool))
+                 else check.vector("gt_iscrowd", gt_iscrowd, gtm.shape[0], "bool"))
         known = set(self._category_ids)
         for name, cats in (("pred_labels", labels), ("gt_labels", gt_cats)):
             unknown = sorted(set(cats.tolist()) - known)

@@ -105,7 +105,7 @@ class VideoInstanceAPAccumulator:
         labels = check.vector("pred_labels", pred_labels, n, "int")
         gt_cats = check.vector("gt_labels", gt_labels, m, "int")
         crowd = (np.zeros(m, bool) if gt_iscrowd is None
-                 else check.vector("gt_iscrowd", gt_iscrowd, m, "int").astype(bool))
+                 else check.vector("gt_iscrowd", gt_iscrowd, m, "bool"))
         known = set(self._category_ids)
         for name, cats in (("pred_labels", labels), ("gt_labels", gt_cats)):
             unknown = sorted(set(cats.tolist()) - known)
