@@ -1,0 +1,1 @@
+"""Host-side post-processing of OMG-Seg outputs (numpy, OpenCV, SciPy; no torch)."""

@@ -1,0 +1,75 @@
+"""Interactive (point / box prompt) results: the official ``inference_sam`` branch.
+
+Each prompt query's mask logits are resized like every other mask (padded size, crop, original
+size; :func:`omg_rt.postprocess.masks.upsample_masks`) and thresholded at ``sigmoid > 0.5``.
+The official code returns only the masks; we add ``sigmoid(iou_logit)`` (the IoU / objectness
+head, last column of the class output) as a per-prompt quality score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from omg_rt.errors import InvalidInputError
+from omg_rt.postprocess._common import check_array, sigmoid
+from omg_rt.postprocess.masks import upsample_masks
+
+
+@dataclass(frozen=True)
+class PromptResult:
+    """One mask per prompt.
+
+    Attributes:
+        masks: (P, H, W) bool at the original image size.
+        scores: (P,) float32 ``sigmoid(iou_logit)``.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+
+
+def prompt_results(
+    mask_logits: np.ndarray,
+    iou_logits: np.ndarray,
+    padded_hw: Sequence[int],
+    resized_hw: Sequence[int],
+    original_hw: Sequence[int],
+) -> PromptResult:
+    """Binary masks and quality scores of prompt queries.
+
+    Args:
+        mask_logits: (P, h4, w4) float32 at stride 4 of the padded input.
+        iou_logits: (P,) float32 IoU-head logits.
+        padded_hw: (Hp, Wp); resized_hw: (Hr, Wr); original_hw: (H, W).
+
+    Returns:
+        :class:`PromptResult` with (P, H, W) bool masks.
+    """
+    mask_logits = check_array(mask_logits, "mask_logits", 3, "float32", "float32 (P, h4, w4)")
+    iou_logits = check_array(iou_logits, "iou_logits", 1, "float32", "float32 (P,)")
+    if iou_logits.shape[0] != mask_logits.shape[0]:
+        raise InvalidInputError(
+            f"iou_logits: expected {mask_logits.shape[0]} values (one per prompt), "
+            f"got {iou_logits.shape[0]}"
+        )
+    full = upsample_masks(mask_logits, padded_hw, resized_hw, original_hw)
+    return PromptResult(masks=binary_masks(full), scores=sigmoid(iou_logits))
+
+
+def binary_masks(mask_logits: np.ndarray) -> np.ndarray:
+    """``sigmoid(mask_logits) > 0.5`` in float32, as the official code thresholds.
+
+    Args:
+        mask_logits: (N, H, W) float32.
+
+    Returns:
+        (N, H, W) bool.
+    """
+    mask_logits = check_array(mask_logits, "mask_logits", 3, "float32", "float32 (N, H, W)")
+    out = np.empty(mask_logits.shape, dtype=bool)
+    for i in range(mask_logits.shape[0]):
+        out[i] = sigmoid(mask_logits[i]) > np.float32(0.5)
+    return out
