@@ -225,3 +225,45 @@ def get_preset(name: str) -> ModelSpec:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class GraphIO:
+    """Input and output names of one exported graph (export and runtime never retype them)."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    @property
+    def filename(self) -> str:
+        return f"{self.name}.onnx"
+
+
+# image (N, 3, H, W) float32, normalised and padded -> the four backbone stage maps; the stride-32
+# map doubles as the dense CLIP feature map for open-vocabulary mask pooling.
+ENCODER = GraphIO("encoder", ("image",),
+                  ("features_s4", "features_s8", "features_s16", "features_s32"))
+# stage maps -> mask features (N, C, H/4, W/4) and memories at strides 32, 16, 8.
+PIXEL_DECODER = GraphIO("pixel_decoder", ENCODER.outputs,
+                        ("mask_features", "memory_s32", "memory_s16", "memory_s8"))
+# prompt_boxes (B, P, 4) xyxy in resized-image pixels, image_size (B, 2) float32 (h, w) of the
+# resized image -> query_content, query_position (B, P, C).
+PROMPT_ENCODER = GraphIO("prompt_encoder", ("prompt_boxes", "image_size"),
+                         ("query_content", "query_position"))
+# memories and mask features of B*T frames, class_bank (K, S, D), queries (B, Q, C) — the learned
+# ones (``queries.npz`` in the bundle) or the prompt encoder's — and prompt_mode (bool scalar:
+# prompt queries do not see each other) -> class_logits (B, Q, K+1), mask_logits (B, Q, T, H/4,
+# W/4), iou_logits (B, Q), query_embeddings (B, Q, C). T = frames / B.
+QUERY_DECODER = GraphIO("query_decoder",
+                        ("memory_s32", "memory_s16", "memory_s8", "mask_features", "class_bank",
+                         "query_content", "query_position", "prompt_mode"),
+                        ("class_logits", "mask_logits", "iou_logits", "query_embeddings"))
+# token_ids (N, context_length) int64 -> text_embeddings (N, D), not normalised.
+TEXT_ENCODER = GraphIO("text_encoder", ("token_ids",), ("text_embeddings",))
+# mask-pooled stride-32 features (B, Q, C5) -> CLIP image embeddings (B, Q, D), for the
+# open-vocabulary ensemble.
+CLIP_HEAD = GraphIO("clip_head", ("pooled_features",), ("clip_embeddings",))
+
+GRAPHS: tuple[GraphIO, ...] = (ENCODER, PIXEL_DECODER, PROMPT_ENCODER, QUERY_DECODER, TEXT_ENCODER,
+                               CLIP_HEAD)

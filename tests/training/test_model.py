@@ -56,7 +56,7 @@ def test_image_outputs_have_the_documented_shapes_and_ranges(tiny):
     mask_features, memories = tiny.decode_pixels(features)
     assert mask_features.shape == (2, 64, 16, 24)
     assert [m.shape[-2:] for m in memories] == [(2, 3), (4, 6), (8, 12)]
-    out = tiny.decode_queries(memories, mask_features, bank)[-1]
+    out = tiny.decode_queries(memories, mask_features, bank, *tiny.learned_queries(2))[-1]
     q = tiny.config.query_decoder.num_queries
     assert out.class_logits.shape == (2, q, 7)
     assert out.mask_logits.shape == (2, q, 1, 16, 24)
@@ -127,13 +127,14 @@ def test_prompt_results_do_not_depend_on_other_prompts(tiny):
         [[[4.0, 4.0, 40.0, 30.0], [50.0, 10.0, 90.0, 60.0], [20.0, 20.0, 26.0, 26.0]]]
     )
     mask_features, memories = tiny.decode_pixels(tiny.encode(images))
-    together = tiny.decode_queries(
-        memories, mask_features, bank, prompt_boxes=boxes, image_size=size
-    )[-1]
+
+    def decode(b):
+        queries = tiny.encode_prompts(b, size)
+        return tiny.decode_queries(memories, mask_features, bank, *queries, prompt_mode=True)[-1]
+
+    together = decode(boxes)
     for i in range(3):
-        alone = tiny.decode_queries(
-            memories, mask_features, bank, prompt_boxes=boxes[:, i : i + 1], image_size=size
-        )[-1]
+        alone = decode(boxes[:, i : i + 1])
         torch.testing.assert_close(
             together.mask_logits[:, i : i + 1], alone.mask_logits, rtol=1e-5, atol=1e-5
         )
@@ -142,9 +143,26 @@ def test_prompt_results_do_not_depend_on_other_prompts(tiny):
 
 
 def test_prompts_need_the_image_size(tiny):
-    mask_features, memories = tiny.decode_pixels(tiny.encode(_images(1)))
     with pytest.raises(ValueError, match="image_size"):
-        tiny.decode_queries(memories, mask_features, _bank(), prompt_boxes=torch.zeros(1, 1, 4))
+        tiny(_images(1), _bank(), prompt_boxes=torch.zeros(1, 1, 4))
+
+
+def test_graph_form_of_prompt_isolation_equals_the_shortcut(tiny):
+    # Exported graphs take prompt_mode as a tensor and mask self-attention to the diagonal;
+    # that must equal the eager shortcut (softmax over one key is exactly 1).
+    mask_features, memories = tiny.decode_pixels(tiny.encode(_images(1)))
+    boxes = torch.tensor([[[4.0, 4.0, 40.0, 30.0], [50.0, 10.0, 90.0, 60.0]]])
+    queries = tiny.encode_prompts(boxes, torch.tensor([64.0, 96.0]))
+    eager = tiny.decode_queries(memories, mask_features, _bank(), *queries, prompt_mode=True)[-1]
+    graph = tiny.decode_queries(
+        memories, mask_features, _bank(), *queries, prompt_mode=torch.tensor(True)
+    )[-1]
+    torch.testing.assert_close(graph.mask_logits, eager.mask_logits, rtol=1e-5, atol=1e-5)
+    learned = tiny.decode_queries(
+        memories, mask_features, _bank(), *tiny.learned_queries(1), prompt_mode=torch.tensor(False)
+    )[-1]
+    plain = tiny.decode_queries(memories, mask_features, _bank(), *tiny.learned_queries(1))[-1]
+    torch.testing.assert_close(learned.mask_logits, plain.mask_logits, rtol=1e-5, atol=1e-5)
 
 
 def test_checkpoint_round_trip_keeps_every_weight_and_output(tiny, tmp_path):

@@ -59,46 +59,52 @@ class OMGSeg(nn.Module):
         """Stage maps -> mask features (N, C, H/4, W/4) and memories at strides 32, 16, 8."""
         return self.pixel_decoder(features)
 
+    def encode_prompts(
+        self, prompt_boxes: torch.Tensor, image_size: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt boxes -> prompt queries (content, position), each (B, P, C).
+
+        Args:
+            prompt_boxes: (B, P, 4) xyxy in resized-image pixels (clicks already turned into
+                boxes, see ``prompt_encoder.points_to_boxes``).
+            image_size: (B, 2) or (2,) (height, width) of the resized, unpadded image.
+        """
+        if self.prompt_encoder is None:
+            raise ValueError("this model was built without prompt queries (enable_prompts=False)")
+        return self.prompt_encoder(prompt_boxes, image_size)
+
+    def learned_queries(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The learned semantic queries (content, position), each (B, Q, C)."""
+        return self.query_decoder.learned_queries(batch_size)
+
     def decode_queries(
         self,
         memories: list[torch.Tensor],
         mask_features: torch.Tensor,
         class_bank: torch.Tensor,
+        query_content: torch.Tensor,
+        query_position: torch.Tensor,
         *,
-        num_frames: int = 1,
-        prompt_boxes: torch.Tensor | None = None,
-        image_size: torch.Tensor | None = None,
+        prompt_mode: bool | torch.Tensor = False,
         all_layers: bool = False,
     ) -> list[QueryPredictions]:
-        """Decode the learned queries, or prompt boxes when ``prompt_boxes`` is given.
+        """Queries attend to the memories of B*T frames (T = frames / B) and predict.
 
         Args:
-            memories, mask_features: from :meth:`decode_pixels` over B*T frames.
+            memories, mask_features: from :meth:`decode_pixels`.
             class_bank: (K, S, D) unit-norm text embeddings (void is appended inside).
-            num_frames: T frames per clip.
-            prompt_boxes: (B, P, 4) xyxy boxes in resized-image pixels (clicks already turned
-                into boxes, see ``prompt_encoder.points_to_boxes``).
-            image_size: (B, 2) or (2,) (height, width) of the resized unpadded image; needed
-                with ``prompt_boxes``.
+            query_content, query_position: (B, Q, C) from :meth:`learned_queries` or
+                :meth:`encode_prompts`.
+            prompt_mode: True for prompt queries (they do not see each other).
             all_layers: every head's predictions (training) instead of only the last.
         """
-        prompts = None
-        if prompt_boxes is not None:
-            if self.prompt_encoder is None:
-                raise ValueError(
-                    "this model was built without prompt queries (enable_prompts=False)"
-                )
-            if image_size is None:
-                raise ValueError(
-                    "image_size: required with prompt_boxes (boxes are normalised by it)"
-                )
-            prompts = self.prompt_encoder(prompt_boxes, image_size)
         return self.query_decoder(
             memories,
             mask_features,
             class_bank,
-            num_frames=num_frames,
-            prompt_queries=prompts,
+            query_content,
+            query_position,
+            prompt_mode=prompt_mode,
             all_layers=all_layers,
         )
 
@@ -112,15 +118,24 @@ class OMGSeg(nn.Module):
         image_size: torch.Tensor | None = None,
         all_layers: bool = False,
     ) -> list[QueryPredictions]:
-        """images (B*T, 3, H, W) -> predictions (see :meth:`decode_queries`)."""
+        """images (B*T, 3, H, W) -> predictions for the learned queries, or for ``prompt_boxes``
+        (B, P, 4) in resized-image pixels of an image of ``image_size`` (h, w)."""
         mask_features, memories = self.decode_pixels(self.encode(images))
+        if prompt_boxes is None:
+            content, position = self.learned_queries(images.shape[0] // num_frames)
+        else:
+            if image_size is None:
+                raise ValueError(
+                    "image_size: required with prompt_boxes (boxes are normalised by it)"
+                )
+            content, position = self.encode_prompts(prompt_boxes, image_size)
         return self.decode_queries(
             memories,
             mask_features,
             class_bank,
-            num_frames=num_frames,
-            prompt_boxes=prompt_boxes,
-            image_size=image_size,
+            content,
+            position,
+            prompt_mode=prompt_boxes is not None,
             all_layers=all_layers,
         )
 

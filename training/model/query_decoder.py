@@ -101,11 +101,18 @@ class DecoderLayer(nn.Module):
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
         allowed: torch.Tensor,
-        isolated: bool,
+        prompt_mode: bool | torch.Tensor,
     ) -> torch.Tensor:
         cross = self.cross_attn(queries + query_pos, memory + memory_pos, memory, allowed)
         queries = self.norm_cross(queries + cross)
-        if isolated:  # prompt queries attend only to themselves (official diagonal mask)
+        if isinstance(prompt_mode, torch.Tensor):
+            # graph form: prompt queries see only themselves (the official diagonal mask)
+            n = queries.shape[1]
+            eye = torch.eye(n, dtype=torch.bool, device=queries.device)
+            self_allowed = (eye | ~prompt_mode.to(torch.bool))[None, None]
+            q = queries + query_pos
+            update = self.self_attn(q, q, queries, self_allowed)
+        elif prompt_mode:  # softmax over a single key is 1: exactly out_proj(v_proj(q))
             update = self.self_attn.value_only(queries)
         else:
             q = queries + query_pos
@@ -165,9 +172,10 @@ class Mask2FormerQueryDecoder(nn.Module):
         memories: list[torch.Tensor],
         mask_features: torch.Tensor,
         class_bank: torch.Tensor,
+        queries: torch.Tensor,
+        query_pos: torch.Tensor,
         *,
-        num_frames: int = 1,
-        prompt_queries: tuple[torch.Tensor, torch.Tensor] | None = None,
+        prompt_mode: bool | torch.Tensor = False,
         all_layers: bool = False,
     ) -> list[QueryPredictions]:
         """
@@ -175,36 +183,29 @@ class Mask2FormerQueryDecoder(nn.Module):
             memories: three (B*T, C, h_l, w_l) maps, strides 32, 16, 8.
             mask_features: (B*T, C, H, W) stride-4 features.
             class_bank: (K, S, D) unit-norm text embeddings.
-            num_frames: T, frames per clip (1 for images).
-            prompt_queries: (content, position), each (B, P, C), to decode prompts instead of the
-                learned queries; prompts do not see each other.
+            queries, query_pos: (B, Q, C) query content and position (the learned queries, or
+                prompt queries from the prompt encoder). T = frames / B.
+            prompt_mode: prompt queries do not see each other in self-attention (a bool, or a
+                bool scalar tensor in exported graphs).
             all_layers: return every head's predictions with classes (training); otherwise only
                 the last one.
 
         Returns:
             predictions, one per head call (initial + every layer) or just the last.
         """
-        t = num_frames
+        b = queries.shape[0]
         bt, c, h4, w4 = mask_features.shape
-        b = bt // t
+        t = bt // b
         # (B*T, C, H, W) -> (B, C, T*H, W): frames stacked along height
         stacked = mask_features.unflatten(0, (b, t)).transpose(1, 2).flatten(2, 3)
         keys, key_pos, sizes = [], [], []
         for i, memory in enumerate(memories):
             h, w = memory.shape[-2:]
-            tokens = (
-                memory.flatten(2).transpose(1, 2).unflatten(0, (b, t)).flatten(1, 2)
-            )  # (B, T*hw, C)
+            # (B*T, C, h, w) -> (B, T*h*w, C), frame-major
+            tokens = memory.flatten(2).transpose(1, 2).unflatten(0, (b, t)).flatten(1, 2)
             keys.append(tokens + self.level_embed.weight[i])
             key_pos.append(sine_encoding_3d(t, h, w, c // 2, memory.device)[None])
             sizes.append((h, w))
-        if prompt_queries is None:
-            queries = self.query_feat.weight[None].expand(b, -1, -1)
-            query_pos = self.query_embed.weight[None].expand(b, -1, -1)
-            isolated = False
-        else:
-            queries, query_pos = prompt_queries
-            isolated = True
 
         outputs = []
         last = len(self.layers)
@@ -213,12 +214,19 @@ class Mask2FormerQueryDecoder(nn.Module):
         for i, layer in enumerate(self.layers):
             level = i % self.num_levels
             allowed = self._attention_mask(pred.mask_logits, sizes[level])
-            queries = layer(queries, query_pos, keys[level], key_pos[level], allowed, isolated)
+            queries = layer(queries, query_pos, keys[level], key_pos[level], allowed, prompt_mode)
             pred = self._predict(
                 queries, stacked, class_bank, t, with_classes=all_layers or i == last - 1
             )
             outputs.append(pred)
         return outputs if all_layers else outputs[-1:]
+
+    def learned_queries(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 300 learned semantic queries: (content, position), each (B, Q, C)."""
+        return (
+            self.query_feat.weight[None].expand(batch_size, -1, -1),
+            self.query_embed.weight[None].expand(batch_size, -1, -1),
+        )
 
     def _predict(
         self,
