@@ -1,0 +1,160 @@
+"""Instance segmentation from query outputs: the official ``OMGFusionHead.instance_postprocess``.
+
+1. ``probs = softmax(cls_logits)[:, :K]`` (void dropped after the softmax), flattened query-major
+   to Q * K; the top ``max_per_image`` (100) in ``torch.topk(sorted=False)``'s CPU order (see
+   :mod:`omg_rt.postprocess.topk`; sorted descending whenever ``Q * K >= 64 * 100``, which holds
+   for every official config: 300 queries x >= 40 classes).
+2. ``query = index // K``, ``label = index % K``; keep thing classes only, in that order.
+3. ``mask = mask_logit > 0`` at the output size;
+   ``score = prob * sum(sigmoid * mask) / (sum(mask) + 1e-6)``; boxes are the masks' tight
+   ``(x1, y1, x2 + 1, y2 + 1)`` extents (mmdet ``mask2bbox``; all zeros for an empty mask).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from omg_rt.errors import InvalidInputError
+from omg_rt.postprocess._common import check_array, sigmoid, softmax
+from omg_rt.postprocess.topk import topk_indices
+
+MAX_PER_IMAGE = 100  # m2_convl_300q.py test_cfg
+
+
+@dataclass(frozen=True)
+class InstanceResult:
+    """Instances of one image (or one video frame), in the official order.
+
+    Attributes:
+        scores: (N,) float32 class probability x mask score.
+        labels: (N,) int64 class indices (things only).
+        query_indices: (N,) int64 query each instance comes from.
+        masks: (N, H, W) bool, ``mask_logit > 0``.
+        boxes: (N, 4) float32 ``(x1, y1, x2, y2)`` in pixels, x2/y2 exclusive.
+    """
+
+    scores: np.ndarray
+    labels: np.ndarray
+    query_indices: np.ndarray
+    masks: np.ndarray
+    boxes: np.ndarray
+
+
+def select_instances(
+    cls_logits: np.ndarray, num_things: int, max_per_image: int = MAX_PER_IMAGE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps 1-2: the top (query, class) pairs that are things, in the official order.
+
+    Only needs the class logits, so a caller can resize just these queries' masks.
+
+    Args:
+        cls_logits: (Q, K + 1) float32, void last (no IoU column).
+        num_things: classes ``[0, num_things)`` are things.
+        max_per_image: top-k size; clamped to Q * K (``torch.topk`` would raise instead).
+
+    Returns:
+        ``(class_probs (N,) float32, labels (N,) int64, query_indices (N,) int64)``.
+    """
+    cls_logits = check_array(cls_logits, "cls_logits", 2, "float32", "float32 (Q, K + 1)")
+    q, k1 = cls_logits.shape
+    num_classes = k1 - 1
+    if num_classes < 1:
+        raise InvalidInputError(f"cls_logits: expected at least 2 columns, got {k1}")
+    if not 0 <= num_things <= num_classes:
+        raise InvalidInputError(f"num_things: expected 0..{num_classes}, got {num_things}")
+    if max_per_image < 0:
+        raise InvalidInputError(f"max_per_image: expected >= 0, got {max_per_image}")
+    flat = softmax(cls_logits)[:, :num_classes].reshape(-1)  # (Q * K,)
+    top = topk_indices(flat, min(max_per_image, flat.shape[0]), sorted=False)
+    labels = top % num_classes
+    queries = top // num_classes
+    things = labels < num_things
+    return flat[top][things], labels[things].astype(np.int64), queries[things].astype(np.int64)
+
+
+def instance_results(
+    cls_logits: np.ndarray,
+    mask_logits: np.ndarray,
+    num_things: int,
+    max_per_image: int = MAX_PER_IMAGE,
+) -> InstanceResult:
+    """The official instance post-processing of one image.
+
+    Args:
+        cls_logits: (Q, K + 1) float32, void last (no IoU column).
+        mask_logits: (Q, H, W) float32 at the output size.
+        num_things: classes ``[0, num_things)`` are things.
+        max_per_image: top-k over Q * K (100 in the official config).
+
+    Returns:
+        :class:`InstanceResult` with N <= max_per_image instances.
+    """
+    mask_logits = check_array(mask_logits, "mask_logits", 3, "float32", "float32 (Q, H, W)")
+    probs, labels, queries = select_instances(cls_logits, num_things, max_per_image)
+    if mask_logits.shape[0] != cls_logits.shape[0]:
+        raise InvalidInputError(
+            f"mask_logits: expected {cls_logits.shape[0]} masks (one per query of cls_logits), "
+            f"got {mask_logits.shape[0]}"
+        )
+    return instances_from_masks(probs, labels, queries, mask_logits[queries])
+
+
+def instances_from_masks(
+    class_probs: np.ndarray,
+    labels: np.ndarray,
+    query_indices: np.ndarray,
+    selected_mask_logits: np.ndarray,
+) -> InstanceResult:
+    """Step 3: binary masks, mask-scored scores and boxes for already selected instances.
+
+    Args:
+        class_probs: (N,) float32 from :func:`select_instances`.
+        labels: (N,) int64; query_indices: (N,) int64.
+        selected_mask_logits: (N, H, W) float32, the masks of ``query_indices`` in that order.
+
+    Returns:
+        :class:`InstanceResult`.
+    """
+    selected_mask_logits = check_array(
+        selected_mask_logits, "selected_mask_logits", 3, "float32", "float32 (N, H, W)"
+    )
+    n = class_probs.shape[0]
+    if selected_mask_logits.shape[0] != n:
+        raise InvalidInputError(
+            f"selected_mask_logits: expected {n} masks, got {selected_mask_logits.shape[0]}"
+        )
+    masks = selected_mask_logits > 0
+    inside = np.empty(n, dtype=np.float64)
+    for i in range(n):  # one mask at a time: no (N, H, W) float temporaries
+        inside[i] = sigmoid(selected_mask_logits[i][masks[i]]).sum(dtype=np.float64)
+    area = masks.reshape(n, -1).sum(1).astype(np.float32)
+    mask_scores = inside.astype(np.float32) / (area + np.float32(1e-6))
+    return InstanceResult(
+        scores=(class_probs.astype(np.float32) * mask_scores).astype(np.float32),
+        labels=labels.astype(np.int64),
+        query_indices=query_indices.astype(np.int64),
+        masks=masks,
+        boxes=masks_to_boxes(masks),
+    )
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """Tight boxes of binary masks (mmdet ``mask2bbox``).
+
+    Args:
+        masks: (N, H, W) bool.
+
+    Returns:
+        (N, 4) float32 ``(x1, y1, x2 + 1, y2 + 1)``; zeros for an empty mask.
+    """
+    masks = check_array(masks, "masks", 3, "bool", "bool (N, H, W)")
+    boxes = np.zeros((masks.shape[0], 4), dtype=np.float32)
+    cols = masks.any(axis=1)  # (N, W)
+    rows = masks.any(axis=2)  # (N, H)
+    for i in range(masks.shape[0]):
+        xs, ys = np.flatnonzero(cols[i]), np.flatnonzero(rows[i])
+        if xs.size and ys.size:
+            boxes[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+    return boxes
