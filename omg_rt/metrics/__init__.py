@@ -3,7 +3,7 @@ training package.
 
 | task | entry points | reference it matches |
 |---|---|---|
-| panoptic | `PQAccumulator`, `panoptic_quality` | panopticapi |
+| panoptic | `PQAccumulator`, `panoptic_quality`, `rgb_to_id` | panopticapi |
 | instance | `MaskAPAccumulator`, `mask_ap`, `encode_masks` | pycocotools COCOeval (it runs it) |
 | semantic | `ConfusionMatrix`, `mean_iou` | mmseg IoUMetric's definition |
 | video panoptic | `VPQAccumulator`, `video_panoptic_quality` | VIPSeg eval_vpq_vspw.py |
@@ -15,7 +15,7 @@ training package.
 
 from omg_rt.metrics.instance import MaskAPAccumulator, encode_masks, mask_ap
 from omg_rt.metrics.interactive import interactive_miou, mask_ious
-from omg_rt.metrics.panoptic import PQAccumulator, panoptic_quality
+from omg_rt.metrics.panoptic import PQAccumulator, panoptic_quality, rgb_to_id
 from omg_rt.metrics.semantic import ConfusionMatrix, mean_iou
 from omg_rt.metrics.tracking import id_consistency
 from omg_rt.metrics.video_instance import (
@@ -55,6 +55,7 @@ __all__ = [
     "mean_iou",
     "panoptic_quality",
     "region_similarity",
+    "rgb_to_id",
     "tube_iou",
     "video_instance_ap",
     "video_panoptic_quality",

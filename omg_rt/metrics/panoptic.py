@@ -111,6 +111,22 @@ def panoptic_quality(
     return acc.compute()
 
 
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """Segment ids from a COCO panoptic PNG's colours: id = R + 256·G + 256²·B.
+
+    Args:
+        rgb: (H, W, 3) uint8 image as read from the PNG.
+
+    Returns:
+        (H, W) int64 id map.
+    """
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 \
+            or rgb.dtype != np.uint8:
+        raise InvalidInputError(f"rgb: expected uint8 (H, W, 3), got {check.describe(rgb)}")
+    channels = rgb.astype(np.int64)
+    return channels[..., 0] + 256 * channels[..., 1] + 256 * 256 * channels[..., 2]
+
+
 @dataclass
 class PQStats:
     """Per-category sums: IoU of true positives, and TP / FP / FN counts."""

@@ -27,7 +27,8 @@ from omg_rt.metrics import _validation as check
 from omg_rt.metrics.instance import evaluate, quiet_coco
 
 # ytvoseval Params.setDetParams: area ranges for all / small / medium / large.
-YTVIS_AREA_RANGES = [[0**2, 1e5**2], [0**2, 128**2], [128**2, 256**2], [256**2, 1e5**2]]
+YTVIS_AREA_RANGES: tuple[tuple[float, float], ...] = (
+    (0.0, 1e5**2), (0.0, 128.0**2), (128.0**2, 256.0**2), (256.0**2, 1e5**2))
 
 # COCOeval converts every annotation's `segmentation` to an RLE before it asks for IoUs; ours are
 # never read (IoUs come from the tube table), so each annotation carries this 1×1 empty RLE.

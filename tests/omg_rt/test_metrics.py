@@ -36,6 +36,7 @@ from omg_rt.metrics import (
     mean_iou,
     panoptic_quality,
     region_similarity,
+    rgb_to_id,
     tube_iou,
     video_instance_ap,
     video_panoptic_quality,
@@ -144,6 +145,13 @@ def test_pq_rejects_bad_input_with_a_typed_error(pred, pred_segments, gt, gt_seg
     acc = PQAccumulator(CATEGORIES)
     with pytest.raises(InvalidInputError, match=match):
         acc.update(pred, pred_segments, gt, gt_segments)
+
+
+def test_rgb_to_id_decodes_coco_panoptic_png_colours():
+    rgb = np.array([[[0, 0, 0], [1, 0, 0]], [[0, 1, 0], [3, 2, 1]]], np.uint8)
+    np.testing.assert_array_equal(rgb_to_id(rgb), [[0, 1], [256, 3 + 2 * 256 + 65536]])
+    with pytest.raises(InvalidInputError, match="rgb"):
+        rgb_to_id(rgb.astype(np.int32))
 
 
 def test_invalid_input_error_is_a_value_error():
@@ -312,6 +320,8 @@ def test_mask_ap_without_detections_is_zero_and_crowd_only_ground_truth_is_undef
     assert r["ap"] == 0.0
 
 
+# pycocotools' decode warns about numpy 2's __array__ copy keyword; not ours.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_encode_masks_round_trips_through_pycocotools():
     masks = np.random.default_rng(1).random((3, 9, 11)) < 0.4
     rles = encode_masks(masks)
