@@ -151,8 +151,8 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     """
     masks = check_array(masks, "masks", 3, "bool", "bool (N, H, W)")
     boxes = np.zeros((masks.shape[0], 4), dtype=np.float32)
-    cols = masks.any(axis=1)  # (N, W)
-    rows = masks.any(axis=2)  # (N, H)
+    cols = np.asarray(masks.any(axis=1))  # (N, W)
+    rows = np.asarray(masks.any(axis=2))  # (N, H)
     for i in range(masks.shape[0]):
         xs, ys = np.flatnonzero(cols[i]), np.flatnonzero(rows[i])
         if xs.size and ys.size:

@@ -174,7 +174,7 @@ def _panoptic(
 def _assign_pixels(
     mask_logits: np.ndarray, scores: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per pixel, the kept query with the largest ``score * sigmoid`` and whether its sigmoid >= 0.5.
+    """Per pixel, the kept query with the largest ``score * sigmoid``, and its confidence.
 
     Args:
         mask_logits: (N, H, W) float32 of the kept queries.

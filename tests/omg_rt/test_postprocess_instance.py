@@ -18,9 +18,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def test_top_k_order_queries_labels_and_scores_by_hand():
     # Q = 3, K = 3 (classes 0, 1 things; 2 stuff), void last.
-    cls = np.array(
-        [[4.0, 1.0, 0.0, 0.0], [0.0, 3.0, 5.0, 0.0], [2.0, 2.5, 0.0, 1.0]], np.float32
-    )
+    cls = np.array([[4.0, 1.0, 0.0, 0.0], [0.0, 3.0, 5.0, 0.0], [2.0, 2.5, 0.0, 1.0]], np.float32)
     masks = np.full((3, 4, 5), -6.0, np.float32)
     masks[0, :2, :3] = 3.0  # 6 pixels at sigmoid(3)
     masks[1, 1:, 1:] = 1.0

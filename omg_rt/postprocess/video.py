@@ -1,0 +1,355 @@
+"""Video post-processing: the official ``Mask2formerVideoMinVIS`` inference around the decoder.
+
+- :func:`video_split` cuts a video into tubes (clips) decoded jointly;
+- :func:`align_clips` links each tube's queries to the previous tube's by Hungarian matching on
+  ``1 - cosine`` of the final query embeddings (MinVIS; the target is the previous tube's
+  *aligned* embeddings);
+- :func:`average_clip_logits` averages the aligned class / IoU logits over tubes;
+- per frame, :func:`vis_results` (instances, track id = rank + 1), :func:`vps_results` (panoptic,
+  instance id = query index + 1) and :func:`vos_results` (top-25 IoU proposals matched to the
+  first frame's objects).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from omg_rt.errors import InvalidInputError
+from omg_rt.postprocess._common import check_array, sigmoid
+from omg_rt.postprocess.instance import (
+    MAX_PER_IMAGE,
+    InstanceResult,
+    instances_from_masks,
+    select_instances,
+)
+from omg_rt.postprocess.interactive import binary_masks
+from omg_rt.postprocess.panoptic import (
+    FILTER_LOW_SCORE,
+    IOU_THR,
+    OBJECT_MASK_THR,
+    PanopticResult,
+    _panoptic,
+)
+from omg_rt.postprocess.topk import topk_indices
+
+# Official YouTube-VIS / DAVIS settings (eval_m2_convl_300q_ov_{y19,y21,davis}.py).
+CLIP_SIZE = 5
+CLIP_SIZE_SMALL = 3
+SMALL_CLIP_THR = 15
+NUM_PROPOSALS = 25  # davis test_cfg num_proposals
+
+
+def video_split(
+    num_frames: int,
+    clip_size: int = CLIP_SIZE,
+    clip_size_small: int = CLIP_SIZE_SMALL,
+    small_clip_thr: int = SMALL_CLIP_THR,
+    overlap: int = 0,
+) -> list[tuple[int, int]]:
+    """Frame ranges of the tubes, as the official ``video_split``.
+
+    Tubes hold ``clip_size`` frames when the video has more than ``small_clip_thr`` frames, else
+    ``clip_size_small``. When the count does not divide, the last tubes shrink by one frame each
+    (7 frames in tubes of 3 -> 3 + 2 + 2); if more frames are missing than there are tubes, the
+    last tube takes the whole shortfall (11 in tubes of 5 -> 5 + 5 + 1).
+
+    Args:
+        num_frames: frames in the video (>= 1).
+        clip_size, clip_size_small, small_clip_thr: as the official config.
+        overlap: frames shared by consecutive tubes (0 in every official config).
+
+    Returns:
+        ``[(start, end), ...]`` half-open frame ranges in order.
+    """
+    if num_frames < 1:
+        raise InvalidInputError(f"num_frames: expected >= 1, got {num_frames}")
+    tube = clip_size if num_frames > small_clip_thr else clip_size_small
+    if not 0 <= overlap < tube:
+        raise InvalidInputError(f"overlap: expected 0 <= overlap < {tube}, got {overlap}")
+    total, step = num_frames - overlap, tube - overlap
+    splits = -(-total // step)
+    ends = [(i + 1) * step for i in range(splits)]
+    shortfall = ends[-1] - total
+    if shortfall < splits:
+        for i in range(shortfall):
+            ends[splits - 1 - i] -= shortfall - i
+    else:
+        ends[-1] -= shortfall
+    ends = [end + overlap for end in ends]
+    starts = [0] + [end - overlap for end in ends[:-1]]
+    return list(zip(starts, ends, strict=True))
+
+
+def align_clips(query_embeddings: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per tube, the permutation of its queries that aligns them to the previous tube.
+
+    Cost ``1 - cos(current_i, target_j)`` in float32 with L2-normalised embeddings; SciPy's
+    ``linear_sum_assignment`` on the (target x current) cost gives, for each target slot j,
+    the current query to put there. The target is the previous tube's embeddings *after* its
+    own alignment.
+
+    Args:
+        query_embeddings: per tube, (Q, C) float32 final query embeddings.
+
+    Returns:
+        per tube, (Q,) int64 ``perm`` with ``aligned = tube_output[perm]``; the first is identity.
+    """
+    if len(query_embeddings) == 0:
+        return []
+    perms: list[np.ndarray] = []
+    target: np.ndarray | None = None
+    for index, emb in enumerate(query_embeddings):
+        emb = check_array(emb, f"query_embeddings[{index}]", 2, "float32", "float32 (Q, C)")
+        if target is None:
+            perm = np.arange(emb.shape[0], dtype=np.int64)
+        else:
+            if emb.shape != target.shape:
+                raise InvalidInputError(
+                    f"query_embeddings[{index}]: expected float32 {target.shape}, "
+                    f"got {emb.dtype} {emb.shape}"
+                )
+            cost = np.float32(1.0) - _unit(emb) @ _unit(target).T  # (current, target)
+            _, perm = linear_sum_assignment(cost.T)
+            perm = perm.astype(np.int64)
+        perms.append(perm)
+        target = emb[perm]
+    return perms
+
+
+def _unit(emb: np.ndarray) -> np.ndarray:
+    norm = np.sqrt((emb.astype(np.float32) ** 2).sum(-1, keepdims=True, dtype=np.float32))
+    return emb / norm
+
+
+def average_clip_logits(
+    logits_per_clip: Sequence[np.ndarray], perms: Sequence[np.ndarray]
+) -> np.ndarray:
+    """Mean over tubes of the aligned per-query logits, summed in tube order then divided.
+
+    Args:
+        logits_per_clip: per tube, (Q, ...) float32 (class logits (Q, K + 1), IoU logits (Q, 1)...).
+        perms: per tube, (Q,) int64 from :func:`align_clips`.
+
+    Returns:
+        (Q, ...) float32.
+    """
+    if len(logits_per_clip) == 0 or len(logits_per_clip) != len(perms):
+        raise InvalidInputError(
+            f"logits_per_clip: expected one array per permutation ({len(perms)}), "
+            f"got {len(logits_per_clip)}"
+        )
+    total: np.ndarray | None = None
+    for index, (logits, perm) in enumerate(zip(logits_per_clip, perms, strict=True)):
+        if not isinstance(logits, np.ndarray) or logits.dtype != np.float32:
+            raise InvalidInputError(
+                f"logits_per_clip[{index}]: expected float32 (Q, ...), "
+                f"got {getattr(logits, 'dtype', type(logits).__name__)}"
+            )
+        aligned = logits[perm]
+        total = aligned.copy() if total is None else total + aligned
+    assert total is not None
+    return (total / np.float32(len(logits_per_clip))).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TrackedInstances:
+    """Instances of one frame with their track ids.
+
+    Attributes:
+        instances: the frame's :class:`~omg_rt.postprocess.instance.InstanceResult`.
+        track_ids: (N,) int64, ``rank + 1`` (the same for a given rank in every frame).
+    """
+
+    instances: InstanceResult
+    track_ids: np.ndarray
+
+
+def vis_results(
+    cls_logits: np.ndarray,
+    frame_mask_logits: Iterable[np.ndarray],
+    num_things: int,
+    max_per_image: int = MAX_PER_IMAGE,
+) -> list[TrackedInstances]:
+    """Video instance segmentation: the image instance post-processing on every frame.
+
+    The class logits are shared by all frames, so the selected (query, class) pairs and their
+    order — and so the track ids, ``arange(N) + 1`` — are the same in every frame; only the
+    masks and mask scores change.
+
+    Args:
+        cls_logits: (Q, K + 1) float32 tube-averaged class logits, void last.
+        frame_mask_logits: per frame, (Q, H, W) float32 mask logits at the original size
+            (any iterable, e.g. a generator, to hold one frame at a time).
+        num_things: classes ``[0, num_things)`` are things.
+        max_per_image: top-k per frame.
+
+    Returns:
+        one :class:`TrackedInstances` per frame.
+    """
+    probs, labels, queries = select_instances(cls_logits, num_things, max_per_image)
+    track_ids = np.arange(probs.shape[0], dtype=np.int64) + 1
+    results = []
+    for index, masks in enumerate(frame_mask_logits):
+        masks = check_array(masks, f"frame_mask_logits[{index}]", 3, "float32", "float32 (Q, H, W)")
+        if masks.shape[0] != cls_logits.shape[0]:
+            raise InvalidInputError(
+                f"frame_mask_logits[{index}]: expected {cls_logits.shape[0]} masks, "
+                f"got {masks.shape[0]}"
+            )
+        instances = instances_from_masks(probs, labels, queries, masks[queries])
+        results.append(TrackedInstances(instances=instances, track_ids=track_ids))
+    return results
+
+
+def vps_results(
+    cls_logits: np.ndarray,
+    frame_mask_logits: Iterable[np.ndarray],
+    num_things: int,
+    object_mask_thr: float = OBJECT_MASK_THR,
+    iou_thr: float = IOU_THR,
+    filter_low_score: bool = FILTER_LOW_SCORE,
+) -> list[PanopticResult]:
+    """Video panoptic segmentation: per-frame panoptic maps with ids stable across frames.
+
+    Same as the image panoptic post-processing except that a thing's id is
+    ``label + (query_index + 1) * 1000``. (The official code restarts its instance counter in
+    every frame, so its ids drift whenever a segment fails the area test in one frame only.)
+
+    Args:
+        cls_logits: (Q, K + 1) float32 tube-averaged class logits, void last.
+        frame_mask_logits: per frame, (Q, H, W) float32 at the original size.
+        num_things, object_mask_thr, iou_thr, filter_low_score: as
+            :func:`omg_rt.postprocess.panoptic.panoptic_results`.
+
+    Returns:
+        one :class:`~omg_rt.postprocess.panoptic.PanopticResult` per frame.
+    """
+    ids = np.arange(np.shape(cls_logits)[0], dtype=np.int64) + 1
+    return [
+        _panoptic(cls_logits, masks, num_things, object_mask_thr, iou_thr, filter_low_score, ids)
+        for masks in frame_mask_logits
+    ]
+
+
+def vos_proposals(iou_logits: np.ndarray, num_proposals: int = NUM_PROPOSALS) -> np.ndarray:
+    """The official VOS proposals: top queries by ``sigmoid(iou_logit)``, lowest score first.
+
+    ``torch.topk(sorted=True)`` on the float32 sigmoid, reversed; ties (e.g. saturated
+    sigmoids) are ordered as PyTorch's CPU kernel orders them.
+
+    Args:
+        iou_logits: (Q,) float32 tube-averaged IoU logits.
+        num_proposals: how many (25 in the DAVIS config), clamped to Q.
+
+    Returns:
+        (P,) int64 query indices in ascending score order (later ones are painted on top).
+    """
+    iou_logits = check_array(iou_logits, "iou_logits", 1, "float32", "float32 (Q,)")
+    if num_proposals < 1:
+        raise InvalidInputError(f"num_proposals: expected >= 1, got {num_proposals}")
+    top = topk_indices(sigmoid(iou_logits), min(num_proposals, iou_logits.shape[0]), sorted=True)
+    return top[::-1].copy()
+
+
+def vos_assign_ids(
+    proposal_masks: np.ndarray, first_frame_masks: np.ndarray, object_ids: Sequence[int]
+) -> dict[int, int]:
+    """Match first-frame proposals to the given objects by maximum mask IoU (Hungarian).
+
+    IoU in float32 as the official ``intersection / union`` of int tensors; a pair whose union
+    is empty counts as IoU 0 (the official code would hand SciPy a NaN and fail).
+
+    Args:
+        proposal_masks: (P, H, W) bool, frame 0's proposals in :func:`vos_proposals` order.
+        first_frame_masks: (M, H, W) bool, the objects to follow.
+        object_ids: (M,) their ids (> 0; 0 is background).
+
+    Returns:
+        ``{proposal slot: object id}``, in ascending slot order (the official painting order).
+    """
+    proposal_masks = check_array(proposal_masks, "proposal_masks", 3, "bool", "bool (P, H, W)")
+    first_frame_masks = check_array(
+        first_frame_masks, "first_frame_masks", 3, "bool", "bool (M, H, W)"
+    )
+    if first_frame_masks.shape[1:] != proposal_masks.shape[1:]:
+        raise InvalidInputError(
+            f"first_frame_masks: expected bool (M, {proposal_masks.shape[1]}, "
+            f"{proposal_masks.shape[2]}), got bool {first_frame_masks.shape}"
+        )
+    ids = list(object_ids)
+    if len(ids) != first_frame_masks.shape[0]:
+        raise InvalidInputError(
+            f"object_ids: expected {first_frame_masks.shape[0]} ids, got {len(ids)}"
+        )
+    a = proposal_masks.reshape(proposal_masks.shape[0], -1).astype(np.float32)
+    b = first_frame_masks.reshape(first_frame_masks.shape[0], -1).astype(np.float32)
+    intersection = a @ b.T  # exact: counts < 2**24
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - intersection
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, intersection / union, np.float32(0.0)).astype(np.float32)
+    rows, cols = linear_sum_assignment(-iou)
+    return {int(r): int(ids[c]) for r, c in zip(rows, cols, strict=True)}
+
+
+def vos_paint(proposal_masks: np.ndarray, assignment: dict[int, int]) -> np.ndarray:
+    """Paint the assigned proposals with their object ids, later slots on top.
+
+    Args:
+        proposal_masks: (P, H, W) bool of one frame, in :func:`vos_proposals` order.
+        assignment: from :func:`vos_assign_ids`.
+
+    Returns:
+        (H, W) int32, 0 = background.
+    """
+    proposal_masks = check_array(proposal_masks, "proposal_masks", 3, "bool", "bool (P, H, W)")
+    id_map = np.zeros(proposal_masks.shape[1:], dtype=np.int32)
+    for slot, object_id in assignment.items():
+        id_map[proposal_masks[slot]] = object_id
+    return id_map
+
+
+def vos_results(
+    iou_logits: np.ndarray,
+    frame_mask_logits: Iterable[np.ndarray],
+    first_frame_masks: np.ndarray,
+    object_ids: Sequence[int] | None = None,
+    num_proposals: int = NUM_PROPOSALS,
+) -> list[np.ndarray]:
+    """Video object segmentation as the official DAVIS path: proposals + first-frame matching.
+
+    Args:
+        iou_logits: (Q,) float32 tube-averaged IoU logits.
+        frame_mask_logits: per frame, (Q, H, W) float32 at the original size (or (P, H, W) of
+            just the :func:`vos_proposals` queries, in that order).
+        first_frame_masks: (M, H, W) bool objects of frame 0.
+        object_ids: their ids; default ``1..M``.
+        num_proposals: 25 in the DAVIS config.
+
+    Returns:
+        per frame, (H, W) int32 id map (0 = background).
+    """
+    proposals = vos_proposals(iou_logits, num_proposals)
+    first_frame_masks = check_array(
+        first_frame_masks, "first_frame_masks", 3, "bool", "bool (M, H, W)"
+    )
+    ids = list(range(1, first_frame_masks.shape[0] + 1)) if object_ids is None else object_ids
+    assignment: dict[int, int] | None = None
+    maps = []
+    for index, masks in enumerate(frame_mask_logits):
+        masks = check_array(masks, f"frame_mask_logits[{index}]", 3, "float32", "float32 (Q, H, W)")
+        if masks.shape[0] == iou_logits.shape[0]:
+            masks = masks[proposals]
+        elif masks.shape[0] != proposals.shape[0]:
+            raise InvalidInputError(
+                f"frame_mask_logits[{index}]: expected {iou_logits.shape[0]} or "
+                f"{proposals.shape[0]} masks, got {masks.shape[0]}"
+            )
+        proposal_masks = binary_masks(masks)
+        if assignment is None:
+            assignment = vos_assign_ids(proposal_masks, first_frame_masks, ids)
+        maps.append(vos_paint(proposal_masks, assignment))
+    return maps
