@@ -107,8 +107,9 @@ class DecoderLayer(nn.Module):
         queries = self.norm_cross(queries + cross)
         if isinstance(prompt_mode, torch.Tensor):
             # graph form: prompt queries see only themselves (the official diagonal mask)
-            n = queries.shape[1]
-            eye = torch.eye(n, dtype=torch.bool, device=queries.device)
+            # arange == arange, not torch.eye: ONNX EyeLike has no bool kernel in ONNX Runtime
+            index = torch.arange(queries.shape[1], device=queries.device)
+            eye = index[:, None] == index[None, :]
             self_allowed = (eye | ~prompt_mode.to(torch.bool))[None, None]
             q = queries + query_pos
             update = self.self_attn(q, q, queries, self_allowed)
@@ -196,13 +197,15 @@ class Mask2FormerQueryDecoder(nn.Module):
         b = queries.shape[0]
         bt, c, h4, w4 = mask_features.shape
         t = bt // b
-        # (B*T, C, H, W) -> (B, C, T*H, W): frames stacked along height
-        stacked = mask_features.unflatten(0, (b, t)).transpose(1, 2).flatten(2, 3)
+        # (B*T, C, H, W) -> (B, C, T*H, W): frames stacked along height. Reshapes, not
+        # ``unflatten``, wherever a size is data-dependent: the ONNX tracer loses the dynamic
+        # shapes of an ``unflatten`` output (its later ``.shape`` reads become constants).
+        stacked = mask_features.reshape(b, t, c, h4, w4).transpose(1, 2).flatten(2, 3)
         keys, key_pos, sizes = [], [], []
         for i, memory in enumerate(memories):
             h, w = memory.shape[-2:]
             # (B*T, C, h, w) -> (B, T*h*w, C), frame-major
-            tokens = memory.flatten(2).transpose(1, 2).unflatten(0, (b, t)).flatten(1, 2)
+            tokens = memory.flatten(2).transpose(1, 2).reshape(b, -1, c)
             keys.append(tokens + self.level_embed.weight[i])
             key_pos.append(sine_encoding_3d(t, h, w, c // 2, memory.device)[None])
             sizes.append((h, w))
@@ -245,7 +248,9 @@ class Mask2FormerQueryDecoder(nn.Module):
             iou_logits = self.iou_embed(normed)[..., 0]
         return QueryPredictions(
             class_logits=class_logits,
-            mask_logits=mask_logits.unflatten(2, (num_frames, -1)),
+            mask_logits=mask_logits.reshape(
+                mask_logits.shape[0], mask_logits.shape[1], num_frames, -1, mask_logits.shape[3]
+            ),
             iou_logits=iou_logits,
             query_embeddings=queries,
         )
