@@ -511,7 +511,11 @@ def _run_jobs(jobs: list[tuple], workers: int, progress: bool, desc: str) -> lis
                 out.append(_run_job(job))
                 bar.update()
             return out
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        # fork (where there is one) works from any caller, a REPL or stdin included; spawn
+        # re-imports the caller's __main__. The workers only run numpy/cv2 drawing code.
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        with context.Pool(workers) as pool:
             out = []
             for result in pool.imap(_run_job, jobs, chunksize=8):  # ordered: files stay identical
                 out.append(result)
