@@ -1,0 +1,206 @@
+"""PyTorch backend: the training model itself, every graph one of its methods under the graph's
+I/O names — the reference every other backend is compared against.
+
+torch and ``training`` are imported lazily (only when this backend is opened); on CUDA the model's
+Triton kernels run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from omg_rt.backends.base import TensorSpec
+from omg_rt.errors import BackendUnavailableError
+from omg_rt.spec import (
+    CLIP_HEAD,
+    ENCODER,
+    PIXEL_DECODER,
+    PROMPT_ENCODER,
+    QUERY_DECODER,
+    TEXT_ENCODER,
+    GraphIO,
+    ModelSpec,
+)
+
+
+def import_torch() -> Any:
+    """``import torch`` or BackendUnavailableError with the reason."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"torch backend: PyTorch is not installed ({exc}); pip install 'omg-rt[train]'"
+        ) from exc
+    return torch
+
+
+def load_torch_model(checkpoint: str | os.PathLike) -> tuple[Any, ModelSpec]:
+    """``training.model.checkpoint.load_checkpoint`` (an official .pth or our directory)."""
+    import_torch()
+    try:
+        from training.model.checkpoint import load_checkpoint
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"torch backend: the 'training' package is not importable ({exc})"
+        ) from exc
+    return load_checkpoint(checkpoint)
+
+
+def graph_specs(spec: ModelSpec) -> dict[str, dict[str, TensorSpec]]:
+    """Input specs of every graph as the model methods take them (dynamic axes named)."""
+    c = spec.pixel_decoder.embed_dim
+    widths = spec.backbone.widths
+    d = spec.backbone.embed_dim
+
+    def t(name: str, shape: tuple, dtype: str = "float32") -> TensorSpec:
+        return TensorSpec(name=name, shape=shape, dtype=dtype)
+
+    features = {
+        name: t(name, ("frames", width, f"h{stride}", f"w{stride}"))
+        for name, width, stride in zip(ENCODER.outputs, widths, (4, 8, 16, 32), strict=True)
+    }
+    return {
+        ENCODER.name: {"image": t("image", ("frames", 3, "height", "width"))},
+        PIXEL_DECODER.name: features,
+        PROMPT_ENCODER.name: {
+            "prompt_boxes": t("prompt_boxes", ("batch", "prompts", 4)),
+            "image_size": t("image_size", ("batch", 2)),
+        },
+        QUERY_DECODER.name: {
+            "memory_s32": t("memory_s32", ("frames", c, "h32", "w32")),
+            "memory_s16": t("memory_s16", ("frames", c, "h16", "w16")),
+            "memory_s8": t("memory_s8", ("frames", c, "h8", "w8")),
+            "mask_features": t("mask_features", ("frames", c, "h4", "w4")),
+            "class_bank": t("class_bank", ("classes", "synonyms", d)),
+            "query_content": t("query_content", ("batch", "queries", c)),
+            "query_position": t("query_position", ("batch", "queries", c)),
+            "prompt_mode": t("prompt_mode", (), "bool"),
+        },
+        TEXT_ENCODER.name: {
+            "token_ids": t("token_ids", ("texts", spec.text.context_length), "int64")
+        },
+        CLIP_HEAD.name: {"pooled_features": t("pooled_features", ("batch", "queries", widths[-1]))},
+    }
+
+
+class TorchGraph:
+    """One model method behind the backend Protocol.
+
+    Args:
+        graph: the graph it stands for.
+        fn: torch tensors by input name -> tuple of tensors in ``graph.outputs`` order.
+        specs: its input specs.
+        device: torch device string.
+    """
+
+    def __init__(
+        self, graph: GraphIO, fn: Callable[..., tuple], specs: dict[str, TensorSpec], device: str
+    ) -> None:
+        self.graph = graph
+        self.name = f"torch[{device}]"
+        self._fn = fn
+        self._specs = specs
+        self._device = device
+        self._torch = import_torch()
+
+    def inputs(self) -> dict[str, TensorSpec]:
+        return dict(self._specs)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            tensors = {k: torch.from_numpy(np.array(v)).to(self._device) for k, v in feeds.items()}
+            outputs = self._fn(**tensors)
+        return {
+            name: out.detach().float().cpu().numpy()
+            if out.dtype.is_floating_point
+            else out.cpu().numpy()
+            for name, out in zip(self.graph.outputs, outputs, strict=True)
+        }
+
+    def close(self) -> None:
+        self._fn = None  # type: ignore[assignment]
+
+
+def pick_device(device: str) -> str:
+    torch = import_torch()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendUnavailableError(
+            f"torch backend: device {device!r} requested but torch.cuda.is_available() is False"
+        )
+    return device
+
+
+def open_torch_graphs(model: Any, *, device: str = "auto") -> dict[str, TorchGraph]:
+    """The model's methods as backends, one per graph (the text encoder only if it has one)."""
+    device = pick_device(device)
+    model = model.to(device).eval()
+    specs = graph_specs(model.config)
+
+    def encoder(image):
+        return tuple(model.encode(image))
+
+    def pixel_decoder(features_s4, features_s8, features_s16, features_s32):
+        mask_features, memories = model.decode_pixels(
+            [features_s4, features_s8, features_s16, features_s32]
+        )
+        return (mask_features, *memories)
+
+    def prompt_encoder(prompt_boxes, image_size):
+        return model.encode_prompts(prompt_boxes, image_size)
+
+    def query_decoder(
+        memory_s32,
+        memory_s16,
+        memory_s8,
+        mask_features,
+        class_bank,
+        query_content,
+        query_position,
+        prompt_mode,
+    ):
+        # a Python bool selects the model's exact self-only attention path for prompts
+        pred = model.decode_queries(
+            [memory_s32, memory_s16, memory_s8],
+            mask_features,
+            class_bank,
+            query_content,
+            query_position,
+            prompt_mode=bool(prompt_mode.item()),
+        )[-1]
+        return pred.class_logits, pred.mask_logits, pred.iou_logits, pred.query_embeddings
+
+    def text_encoder(token_ids):
+        return (model.text_encoder(token_ids),)
+
+    def clip_head(pooled_features):
+        return (model.backbone.clip_projection(pooled_features),)
+
+    fns: dict[GraphIO, Callable[..., tuple]] = {
+        ENCODER: encoder,
+        PIXEL_DECODER: pixel_decoder,
+        QUERY_DECODER: query_decoder,
+        CLIP_HEAD: clip_head,
+    }
+    if model.prompt_encoder is not None:
+        fns[PROMPT_ENCODER] = prompt_encoder
+    if model.text_encoder is not None:
+        fns[TEXT_ENCODER] = text_encoder
+    return {g.name: TorchGraph(g, fn, specs[g.name], device) for g, fn in fns.items()}
+
+
+def learned_queries(model: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, C) float32 content and position of the model's learned queries."""
+    torch = import_torch()
+    with torch.inference_mode():
+        content, position = model.learned_queries(1)
+    return (
+        content[0].detach().float().cpu().numpy().copy(),
+        position[0].detach().float().cpu().numpy().copy(),
+    )
