@@ -33,7 +33,7 @@ def paths(tmp_path_factory):
 
 def test_panoptic_round_trip_gives_the_generated_scene(paths):
     reader = read_coco_panoptic(paths.panoptic_json, paths.panoptic_dir, paths.image_dir)
-    gen = SceneGenerator(SEED, config=CONFIG)
+    gen = SceneGenerator(SEED, config=CONFIG, split="train")
     assert len(reader) == 8
     assert reader.categories.names == CONFIG.thing_classes + CONFIG.stuff_classes
     assert reader.categories.num_things == CONFIG.num_things
@@ -62,7 +62,7 @@ def test_panoptic_segments_info_matches_the_pngs(paths):
 
 def test_instances_round_trip_gives_the_things(paths):
     reader = read_coco_instances(paths.instances_json, paths.image_dir)
-    gen = SceneGenerator(SEED, config=CONFIG)
+    gen = SceneGenerator(SEED, config=CONFIG, split="train")
     assert reader.categories.names == CONFIG.thing_classes
     for i in range(len(reader)):
         record, scene = reader[i], gen.image(i)
@@ -74,7 +74,7 @@ def test_instances_round_trip_gives_the_things(paths):
 
 def test_ytvis_round_trip_gives_the_generated_video(paths):
     reader = read_ytvis(paths.ytvis_json, paths.video_dir)
-    gen = SceneGenerator(SEED, config=CONFIG)
+    gen = SceneGenerator(SEED, config=CONFIG, split="train")
     assert len(reader) == 3
     all_ids = []
     for v in range(len(reader)):

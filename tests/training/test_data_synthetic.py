@@ -39,6 +39,17 @@ def test_different_seeds_give_different_scenes():
     assert not np.array_equal(a.image, b.image)
 
 
+def test_splits_made_with_one_seed_hold_different_scenes(tmp_path):
+    train = SceneGenerator(0, split="train").image(0)
+    val = SceneGenerator(0, split="val").image(0)
+    assert not np.array_equal(train.image, val.image)
+    generate_dataset(tmp_path, "train", num_images=2, seed=0, progress=False)
+    generate_dataset(tmp_path, "val", num_images=2, seed=0, progress=False)
+    a = (tmp_path / "images" / "train" / "000001.png").read_bytes()
+    b = (tmp_path / "images" / "val" / "000001.png").read_bytes()
+    assert a != b
+
+
 def test_item_depends_only_on_seed_and_index():
     gen = SceneGenerator(5)
     later = gen.image(7)
@@ -105,6 +116,8 @@ def test_config_rejects_bad_values_with_the_argument_name():
         SceneConfig(thing_size=(0.5, 0.2))
     with pytest.raises(DataError, match="enter_prob"):
         SceneConfig(enter_prob=0.8, leave_prob=0.5)
+    with pytest.raises(DataError, match="seed"):
+        SceneGenerator(-1)
     with pytest.raises(DataError, match="num_images"):
         generate_dataset("/nonexistent", "train", num_images=-1)
 

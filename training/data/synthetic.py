@@ -8,14 +8,16 @@ COCO instances and YouTube-VIS files, so training reads them with the real reade
 
 The defaults are chosen so a tiny model learns the world at 64–128 px in minutes; every knob of
 difficulty (classes, sizes, occlusion, rotation, noise, speed) is a `SceneConfig` field.
-Everything is seeded per item (``default_rng([seed, kind, index])``): the same seed gives
-byte-identical files whatever the number of worker processes.
+Everything is seeded per item (``default_rng([seed, crc32(split), kind, index])``): the same
+seed gives byte-identical files whatever the number of worker processes, and two splits made
+with one seed do not share scenes.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,16 +178,25 @@ class _Thing:
 
 
 class SceneGenerator:
-    """Draws scenes and videos of the configured world; item ``i`` depends only on (seed, i)."""
+    """Draws scenes and videos of the configured world.
 
-    def __init__(self, seed: int = 0, *, config: SceneConfig | None = None) -> None:
+    Item ``i`` depends only on (seed, split, i); ``split`` names an independent stream, so a
+    held-out split made with the training seed still holds new scenes.
+    """
+
+    def __init__(self, seed: int = 0, *, config: SceneConfig | None = None,
+                 split: str = "") -> None:
+        if int(seed) < 0:
+            raise DataError(f"seed: expected an int >= 0, got {seed}")
         self.seed = int(seed)
         self.config = config if config is not None else SceneConfig()
+        self.split = split
+        self._stream = zlib.crc32(split.encode())
 
     def image(self, index: int) -> Scene:
         """The ``index``-th image scene."""
         cfg, size = self.config, self.config.image_size
-        rng = np.random.default_rng([self.seed, 0, index])
+        rng = np.random.default_rng([self.seed, self._stream, 0, index])
         stuff_map, stuff_labels, canvas = self._background(rng)
         owner = np.full((size, size), -1, np.int32)  # thing index on top at each pixel
         full_areas: list[int] = []
@@ -222,7 +233,7 @@ class SceneGenerator:
         if num_frames < 1:
             raise DataError(f"num_frames: expected >= 1, got {num_frames}")
         cfg, size = self.config, self.config.image_size
-        rng = np.random.default_rng([self.seed, 1, index])
+        rng = np.random.default_rng([self.seed, self._stream, 1, index])
         stuff_map, stuff_labels, background = self._background(rng)
         n = max(1, int(rng.integers(cfg.min_things, cfg.max_things + 1)))
         things = [self._new_thing(rng) for _ in range(n)]
@@ -453,7 +464,8 @@ def generate_dataset(
     Layout under ``root`` (see `DatasetPaths`): ``panoptic_{split}.json`` and
     ``panoptic_{split}/NNNNNN.png`` (RGB-encoded ids), ``images/{split}/NNNNNN.png``,
     ``instances_{split}.json`` (things, RLE), ``ytvis_{split}.json`` and
-    ``videos/{split}/NNNNN/NNNNN.png``. Same arguments → byte-identical files.
+    ``videos/{split}/NNNNN/NNNNN.png``. Same arguments → byte-identical files; the split name
+    is part of every item's seed, so "train" and "val" made with one seed never share scenes.
 
     Args:
         num_images, num_videos: how many of each (either may be 0).
@@ -532,7 +544,7 @@ def _run_job(job: tuple) -> Any:
 
 
 def _write_image(seed: int, config: SceneConfig, root: str, split: str, image_id: int):
-    scene = SceneGenerator(seed, config=config).image(image_id - 1)
+    scene = SceneGenerator(seed, config=config, split=split).image(image_id - 1)
     paths = dataset_paths(root, split)
     size = config.image_size
     stem = f"{image_id:06d}"
@@ -561,7 +573,8 @@ def _write_image(seed: int, config: SceneConfig, root: str, split: str, image_id
 
 def _write_video(seed: int, config: SceneConfig, root: str, split: str, video_id: int,
                  num_frames: int):
-    video = SceneGenerator(seed, config=config).video(video_id - 1, num_frames)
+    video = SceneGenerator(seed, config=config, split=split).video(video_id - 1,
+                                                                   num_frames)
     folder = dataset_paths(root, split).video_dir / f"{video_id:05d}"
     folder.mkdir(parents=True, exist_ok=True)
     names = []
