@@ -1,10 +1,10 @@
 """Training data: real-format readers, the synthetic world, prompts, augmentations, datasets.
 
-``synthetic`` writes COCO panoptic / COCO instances / YouTube-VIS files; ``readers`` read them
-(and the real datasets) lazily into typed records; ``prompts`` makes SAM-style clicks and boxes
-from masks; ``transforms`` does large-scale jitter, flips and pseudo-videos; ``dataset`` (the
-only torch module, imported on first use of its names) gives the sample dicts and the joint
-sampler.
+``world`` draws the synthetic shapes world and ``synthetic`` writes it as COCO panoptic / COCO
+instances / YouTube-VIS files; ``readers`` read them (and the real datasets) lazily into typed
+records; ``prompts`` makes SAM-style clicks and boxes from masks; ``transforms`` does
+large-scale jitter, flips and pseudo-videos; ``dataset`` (the only torch module, imported on
+first use of its names) gives the sample dicts and the joint sampler.
 """
 
 from __future__ import annotations
