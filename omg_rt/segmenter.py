@@ -98,6 +98,10 @@ class _Prepared:
     original_hw: tuple[int, int]
     resized: np.ndarray  # (Hr, Wr, 3) uint8
 
+    @property
+    def resized_hw(self) -> tuple[int, int]:
+        return int(self.resized.shape[0]), int(self.resized.shape[1])
+
 
 class Segmenter:
     """OMG-Seg behind one backend. Thread-safe; errors from bad input leave it serving.
@@ -435,7 +439,12 @@ class Segmenter:
         return self._prompt_many(session, [prompt_boxes])[0]
 
     def prompt_boxes(
-        self, session: ImageSession, *, points: Any = None, labels: Any = None, boxes: Any = None
+        self,
+        session: ImageSession | _Prepared,
+        *,
+        points: Any = None,
+        labels: Any = None,
+        boxes: Any = None,
     ) -> np.ndarray:
         """Validate prompts and turn them into (P, 4) float32 boxes in resized-image pixels
         (a click becomes [x - r, y - r, x + r, y + r], r = 3, in resized pixels, as official)."""

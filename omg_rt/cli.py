@@ -1,0 +1,260 @@
+"""``omg-rt``: segment images, answer prompts, and follow videos from the command line.
+
+    omg-rt segment IMAGES... --bundle B --task panoptic|instance|semantic [--vocab ...] --out DIR
+    omg-rt prompt IMAGE --bundle B --points x,y[,label] ... --boxes x0,y0,x1,y1 ... --out DIR
+    omg-rt video VIDEO --bundle B --task vis|vps|vss|vos [--first-mask PNG] --out DIR
+
+Outputs per image: ``<name>.json`` (every mask as COCO RLE with id, label, name, score, box) and
+``<name>_overlay.png``; panoptic adds ``<name>_panoptic.png`` + ``<name>_segments.json`` (COCO
+panoptic), semantic adds ``<name>_semantic.png`` (class index per pixel, 16-bit, 65535 = none).
+Video writes ``<name>_overlay.mp4`` and ``<name>.jsonl`` (one JSON record per frame).
+
+Exit codes: 0 done; 2 bad command line; 3 bad input (unreadable image or video, prompts outside
+the image, ...); 4 bad bundle (missing file, checksum mismatch); 5 backend unavailable; 1 any
+other omg-rt error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from omg_rt.errors import BackendUnavailableError, BundleError, InvalidInputError, OmgRtError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_BUNDLE, EXIT_BACKEND = 0, 1, 2, 3, 4, 5
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omg-rt", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--bundle", required=True, help="exported bundle directory")
+        p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
+        p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+        p.add_argument("--out", required=True, help="output directory")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument(
+            "--vocab",
+            nargs="+",
+            help="class names (comma-separated synonyms each), or one text file, one per line",
+        )
+        p.add_argument("--num-things", type=int, help="the first N vocabulary names are things")
+
+    seg = sub.add_parser("segment", help="panoptic / instance / semantic segmentation of images")
+    seg.add_argument("images", nargs="+")
+    seg.add_argument("--task", default="panoptic", choices=["panoptic", "instance", "semantic"])
+    common(seg)
+
+    prm = sub.add_parser("prompt", help="masks from clicks and boxes")
+    prm.add_argument("image")
+    prm.add_argument("--points", nargs="*", default=[], help="x,y or x,y,label (label 1)")
+    prm.add_argument("--boxes", nargs="*", default=[], help="x0,y0,x1,y1")
+    common(prm)
+
+    vid = sub.add_parser("video", help="video instance / panoptic / semantic / object segmentation")
+    vid.add_argument("video")
+    vid.add_argument("--task", default="vis", choices=["vis", "vps", "vss", "vos"])
+    vid.add_argument("--first-mask", help="VOS: PNG of frame 0's objects (index or colour)")
+    vid.add_argument("--clip-size", type=int, help="frames decoded together")
+    vid.add_argument("--max-frames", type=int, help="stop after this many frames")
+    common(vid)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"segment": _segment, "prompt": _prompt, "video": _video}[args.command](args)
+    except InvalidInputError as exc:
+        print(f"omg-rt: bad input: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except BundleError as exc:
+        print(f"omg-rt: bad bundle: {exc}", file=sys.stderr)
+        return EXIT_BUNDLE
+    except BackendUnavailableError as exc:
+        print(f"omg-rt: backend unavailable: {exc}", file=sys.stderr)
+        return EXIT_BACKEND
+    except OmgRtError as exc:
+        print(f"omg-rt: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _open(args: argparse.Namespace):  # -> Segmenter
+    from omg_rt.segmenter import Segmenter
+
+    seg = Segmenter.from_bundle(args.bundle, backend=args.backend, precision=args.precision)
+    if not args.quiet:
+        print(f"omg-rt: backend {seg.backend_name}", file=sys.stderr)
+    if args.vocab:
+        names = args.vocab
+        if len(names) == 1 and Path(names[0]).is_file():
+            names = [line.strip() for line in Path(names[0]).read_text().splitlines()]
+            names = [n for n in names if n]
+        seg.set_vocabulary(names, num_things=args.num_things)
+    elif args.num_things is not None:
+        raise InvalidInputError("--num-things: only meaningful with --vocab")
+    return seg
+
+
+def _progress(items: Sequence, quiet: bool, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(items, unit=unit, disable=quiet, file=sys.stderr)
+
+
+def _read_rgb(path: str) -> np.ndarray:
+    data = cv2.imread(path, cv2.IMREAD_COLOR) if Path(path).is_file() else None
+    if data is None:
+        raise InvalidInputError(f"image: cannot read an image from {path!r}")
+    return cv2.cvtColor(data, cv2.COLOR_BGR2RGB)
+
+
+def _write_rgb(path: Path, rgb: np.ndarray) -> None:
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+def _save(result, image: np.ndarray, out: Path, stem: str) -> None:
+    (out / f"{stem}.json").write_text(json.dumps(result.to_json()))
+    _write_rgb(out / f"{stem}_overlay.png", result.overlay(image))
+    if result.task == "panoptic":
+        png, segments = result.to_panoptic_png()
+        _write_rgb(out / f"{stem}_panoptic.png", png)
+        (out / f"{stem}_segments.json").write_text(json.dumps({"segments_info": segments}))
+    if result.task == "semantic" and result.id_map is not None:
+        semantic = np.where(result.id_map < 0, 65535, result.id_map).astype(np.uint16)
+        cv2.imwrite(str(out / f"{stem}_semantic.png"), semantic)
+
+
+def _segment(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = [_read_rgb(p) for p in args.images]  # fail before any work on a bad path
+    seg = _open(args)
+    stems = _unique_stems(args.images)
+    for path, image, stem in _progress(
+        list(zip(args.images, images, stems, strict=True)), args.quiet, "img"
+    ):
+        del path
+        _save(seg.segment(image, args.task), image, out, stem)
+    return EXIT_OK
+
+
+def _unique_stems(paths: Sequence[str]) -> list[str]:
+    stems, seen = [], {}
+    for p in paths:
+        stem = Path(p).stem
+        count = seen.get(stem, 0)
+        seen[stem] = count + 1
+        stems.append(stem if count == 0 else f"{stem}_{count}")
+    return stems
+
+
+def _numbers(text: str, name: str, sizes: tuple[int, ...]) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in sizes:
+        raise InvalidInputError(
+            f"{name}: expected {' or '.join(str(s) for s in sizes)} comma-separated numbers, "
+            f"got {text!r}"
+        )
+    return values
+
+
+def _prompt(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    image = _read_rgb(args.image)
+    points, labels = [], []
+    for text in args.points:
+        values = _numbers(text, "--points", (2, 3))
+        points.append(values[:2])
+        labels.append(int(values[2]) if len(values) == 3 else 1)
+    boxes = [_numbers(text, "--boxes", (4,)) for text in args.boxes]
+    if not points and not boxes:
+        raise InvalidInputError("prompt: expected --points and/or --boxes, got neither")
+    seg = _open(args)
+    result = seg.prompt(
+        image,
+        points=points or None,
+        labels=labels or None,
+        boxes=boxes or None,
+    )
+    _save(result, image, out, Path(args.image).stem)
+    return EXIT_OK
+
+
+def _first_mask(path: str) -> np.ndarray:
+    data = cv2.imread(path, cv2.IMREAD_UNCHANGED) if Path(path).is_file() else None
+    if data is None:
+        raise InvalidInputError(f"--first-mask: cannot read a PNG from {path!r}")
+    if data.ndim == 2:
+        return data.astype(np.int32)
+    colours = data[..., :3].reshape(-1, 3)
+    unique, inverse = np.unique(colours, axis=0, return_inverse=True)
+    ids = np.zeros(len(unique), np.int32)
+    ids[unique.any(1)] = np.arange(1, int(unique.any(1).sum()) + 1)  # black = background
+    return ids[inverse.reshape(-1)].reshape(data.shape[:2])
+
+
+def _video(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    capture = cv2.VideoCapture(args.video) if Path(args.video).is_file() else None
+    if capture is None or not capture.isOpened():
+        raise InvalidInputError(f"video: cannot open {args.video!r}")
+    first_mask = _first_mask(args.first_mask) if args.first_mask else None
+    seg = _open(args)
+    session = seg.open_video(args.task, first_mask=first_mask, clip_size=args.clip_size)
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    if args.max_frames:
+        total = min(total or args.max_frames, args.max_frames)
+    stem = Path(args.video).stem
+    writer = None
+    frames: dict[int, np.ndarray] = {}  # frames waiting for their clip's results
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="frame", disable=args.quiet, file=sys.stderr)
+    with open(out / f"{stem}.jsonl", "w") as records:
+
+        def emit(results) -> None:
+            nonlocal writer
+            for result in results:
+                frame = frames.pop(result.frame_index)
+                if writer is None:
+                    h, w = frame.shape[:2]
+                    fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+                    writer = cv2.VideoWriter(str(out / f"{stem}_overlay.mp4"), fourcc, fps, (w, h))
+                writer.write(cv2.cvtColor(result.overlay(frame), cv2.COLOR_RGB2BGR))
+                records.write(json.dumps(result.to_json()) + "\n")
+                bar.update(1)
+
+        index = 0
+        while args.max_frames is None or index < args.max_frames:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            frames[index] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            emit(session.step(frames[index]))
+            index += 1
+        emit(session.finish())
+    bar.close()
+    capture.release()
+    if writer is not None:
+        writer.release()
+    if index == 0:
+        raise InvalidInputError(f"video: {args.video!r} has no decodable frames")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
