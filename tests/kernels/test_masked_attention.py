@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICE, assert_parity
+from kernel_testing import DEVICE, assert_parity
 
 import kernels
 from kernels.masked_attention_triton import masked_attention_triton

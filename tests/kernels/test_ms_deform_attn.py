@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICE, assert_parity
+from kernel_testing import DEVICE, assert_parity
 
 import kernels
 from kernels.ms_deform_attn_triton import ms_deform_attn_triton

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_parity
+from kernel_testing import assert_parity
 
 from kernels.reference import ms_deform_attn_reference
 from kernels.trt_plugin import PLUGIN_NAME, ms_deform_attn_onnx, strip_scratch_params
