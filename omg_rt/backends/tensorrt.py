@@ -138,7 +138,7 @@ def open_tensorrt_graphs(bundle: Any, precision: str, options: dict[str, Any]) -
     if count < 1:
         raise BackendUnavailableError("tensorrt: no CUDA device is visible")
     version = tuple(int(v) for v in trt.__version__.split(".")[:2])
-    target = bundle.manifest.get("target", "cpu")
+    target = bundle.manifest.get("target") or bundle.manifest.get("flavour") or "portable"
     if version >= _GRIDSAMPLE_BROKEN_FROM and target != "tensorrt":
         raise BackendUnavailableError(
             f"tensorrt: this bundle was exported for target {target!r} (deformable attention "
