@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,7 +292,7 @@ class _npz:
     def __enter__(self) -> Any:
         try:
             self.data = np.load(self.path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
             raise BundleError(f"{self.path}: unreadable npz ({exc})") from exc
         return _KeyChecked(self.data, self.path)
 
@@ -306,10 +307,13 @@ class _KeyChecked:
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self.data.files:
             raise BundleError(f"{self.path}: missing array {key!r} (has {self.data.files})")
-        return self.data[key]
+        try:
+            return self.data[key]
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise BundleError(f"{self.path}: array {key!r} is unreadable ({exc})") from exc
 
     def get(self, key: str) -> np.ndarray | None:
-        return self.data[key] if key in self.data.files else None
+        return self[key] if key in self.data.files else None
 
 
 def _load_vocabulary(root: Path, manifest: dict, files: dict[str, str], where: Path) -> Vocabulary:
