@@ -16,7 +16,10 @@ from training.model import build_model
 from training.model.checkpoint import load_checkpoint, remap_official_keys, save_checkpoint
 from training.model.query_decoder import Mask2FormerQueryDecoder
 
-torch.set_grad_enabled(False)
+@pytest.fixture(autouse=True)
+def _inference_mode():
+    with torch.no_grad():
+        yield
 
 
 @pytest.fixture(scope="module")
