@@ -1,1 +1,11 @@
-"""omg-rt export."""
+"""omg-rt export: checkpoint -> ONNX graphs -> verified bundle (-> TensorRT engines).
+
+``build_bundle`` is the API; ``omg-export`` (``export.cli``) the command. The bundle and manifest
+format is documented in ``export.manifest``.
+"""
+
+from export.bundle import PRECISIONS, TARGETS, build_bundle
+from export.verify import ParityError
+from export.vocab import Vocabulary
+
+__all__ = ["build_bundle", "ParityError", "Vocabulary", "PRECISIONS", "TARGETS"]

@@ -1,0 +1,276 @@
+"""Checkpoint -> verified bundle directory (the layout is documented in ``export.manifest``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from export import precision as precision_mod
+from export.engines import build_engines
+from export.graphs import graph_defs
+from export.manifest import write_manifest
+from export.onnx_export import OPSET, describe_io, export_graph
+from export.verify import ParityError, Verifier, prepare_scene, synthetic_scenes
+from export.verify import verify as run_verification
+from export.vocab import Vocabulary, resolve_vocabulary, save_vocabulary
+from omg_rt.errors import BackendUnavailableError, InvalidInputError
+from omg_rt.spec import PIXEL_DECODER
+from training.model import OMGSeg
+from training.model.checkpoint import load_checkpoint
+
+TARGETS = ("cpu", "h100", "jetson-orin")
+PRECISIONS = ("fp32", "fp16", "int8")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+NUM_SYNTHETIC_CALIBRATION = 16
+TOKENIZER_FILE = "bpe_simple_vocab_16e6.txt.gz"
+
+
+def build_bundle(
+    checkpoint_or_model: str | os.PathLike | OMGSeg,
+    out_dir: str | os.PathLike,
+    *,
+    backbone_weights: str | os.PathLike | None = None,
+    image_size: int = 1024,
+    vocab: Any = "coco",
+    precisions: Sequence[str] = ("fp32",),
+    target: str = "cpu",
+    calib_images: str | os.PathLike | None = None,
+    verify: bool = True,
+    engine: bool = False,
+    progress: bool | None = None,
+) -> Path:
+    """Export a checkpoint (or a model) into a bundle the runtime loads without torch.
+
+    Args:
+        checkpoint_or_model: an official ``.pth``, our checkpoint directory / ``.safetensors``,
+            or an ``OMGSeg`` instance.
+        out_dir: the bundle directory (replaced if it holds a bundle; refused if it holds
+            anything else).
+        backbone_weights: local OpenCLIP weights for the official decoder-only checkpoint.
+        image_size: side of the square encoder input (multiple of 32).
+        vocab: ``coco`` | ``ade`` | ``vipseg`` | ``ytvis``, a names or bank file, or an object
+            with ``names``, ``num_things`` (and optionally ``bank``, ``seen``); see
+            ``export.vocab``.
+        precisions: any of ``fp32``, ``fp16``, ``int8`` (``fp32`` is always exported).
+        target: ``cpu`` (portable graphs), ``h100`` or ``jetson-orin`` (adds the TensorRT plugin
+            flavour of the pixel decoder; INT8 with symmetric activations).
+        calib_images: a directory of images for INT8 calibration (default: synthetic scenes).
+        verify: run the parity checks (``verify.json``); a failure raises ``ParityError`` and
+            leaves the build at ``<out_dir>.failed``.
+        engine: also build TensorRT plans (``engines/``); without TensorRT the bundle is still
+            written and ``BackendUnavailableError`` is raised afterwards.
+        progress: show progress bars (default: when stderr is a terminal).
+
+    Returns:
+        The bundle directory.
+    """
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    precisions = _check_args(image_size, precisions, target, calib_images)
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    model = _load(checkpoint_or_model, backbone_weights)
+    spec = model.config
+    work = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+
+    vocabulary = resolve_vocabulary(vocab, model, progress=show)
+    defs = graph_defs(model, image_size)
+    graphs: dict[str, dict[str, Any]] = {}
+    flavour_jobs = [(name, "portable") for name in defs]
+    if target != "cpu":
+        flavour_jobs.append((PIXEL_DECODER.name, "tensorrt"))
+    for name, flavour in tqdm(flavour_jobs, desc="onnx export", unit="graph", disable=not show):
+        if flavour == "portable":
+            path = export_graph(defs[name], work / f"{name}.onnx")
+            graphs[name] = {**describe_io(path), "files": {"fp32": path.name},
+                            "dynamic_axes": {t: {str(a): s for a, s in axes.items()}
+                                             for t, axes in defs[name].dynamic_axes.items()}}
+        else:
+            path = export_graph(defs[name], work / "tensorrt" / f"{name}.onnx", flavour=flavour)
+            graphs[name]["tensorrt_files"] = {"fp32": f"tensorrt/{name}.onnx"}
+
+    content, position = (q[0].detach().numpy() for q in model.learned_queries(1))
+    np.savez(work / "queries.npz", query_content=content, query_position=position)
+    save_vocabulary(vocabulary, work / "vocab.npz")
+    tokenizer = None
+    if model.text_encoder is not None:
+        import open_clip
+
+        (work / "tokenizer").mkdir()
+        shutil.copyfile(Path(open_clip.__file__).parent / TOKENIZER_FILE,
+                        work / "tokenizer" / TOKENIZER_FILE)
+        tokenizer = {"file": f"tokenizer/{TOKENIZER_FILE}",
+                     "context_length": spec.text.context_length}
+
+    mean, std = spec.preprocess.mean, spec.preprocess.std
+    if "fp16" in precisions:
+        for name in tqdm([g for g in precision_mod.FP16_GRAPHS if g in graphs], desc="fp16",
+                         unit="graph", disable=not show):
+            precision_mod.convert_fp16(work / f"{name}.onnx", work / "fp16" / f"{name}.onnx")
+            graphs[name]["files"]["fp16"] = f"fp16/{name}.onnx"
+            if "tensorrt_files" in graphs[name]:
+                graphs[name]["tensorrt_files"]["fp16"] = graphs[name]["tensorrt_files"]["fp32"]
+    if "int8" in precisions:
+        images = _calibration_images(calib_images, image_size, mean, std)
+        _quantize(work, images, target, show)
+        for name in precision_mod.INT8_GRAPHS:
+            graphs[name]["files"]["int8"] = f"int8/{name}.onnx"
+    for entry in graphs.values():  # graphs left in FP32 serve every precision
+        for p in precisions:
+            entry["files"].setdefault(p, entry["files"]["fp32"])
+            if "tensorrt_files" in entry:
+                entry["tensorrt_files"].setdefault(p, entry["tensorrt_files"]["fp32"])
+
+    report: dict[str, Any] = {"skipped": True, "passed": None}
+    if verify:
+        verifier = Verifier(defs, vocabulary.bank, (content, position), vocabulary.num_things,
+                            image_size, mean, std, progress=show)
+        files = {p: {g: work / e["files"][p] for g, e in graphs.items()} for p in precisions}
+        report = run_verification(verifier, files, progress=show)
+    (work / "verify.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+    if verify and not report["passed"]:
+        failed = out_dir.with_name(out_dir.name + ".failed")
+        shutil.rmtree(failed, ignore_errors=True)
+        os.replace(work, failed)
+        failures = [f"{p}: {f}" for p, e in report["precisions"].items() for f in e["failures"]]
+        raise ParityError(
+            f"export outside tolerance ({len(failures)} failures; report in "
+            f"{failed / 'verify.json'}): " + "; ".join(failures[:8]), report)
+
+    manifest = _manifest(spec, image_size, target, precisions, graphs, vocabulary, content,
+                         tokenizer, report)
+    missing_trt: BackendUnavailableError | None = None
+    if engine:
+        try:
+            manifest["engines"].append(build_engines(work, manifest, target=target,
+                                                     precisions=precisions, progress=show))
+            manifest["tools"]["tensorrt"] = manifest["engines"][-1]["tensorrt"]
+        except BackendUnavailableError as exc:
+            missing_trt = exc
+    write_manifest(work, manifest)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(work, out_dir)
+    if missing_trt is not None:
+        raise missing_trt
+    return out_dir
+
+
+def _check_args(image_size, precisions, target, calib_images) -> tuple[str, ...]:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 64 \
+            or image_size % 32:
+        raise InvalidInputError(
+            f"image_size: expected an int >= 64 and a multiple of 32, got {image_size!r}")
+    if isinstance(precisions, str):
+        precisions = [p for p in precisions.split(",") if p]
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or not precisions:
+        raise InvalidInputError(
+            f"precisions: expected a non-empty subset of {PRECISIONS}, got {tuple(precisions)}")
+    if target not in TARGETS:
+        raise InvalidInputError(f"target: expected one of {TARGETS}, got {target!r}")
+    if calib_images is not None and not Path(calib_images).is_dir():
+        raise InvalidInputError(
+            f"calib_images: expected a directory of images, got {str(calib_images)!r}")
+    return tuple(p for p in PRECISIONS if p == "fp32" or p in precisions)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or (
+            any(out_dir.iterdir()) and not (out_dir / "manifest.json").exists())):
+        raise InvalidInputError(
+            f"out_dir: expected a new directory or an existing bundle, got {out_dir} which holds "
+            "other files (not replaced)")
+
+
+def _load(checkpoint_or_model, backbone_weights) -> OMGSeg:
+    if isinstance(checkpoint_or_model, OMGSeg):
+        model = checkpoint_or_model
+    elif isinstance(checkpoint_or_model, (str, os.PathLike)):
+        model, _ = load_checkpoint(checkpoint_or_model, backbone_weights=backbone_weights)
+    else:
+        raise InvalidInputError(
+            "checkpoint_or_model: expected a checkpoint path or an OMGSeg, got "
+            f"{type(checkpoint_or_model).__name__}")
+    model = model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _calibration_images(calib_images, image_size: int, mean, std) -> list[np.ndarray]:
+    """(1, 3, S, S) inputs: the directory's images, or synthetic scenes (seeds 0..15)."""
+    if calib_images is None:
+        scenes = synthetic_scenes(NUM_SYNTHETIC_CALIBRATION, image_size, mean, std, seed=0)
+        return [s.tensor for s in scenes]
+    import cv2
+
+    paths = sorted(p for p in Path(calib_images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise InvalidInputError(
+            f"calib_images: expected images ({'/'.join(IMAGE_SUFFIXES)}) in {calib_images}, "
+            "found none")
+    tensors = []
+    for path in paths:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise InvalidInputError(f"calib_images: {path} is not a readable image")
+        rgb = np.ascontiguousarray(bgr[..., ::-1])
+        tensors.append(prepare_scene(rgb, np.zeros((0, *rgb.shape[:2]), bool), image_size,
+                                     mean, std).tensor)
+    return tensors
+
+
+def _quantize(work: Path, images: list[np.ndarray], target: str, show: bool) -> None:
+    import onnxruntime as ort
+
+    symmetric = target != "cpu"  # TensorRT reads only symmetric (zero-point 0) QDQ
+    precision_mod.quantize_int8(work / "encoder.onnx", work / "int8" / "encoder.onnx",
+                                [{"image": x} for x in images], desc="int8 calibration: encoder",
+                                progress=show, symmetric_activations=symmetric)
+    session = ort.InferenceSession(str(work / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    precision_mod.quantize_int8(work / "pixel_decoder.onnx", work / "int8" / "pixel_decoder.onnx",
+                                precision_mod.encoder_feeds(session, images),
+                                desc="int8 calibration: pixel decoder", progress=show,
+                                symmetric_activations=symmetric)
+
+
+def _manifest(spec, image_size, target, precisions, graphs, vocabulary: Vocabulary, content,
+              tokenizer, report) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+    import onnxslim
+
+    return {
+        "model": spec.to_dict(),
+        "input_size": [image_size, image_size],
+        "preprocess": {"mean": list(spec.preprocess.mean), "std": list(spec.preprocess.std),
+                       "size_divisor": spec.preprocess.size_divisor,
+                       "image_scale": [image_size, image_size], "pad_value": 0.0},
+        "target": target,
+        "deform_attn": "grid_sample" if target == "cpu" else "trt_plugin",
+        "graphs": graphs,
+        "prompts": {"padding": "any P; padded prompts (SAM label -1) do not affect the others "
+                               "(diagonal self-attention); drop their outputs on the host"},
+        "precisions": list(precisions),
+        "opset": OPSET,
+        "exporter": "torch.onnx TorchScript (dynamo=False) + onnxslim",
+        "tools": {"torch": torch.__version__, "onnx": onnx.__version__,
+                  "onnxruntime": onnxruntime.__version__, "onnxslim": onnxslim.__version__},
+        "vocabulary": {"names": list(vocabulary.names), "num_things": vocabulary.num_things,
+                       "seen": vocabulary.seen.tolist(), "synonyms": int(vocabulary.bank.shape[1]),
+                       "source": vocabulary.source, "file": "vocab.npz"},
+        "queries": {"file": "queries.npz", "num_queries": int(content.shape[0])},
+        "tokenizer": tokenizer,
+        "verify": {"file": "verify.json", "passed": report.get("passed")},
+        "engines": [],
+    }

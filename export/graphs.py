@@ -1,0 +1,237 @@
+"""The exported graphs: one thin wrapper per model method, example inputs, dynamic axes.
+
+Each wrapper calls exactly one ``OMGSeg`` method (the graph boundaries of ``omg_rt.spec.GRAPHS``),
+so "graph N matches PyTorch" is a statement about that method. Names come from ``omg_rt.spec``.
+
+Dynamic axes (symbolic dimension names, as they appear in the manifest):
+
+| graph | axes |
+|---|---|
+| encoder | ``N`` = images (batch x frames) |
+| pixel_decoder | ``N`` |
+| prompt_encoder | ``B`` batch, ``P`` prompts |
+| query_decoder | ``N`` = B x T (memories), ``B``, ``Q`` queries, ``K`` classes, ``S``, ``T`` |
+| text_encoder | ``N`` texts |
+| clip_head | ``B``, ``Q`` |
+
+(``Q`` counts learned queries or prompts, ``S`` synonyms per class, ``T`` frames per clip.)
+Spatial sizes are fixed per bundle (the ``--image-size`` square the runtime pads into).
+
+Two flavours of the pixel decoder's deformable attention, chosen by the export target: ``portable``
+(``grid_sample`` -> ONNX GridSample, runs in ONNX Runtime everywhere) and ``tensorrt`` (a
+``MultiscaleDeformableAttnPlugin_TRT`` node; TensorRT >= 10.14 computes the GridSample form wrong,
+NVIDIA/TensorRT#4813). The choice never depends on the device the export runs on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+from omg_rt.spec import (
+    CLIP_HEAD,
+    ENCODER,
+    PIXEL_DECODER,
+    PROMPT_ENCODER,
+    QUERY_DECODER,
+    TEXT_ENCODER,
+    GraphIO,
+)
+from training.model import OMGSeg
+
+FLAVOURS = ("portable", "tensorrt")
+
+
+class EncoderGraph(nn.Module):
+    """image (N, 3, S, S) -> features_s4 .. features_s32 (``OMGSeg.encode``)."""
+
+    def __init__(self, model: OMGSeg) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model.encode(image))
+
+
+class PixelDecoderGraph(nn.Module):
+    """Four stage maps -> mask_features, memory_s32, memory_s16, memory_s8
+    (``OMGSeg.decode_pixels``)."""
+
+    def __init__(self, model: OMGSeg) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, s4, s8, s16, s32) -> tuple[torch.Tensor, ...]:
+        mask_features, memories = self.model.decode_pixels([s4, s8, s16, s32])
+        return (mask_features, *memories)
+
+
+class PromptEncoderGraph(nn.Module):
+    """prompt_boxes (B, P, 4), image_size (B, 2) -> query_content, query_position
+    (``OMGSeg.encode_prompts``)."""
+
+    def __init__(self, model: OMGSeg) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, prompt_boxes, image_size) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode_prompts(prompt_boxes, image_size)
+
+
+class QueryDecoderGraph(nn.Module):
+    """Memories, mask features, class bank, queries, prompt_mode -> class_logits, mask_logits,
+    iou_logits, query_embeddings (the last head of ``OMGSeg.decode_queries``)."""
+
+    def __init__(self, model: OMGSeg) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, memory_s32, memory_s16, memory_s8, mask_features, class_bank,
+                query_content, query_position, prompt_mode) -> tuple[torch.Tensor, ...]:
+        pred = self.model.decode_queries(
+            [memory_s32, memory_s16, memory_s8], mask_features, class_bank, query_content,
+            query_position, prompt_mode=prompt_mode,
+        )[-1]
+        return pred.class_logits, pred.mask_logits, pred.iou_logits, pred.query_embeddings
+
+
+class TextEncoderGraph(nn.Module):
+    """token_ids (N, L) int64 -> text_embeddings (N, D) (``CLIPTextEncoder.forward``)."""
+
+    def __init__(self, model: OMGSeg) -> None:
+        super().__init__()
+        self.text_encoder = model.text_encoder
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(token_ids)
+
+
+class ClipHeadGraph(nn.Module):
+    """pooled_features (B, Q, C5) -> clip_embeddings (B, Q, D)
+    (``OpenCLIPBackbone.clip_projection``)."""
+
+    def __init__(self, model: OMGSeg) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+
+    def forward(self, pooled_features: torch.Tensor) -> torch.Tensor:
+        return self.backbone.clip_projection(pooled_features)
+
+
+@dataclass(frozen=True)
+class GraphDef:
+    """What ``torch.onnx.export`` needs for one graph."""
+
+    io: GraphIO
+    module: nn.Module
+    example: tuple[torch.Tensor, ...]
+    dynamic_axes: dict[str, dict[int, str]]
+    # the module's outputs on ``example``: their non-dynamic sizes are fixed in the graph
+    example_outputs: tuple[torch.Tensor, ...] = ()
+
+
+def graph_defs(model: OMGSeg, image_size: int) -> dict[str, GraphDef]:
+    """Every graph this model can export (the prompt encoder only with prompts, the text encoder
+    only with a text tower), with small example inputs (batch 2 so no axis is traced as 1)."""
+    spec = model.config
+    c = spec.query_decoder.embed_dim
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(2, 3, image_size, image_size, generator=g)
+    with torch.no_grad():
+        features = model.encode(image)
+        mask_features, memories = model.decode_pixels(features)
+    n = {0: "N"}
+    defs = {
+        ENCODER.name: GraphDef(ENCODER, EncoderGraph(model), (image,),
+                               {name: n for name in (*ENCODER.inputs, *ENCODER.outputs)}),
+        PIXEL_DECODER.name: GraphDef(
+            PIXEL_DECODER, PixelDecoderGraph(model), tuple(features),
+            {name: n for name in (*PIXEL_DECODER.inputs, *PIXEL_DECODER.outputs)}),
+    }
+    bank = F.normalize(torch.randn(5, 2, spec.backbone.embed_dim, generator=g), dim=-1)
+    queries = torch.randn(1, 3, c, generator=g), torch.randn(1, 3, c, generator=g)
+    # one clip of two frames: B = 1, T = 2 keeps B, T and N distinct while tracing
+    qd_inputs = (*memories, mask_features, bank, *queries, torch.tensor(True))
+    bq = {0: "B", 1: "Q"}
+    defs[QUERY_DECODER.name] = GraphDef(
+        QUERY_DECODER, QueryDecoderGraph(model), qd_inputs,
+        {"memory_s32": n, "memory_s16": n, "memory_s8": n, "mask_features": n,
+         "class_bank": {0: "K", 1: "S"}, "query_content": bq, "query_position": bq,
+         "class_logits": {0: "B", 1: "Q", 2: "K+1"}, "mask_logits": {0: "B", 1: "Q", 2: "T"},
+         "iou_logits": bq, "query_embeddings": bq})
+    if model.prompt_encoder is not None:
+        boxes = torch.tensor([[[4.0, 6.0, 40.0, 50.0], [10.0, 10.0, 16.0, 16.0],
+                               [0.0, 0.0, 60.0, 30.0]]]).expand(2, -1, -1).contiguous()
+        size = torch.tensor([[64.0, 64.0], [60.0, 50.0]])
+        bp = {0: "B", 1: "P"}
+        defs[PROMPT_ENCODER.name] = GraphDef(
+            PROMPT_ENCODER, PromptEncoderGraph(model), (boxes, size),
+            {"prompt_boxes": bp, "image_size": {0: "B"}, "query_content": bp,
+             "query_position": bp})
+    if model.text_encoder is not None:
+        tokens = model.text_encoder.tokenize(["a photo of a cat.", "There is a dog"])
+        defs[TEXT_ENCODER.name] = GraphDef(TEXT_ENCODER, TextEncoderGraph(model), (tokens,),
+                                           {"token_ids": n, "text_embeddings": n})
+    pooled = torch.randn(2, 3, spec.backbone.widths[-1], generator=g)
+    defs[CLIP_HEAD.name] = GraphDef(CLIP_HEAD, ClipHeadGraph(model), (pooled,),
+                                    {"pooled_features": bq, "clip_embeddings": bq})
+    known = {ENCODER.name: tuple(features),
+             PIXEL_DECODER.name: (mask_features, *memories)}
+    for name, graph in defs.items():
+        outputs = known.get(name)
+        if outputs is None:
+            with torch.no_grad():
+                outputs = graph.module(*graph.example)
+            outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        defs[name] = dataclasses.replace(graph, example_outputs=tuple(outputs))
+    return defs
+
+
+class _PluginMSDeformAttn(torch.autograd.Function):
+    """The reference computation in PyTorch; a ``MultiscaleDeformableAttnPlugin_TRT`` node in
+    ONNX (the symbolic from ``kernels.trt_plugin``)."""
+
+    @staticmethod
+    def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations,
+                attention_weights):
+        return kernels.ms_deform_attn_reference(value, spatial_shapes, level_start_index,
+                                                sampling_locations, attention_weights)
+
+    @staticmethod
+    def symbolic(g, value, spatial_shapes, level_start_index, sampling_locations,
+                 attention_weights):
+        from kernels.trt_plugin import ms_deform_attn_onnx
+
+        return ms_deform_attn_onnx(g, value, spatial_shapes, level_start_index,
+                                   sampling_locations, attention_weights)
+
+
+def _plugin_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
+                           attention_weights, *, impl=None):
+    del impl
+    return _PluginMSDeformAttn.apply(value, spatial_shapes, level_start_index,
+                                     sampling_locations, attention_weights)
+
+
+@contextlib.contextmanager
+def deform_attn_flavour(flavour: str) -> Iterator[None]:
+    """Trace the model's deformable attention as ``flavour`` (``portable`` or ``tensorrt``) and
+    its masked attention as the PyTorch reference, whatever device or kernel setting is active."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"flavour: expected one of {FLAVOURS}, got {flavour!r}")
+    previous_impl, previous_op = kernels.get_impl(), kernels.ms_deform_attn
+    kernels.set_impl("reference")
+    if flavour == "tensorrt":
+        kernels.ms_deform_attn = _plugin_ms_deform_attn
+    try:
+        yield
+    finally:
+        kernels.ms_deform_attn = previous_op
+        kernels.set_impl(previous_impl)

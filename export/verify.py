@@ -1,0 +1,422 @@
+"""Parity of the exported graphs with the PyTorch model (``verify.json``).
+
+Two kinds of evidence per precision:
+
+1. **graphs**: every graph on identical inputs in ONNX Runtime and PyTorch (a random image, the
+   PyTorch features of it, learned and prompt queries, random pooled features, tokenised names):
+   max absolute and relative error per output (relative = max |a - b| / max |b|).
+2. **tasks**: the whole pipeline (encoder -> pixel decoder -> query decoder, ONNX Runtime end to
+   end against PyTorch end to end) on real images — procedurally drawn scenes of
+   ``training.data.synthetic`` preprocessed by ``omg_rt.preprocess`` — post-processed by
+   ``omg_rt.postprocess``: panoptic (pixel agreement of the category maps), instance (identical
+   top-k selections), semantic (pixel agreement), prompts (box prompts from the scenes' segments,
+   padded to several counts), and a 2-frame clip (T = 2). For each: max |class logit|
+   difference, the mean IoU of the final binary masks (query by query, at the original image size)
+   and the top-class agreement.
+
+Gates (``TOLERANCES``): FP32 |delta logit| <= 1e-4 (relative to the output's largest magnitude when
+it exceeds 1: random-weight models produce logits up to ~1e5), mask IoU >= 0.999 and top-class
+agreement >= 0.99; FP16 mask IoU >= 0.99; INT8 is reported with its metric drop on a synthetic
+held-out set (interactive mIoU of box prompts against the ground-truth masks) and not gated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from tqdm import tqdm
+
+from export.graphs import GraphDef
+from omg_rt.errors import OmgRtError
+from omg_rt.metrics import interactive_miou
+from omg_rt.postprocess.instance import instance_results
+from omg_rt.postprocess.interactive import prompt_results
+from omg_rt.postprocess.masks import upsample_masks
+from omg_rt.postprocess.panoptic import panoptic_results
+from omg_rt.postprocess.semantic import semantic_results
+from omg_rt.preprocess import prepare_image
+from omg_rt.spec import PIXEL_DECODER, QUERY_DECODER
+
+TOLERANCES: dict[str, dict[str, float]] = {
+    "fp32": {"logit_atol": 1e-4, "mask_iou": 0.999, "top_class": 0.99},
+    "fp16": {"mask_iou": 0.99},
+    "int8": {},
+}
+HELD_OUT_SEED = 2024  # synthetic scenes never used for calibration (seed 0 and up)
+NUM_SCENES = 2
+PROMPT_COUNTS = (1, 3, 16)
+
+
+class ParityError(OmgRtError):
+    """An exported graph is outside its tolerance; ``report`` is the full verify report."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+Runner = Callable[[str, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def torch_runner(defs: Mapping[str, GraphDef]) -> Runner:
+    """Run a graph's PyTorch wrapper on named numpy inputs."""
+
+    def run(graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        d = defs[graph]
+        args = [torch.from_numpy(np.asarray(feeds[name])) for name in d.io.inputs]
+        with torch.no_grad():
+            out = d.module(*args)
+        out = out if isinstance(out, tuple) else (out,)
+        return {name: t.numpy() for name, t in zip(d.io.outputs, out)}
+
+    return run
+
+
+def ort_runner(files: Mapping[str, Path]) -> Runner:
+    """Run a graph file in ONNX Runtime (CPU); sessions are created on first use."""
+    sessions: dict[str, ort.InferenceSession] = {}
+
+    def run(graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if graph not in sessions:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            sessions[graph] = ort.InferenceSession(str(files[graph]), options,
+                                                   providers=["CPUExecutionProvider"])
+        session = sessions[graph]
+        names = [o.name for o in session.get_outputs()]
+        wanted = {i.name for i in session.get_inputs()}
+        return dict(zip(names, session.run(None, {k: v for k, v in feeds.items()
+                                                  if k in wanted})))
+
+    return run
+
+
+@dataclass
+class Scene:
+    """A preprocessed real image with what post-processing and prompts need."""
+
+    tensor: np.ndarray  # (1, 3, S, S)
+    original_hw: tuple[int, int]
+    resized_hw: tuple[int, int]
+    masks: np.ndarray  # (N, H, W) bool ground-truth segments
+    boxes: np.ndarray  # (N, 4) xyxy in resized-image pixels
+
+
+def prepare_scene(image: np.ndarray, masks: np.ndarray, image_size: int,
+                  mean: Sequence[float], std: Sequence[float]) -> Scene:
+    """Keep-ratio resize into the bundle's square, normalise, zero-pad to (S, S)."""
+    prepared = prepare_image(image, scale=(image_size, image_size), mean=mean, std=std)
+    tensor = np.zeros((1, 3, image_size, image_size), np.float32)
+    hp, wp = prepared.padded_hw
+    tensor[..., : min(hp, image_size), : min(wp, image_size)] = \
+        prepared.tensor[..., :image_size, :image_size]
+    scale_y = prepared.resized_hw[0] / image.shape[0]
+    scale_x = prepared.resized_hw[1] / image.shape[1]
+    boxes = []
+    for mask in masks:
+        ys, xs = np.nonzero(mask)
+        boxes.append([xs.min() * scale_x, ys.min() * scale_y, (xs.max() + 1) * scale_x,
+                      (ys.max() + 1) * scale_y])
+    return Scene(tensor, (image.shape[0], image.shape[1]), prepared.resized_hw, masks,
+                 np.asarray(boxes, np.float32).reshape(-1, 4))
+
+
+def synthetic_scenes(count: int, image_size: int, mean, std, seed: int) -> list[Scene]:
+    from training.data.synthetic import SceneConfig, SceneGenerator
+
+    size = max(64, min(image_size, 256))  # drawn small, resized up as real photos are
+    generator = SceneGenerator(seed, config=SceneConfig(image_size=size))
+    scenes = []
+    for i in range(count):
+        drawn = generator.image(i)
+        scenes.append(prepare_scene(drawn.image, drawn.masks, image_size, mean, std))
+    return scenes
+
+
+def synthetic_clip(image_size: int, mean, std, seed: int) -> list[Scene]:
+    from training.data.synthetic import SceneConfig, SceneGenerator
+
+    size = max(64, min(image_size, 256))
+    video = SceneGenerator(seed, config=SceneConfig(image_size=size)).video(0, 2)
+    return [prepare_scene(video.frames[t], video.masks[:, t], image_size, mean, std)
+            for t in range(video.frames.shape[0])]
+
+
+def output_errors(test: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> dict:
+    out = {}
+    for name, r in ref.items():
+        t = test[name]
+        if r.dtype == bool:
+            out[name] = {"mismatches": int((t != r).sum())}
+            continue
+        diff = float(np.abs(t.astype(np.float64) - r).max()) if r.size else 0.0
+        scale = float(np.abs(r).max()) if r.size else 0.0
+        out[name] = {"max_abs": diff, "max_rel": diff / scale if scale > 0 else diff,
+                     "ref_max_abs": scale}
+    return out
+
+
+def _binary(mask_logits: np.ndarray, scene: Scene, image_size: int) -> np.ndarray:
+    full = upsample_masks(mask_logits, (image_size, image_size), scene.resized_hw,
+                          scene.original_hw)
+    return full > 0  # sigmoid(x) > 0.5
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter = (a & b).reshape(len(a), -1).sum(1)
+    union = (a | b).reshape(len(a), -1).sum(1)
+    ious = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    return float(ious.mean()) if len(ious) else 1.0
+
+
+def _run_image_pipeline(run: Runner, images: np.ndarray, queries: tuple[np.ndarray, np.ndarray],
+                        bank: np.ndarray, prompt_mode: bool) -> dict[str, np.ndarray]:
+    features = run("encoder", {"image": images})
+    pixels = run(PIXEL_DECODER.name, features)
+    feeds = {**pixels, "class_bank": bank, "query_content": queries[0],
+             "query_position": queries[1], "prompt_mode": np.array(prompt_mode)}
+    return run(QUERY_DECODER.name, feeds)
+
+
+class Verifier:
+    """Runs the checks of one precision against the PyTorch reference."""
+
+    def __init__(self, defs: Mapping[str, GraphDef], bank: np.ndarray,
+                 learned: tuple[np.ndarray, np.ndarray], num_things: int, image_size: int,
+                 mean: Sequence[float], std: Sequence[float], *, progress: bool = True) -> None:
+        self.defs, self.bank, self.learned = defs, bank, learned
+        self.num_things, self.image_size = num_things, image_size
+        self.mean, self.std = mean, std
+        self.progress = progress
+        self.reference = torch_runner(defs)
+        self.scenes = synthetic_scenes(NUM_SCENES, image_size, mean, std, HELD_OUT_SEED)
+        self.clip = synthetic_clip(image_size, mean, std, HELD_OUT_SEED)
+        self._cache: dict[Any, dict[str, np.ndarray]] = {}
+
+    def _ref(self, key: Any, compute: Callable[[], dict[str, np.ndarray]]):
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    # -- graphs on identical inputs ---------------------------------------------------------
+    def graph_inputs(self) -> dict[str, list[dict[str, np.ndarray]]]:
+        rng = np.random.default_rng(7)
+        s = self.image_size
+        image = rng.standard_normal((2, 3, s, s)).astype(np.float32)
+        features = self._ref("features", lambda: self.reference("encoder", {"image": image}))
+        pixels = self._ref("pixels", lambda: self.reference(PIXEL_DECODER.name, features))
+        c = self.learned[0].shape[-1]
+        learned = tuple(np.broadcast_to(q, (2, *q.shape)).copy() for q in self.learned)
+        prompts = tuple(rng.standard_normal((2, 3, c)).astype(np.float32) for _ in range(2))
+        qd = [{**pixels, "class_bank": self.bank, "query_content": learned[0],
+               "query_position": learned[1], "prompt_mode": np.array(False)},
+              {**pixels, "class_bank": self.bank, "query_content": prompts[0],
+               "query_position": prompts[1], "prompt_mode": np.array(True)}]
+        inputs = {"encoder": [{"image": image}], PIXEL_DECODER.name: [features],
+                  QUERY_DECODER.name: qd}
+        if "prompt_encoder" in self.defs:
+            boxes = np.sort(rng.uniform(0, s, (2, 5, 4)).astype(np.float32).reshape(2, 5, 2, 2),
+                            axis=2).transpose(0, 1, 3, 2).reshape(2, 5, 4)
+            inputs["prompt_encoder"] = [{"prompt_boxes": boxes,
+                                         "image_size": np.full((2, 2), s, np.float32)}]
+        if "text_encoder" in self.defs:
+            tokens = self.defs["text_encoder"].example[0].numpy()
+            inputs["text_encoder"] = [{"token_ids": tokens}]
+        widths = self.defs["clip_head"].example[0].shape[-1]
+        inputs["clip_head"] = [{"pooled_features": rng.standard_normal((2, 4, widths))
+                                .astype(np.float32)}]
+        return inputs
+
+    def check_graphs(self, run: Runner) -> dict[str, Any]:
+        report: dict[str, Any] = {}
+        for graph, feeds_list in self.graph_inputs().items():
+            results = []
+            for i, feeds in enumerate(feeds_list):
+                ref = self._ref(("graph", graph, i), lambda g=graph, f=feeds: self.reference(g, f))
+                results.append(output_errors(run(graph, feeds), ref))
+            report[graph] = _worst(results)
+        return report
+
+    # -- tasks end to end ----------------------------------------------------------------------
+    def check_tasks(self, run: Runner) -> dict[str, Any]:
+        tasks: dict[str, list[dict[str, Any]]] = {
+            "panoptic": [], "instance": [], "semantic": [], "prompts": [], "video": []}
+        learned1 = tuple(q[None] for q in self.learned)
+        for i, scene in enumerate(self.scenes):
+            ref = self._ref(("image", i), lambda s=scene: _run_image_pipeline(
+                self.reference, s.tensor, learned1, self.bank, False))
+            test = _run_image_pipeline(run, scene.tensor, learned1, self.bank, False)
+            common = self._compare_queries(test, ref, scene)
+            tasks["panoptic"].append({**common, **self._panoptic(test, ref, scene)})
+            tasks["instance"].append({**common, **self._instance(test, ref, scene)})
+            tasks["semantic"].append({**common, **self._semantic(test, ref, scene)})
+            for count in PROMPT_COUNTS:
+                tasks["prompts"].append(self._prompts(run, scene, i, count))
+        ref = self._ref("clip", lambda: _run_image_pipeline(
+            self.reference, np.concatenate([s.tensor for s in self.clip]), learned1, self.bank,
+            False))
+        test = _run_image_pipeline(run, np.concatenate([s.tensor for s in self.clip]), learned1,
+                                   self.bank, False)
+        video = self._compare_queries(test, ref, self.clip[0], frames=len(self.clip))
+        tasks["video"].append(video)
+        return {name: _worst(items) for name, items in tasks.items()}
+
+    def _compare_queries(self, test, ref, scene: Scene, frames: int = 1) -> dict[str, Any]:
+        errors = output_errors({k: test[k] for k in ref}, ref)
+        ious = []
+        for t in range(frames):
+            ious.append(_mask_iou(_binary(test["mask_logits"][0, :, t], scene, self.image_size),
+                                  _binary(ref["mask_logits"][0, :, t], scene, self.image_size)))
+        top = float((test["class_logits"][0].argmax(-1) == ref["class_logits"][0].argmax(-1))
+                    .mean())
+        return {"class_logits_max_abs": errors["class_logits"]["max_abs"],
+                "class_logits_max_rel": errors["class_logits"]["max_rel"],
+                "mask_logits_max_abs": errors["mask_logits"]["max_abs"],
+                "mask_logits_max_rel": errors["mask_logits"]["max_rel"],
+                "iou_logits_max_abs": errors["iou_logits"]["max_abs"],
+                "mask_iou": min(ious), "top_class_agreement": top}
+
+    def _full(self, out, scene):
+        return upsample_masks(out["mask_logits"][0, :, 0], (self.image_size, self.image_size),
+                              scene.resized_hw, scene.original_hw)
+
+    def _panoptic(self, test, ref, scene) -> dict[str, Any]:
+        maps = []
+        for out in (test, ref):
+            result = panoptic_results(out["class_logits"][0], self._full(out, scene),
+                                      self.num_things)
+            category = np.full(result.id_map.shape, -1, np.int64)
+            for seg in result.segments:
+                category[result.id_map == seg["id"]] = seg["category_id"]
+            maps.append(category)
+        return {"panoptic_pixel_agreement": float((maps[0] == maps[1]).mean())}
+
+    def _instance(self, test, ref, scene) -> dict[str, Any]:
+        a = instance_results(test["class_logits"][0], self._full(test, scene), self.num_things)
+        b = instance_results(ref["class_logits"][0], self._full(ref, scene), self.num_things)
+        same = len(a.labels) == len(b.labels) and bool(
+            np.array_equal(a.labels, b.labels) and np.array_equal(a.query_indices,
+                                                                  b.query_indices))
+        return {"instance_same_selection": float(same)}
+
+    def _semantic(self, test, ref, scene) -> dict[str, Any]:
+        a = semantic_results(test["class_logits"][0], self._full(test, scene))
+        b = semantic_results(ref["class_logits"][0], self._full(ref, scene))
+        return {"semantic_pixel_agreement": float((a == b).mean())}
+
+    def _prompts(self, run: Runner, scene: Scene, index: int, count: int) -> dict[str, Any]:
+        if "prompt_encoder" not in self.defs:
+            return {}
+        boxes = np.resize(scene.boxes, (count, 4))[None].astype(np.float32)  # pad by repeating
+        size = np.asarray([scene.resized_hw], np.float32)
+        feeds = {"prompt_boxes": boxes, "image_size": size}
+        ref_q = self.reference("prompt_encoder", feeds)
+        test_q = run("prompt_encoder", feeds)
+
+        def decode(r: Runner, queries) -> dict[str, np.ndarray]:
+            return _run_image_pipeline(r, scene.tensor, (queries["query_content"],
+                                                         queries["query_position"]),
+                                       self.bank, True)
+
+        ref = self._ref(("prompts", index, count), lambda: decode(self.reference, ref_q))
+        test = decode(run, test_q)
+        common = self._compare_queries(test, ref, scene)
+        args = ((self.image_size, self.image_size), scene.resized_hw, scene.original_hw)
+        a = prompt_results(test["mask_logits"][0, :, 0], test["iou_logits"][0], *args)
+        b = prompt_results(ref["mask_logits"][0, :, 0], ref["iou_logits"][0], *args)
+        common["prompt_mask_iou"] = _mask_iou(a.masks, b.masks)
+        common["prompts"] = count
+        return common
+
+    # -- held-out metric ------------------------------------------------------------------------
+    def interactive_miou(self, run: Runner, count: int) -> float:
+        """Interactive mIoU of one box prompt per ground-truth segment, held-out scenes."""
+        scenes = synthetic_scenes(count, self.image_size, self.mean, self.std, HELD_OUT_SEED + 1)
+        values = []
+        for scene in scenes:
+            feeds = {"prompt_boxes": scene.boxes[None], "image_size":
+                     np.asarray([scene.resized_hw], np.float32)}
+            queries = run("prompt_encoder", feeds)
+            out = _run_image_pipeline(run, scene.tensor, (queries["query_content"],
+                                                          queries["query_position"]),
+                                      self.bank, True)
+            result = prompt_results(out["mask_logits"][0, :, 0], out["iou_logits"][0],
+                                    (self.image_size, self.image_size), scene.resized_hw,
+                                    scene.original_hw)
+            values.append(interactive_miou(result.masks, scene.masks))
+        return float(np.mean(values))
+
+
+def _worst(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Combine per-case results: the largest error, the smallest agreement."""
+    out: dict[str, Any] = {}
+    for item in items:
+        for key, value in item.items():
+            if isinstance(value, Mapping):
+                out[key] = _worst([out.get(key, {}), value]) if key in out else dict(value)
+            elif key in out:
+                better_low = "max" in key or "mismatch" in key or key == "prompts"
+                out[key] = max(out[key], value) if better_low else min(out[key], value)
+            else:
+                out[key] = value
+    return out
+
+
+def gate(precision: str, graphs: Mapping[str, Any], tasks: Mapping[str, Any]) -> list[str]:
+    """The failures of one precision against :data:`TOLERANCES` (empty = passed)."""
+    tol = TOLERANCES[precision]
+    failures = []
+    if "logit_atol" in tol:
+        for graph, outputs in graphs.items():
+            for name, err in outputs.items():
+                if "max_abs" not in err:
+                    if err.get("mismatches", 0):
+                        failures.append(f"{graph}.{name}: {err['mismatches']} mismatches")
+                    continue
+                bound = tol["logit_atol"] * max(1.0, err["ref_max_abs"])
+                if err["max_abs"] > bound:
+                    failures.append(f"{graph}.{name}: max |delta| {err['max_abs']:.3g} > "
+                                    f"{bound:.3g}")
+    for task, result in tasks.items():
+        if "mask_iou" in tol and result.get("mask_iou", 1.0) < tol["mask_iou"]:
+            failures.append(f"{task}: mask IoU {result['mask_iou']:.5f} < {tol['mask_iou']}")
+        if "mask_iou" in tol and result.get("prompt_mask_iou", 1.0) < tol["mask_iou"]:
+            failures.append(f"{task}: prompt mask IoU {result['prompt_mask_iou']:.5f} < "
+                            f"{tol['mask_iou']}")
+        if "top_class" in tol and result.get("top_class_agreement", 1.0) < tol["top_class"]:
+            failures.append(f"{task}: top-class agreement {result['top_class_agreement']:.4f} "
+                            f"< {tol['top_class']}")
+    return failures
+
+
+def verify(verifier: Verifier, files: Mapping[str, Mapping[str, Path]], *,
+           metric_images: int = 4, progress: bool = True) -> dict[str, Any]:
+    """Check every precision in ``files`` ({precision: {graph: path}}); returns the report."""
+    report: dict[str, Any] = {"tolerances": TOLERANCES, "precisions": {}}
+    baseline: float | None = None
+    steps = tqdm(list(files.items()), desc="verify", unit="precision", disable=not progress)
+    for precision, graph_files in steps:
+        steps.set_postfix_str(precision)
+        run = ort_runner(graph_files)
+        graphs = verifier.check_graphs(run)
+        tasks = verifier.check_tasks(run)
+        failures = gate(precision, graphs, tasks)
+        entry: dict[str, Any] = {"graphs": graphs, "tasks": tasks, "passed": not failures,
+                                 "failures": failures}
+        if "prompt_encoder" in verifier.defs and precision in ("fp32", "fp16", "int8"):
+            if baseline is None:
+                baseline = verifier.interactive_miou(ort_runner(files["fp32"]), metric_images)
+            value = verifier.interactive_miou(run, metric_images)
+            entry["held_out_metric"] = {
+                "name": "interactive mIoU (box prompts, synthetic held-out scenes)",
+                "images": metric_images, "fp32": baseline, "value": value,
+                "drop": baseline - value}
+        report["precisions"][precision] = entry
+    report["passed"] = all(p["passed"] for p in report["precisions"].values())
+    return report
