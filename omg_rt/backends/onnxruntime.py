@@ -89,6 +89,10 @@ class OnnxRuntimeGraph:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = int(intra_op_threads)
         options.log_severity_level = 3
+        # Idle ORT threads spin by default: between graph calls they would steal the cores the
+        # host post-processing (numpy) — or another backend in the process — needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         provider_args: list = []
         for provider in providers:
             if provider == "TensorrtExecutionProvider" and trt_cache_dir is not None:

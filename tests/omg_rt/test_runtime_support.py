@@ -9,6 +9,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import types
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,13 @@ def tiny_bundle() -> Path:
         build_bundle = None
     if build_bundle is not None:
         return Path(
-            build_bundle(tiny_checkpoint(), out, image_size=IMAGE_SIZE, vocab=list(NAMES),
-                         verify=False)
+            build_bundle(
+                tiny_checkpoint(),
+                out,
+                image_size=IMAGE_SIZE,
+                vocab=types.SimpleNamespace(names=NAMES, num_things=NUM_THINGS),
+                verify=False,
+            )
         )
     return _export_without_exporter(tiny_checkpoint(), out)
 
