@@ -138,21 +138,24 @@ def open_tensorrt_graphs(bundle: Any, precision: str, options: dict[str, Any]) -
     if count < 1:
         raise BackendUnavailableError("tensorrt: no CUDA device is visible")
     version = tuple(int(v) for v in trt.__version__.split(".")[:2])
-    target = bundle.manifest.get("target") or bundle.manifest.get("flavour") or "portable"
-    if version >= _GRIDSAMPLE_BROKEN_FROM and target != "tensorrt":
+    pixel_entry = bundle.manifest.get("graphs", {}).get(PIXEL_DECODER.name, {})
+    if version >= _GRIDSAMPLE_BROKEN_FROM and "tensorrt_files" not in pixel_entry:
+        target = bundle.manifest.get("target", "cpu")
         raise BackendUnavailableError(
             f"tensorrt: this bundle was exported for target {target!r} (deformable attention "
-            f"as GridSample), which TensorRT {trt.__version__} computes wrongly "
-            f"(NVIDIA/TensorRT#4813); re-export with target='tensorrt' (plugin node)"
+            f"as GridSample only), which TensorRT {trt.__version__} computes wrongly "
+            f"(NVIDIA/TensorRT#4813); re-export with a TensorRT target (plugin node)"
         )
     logger = trt.Logger(trt.Logger.WARNING)
     _load_plugins(trt, logger, opts.plugins)
     key = device_key(trt, cudart)
+    shipped = _shipped_plans(bundle, trt, cudart)
     engines: dict[str, Any] = {}
     for name in bundle.graphs:
         if precision not in bundle.graphs[name].files:
             continue
-        plan = _engine_path(bundle, opts, key, precision, name)
+        plan = shipped.get(name, {}).get(precision)
+        plan = bundle.root / plan if plan else _engine_path(bundle, opts, key, precision, name)
         if not plan.is_file():
             if not opts.build:
                 raise BackendUnavailableError(
@@ -176,8 +179,25 @@ def _load_plugins(trt: Any, logger: Any, plugins: tuple[str, ...]) -> None:
         register_plugin()
 
 
+def _shipped_plans(bundle: Any, trt: Any, cudart: Any) -> dict[str, dict[str, str]]:
+    """Plans ``omg-export --engine`` built into the bundle for this GPU and TensorRT version
+    (manifest ``engines``: records with gpu, compute_capability, tensorrt, files)."""
+    device = _check(cudart.cudaGetDevice(), "cudaGetDevice")
+    props = _check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    for record in bundle.manifest.get("engines") or []:
+        if (
+            isinstance(record, dict)
+            and list(record.get("compute_capability", [])) == [props.major, props.minor]
+            and record.get("tensorrt") == trt.__version__
+            and str(record.get("gpu", "")).strip("\x00 ") == name.strip("\x00 ")
+        ):
+            return record.get("files", {})
+    return {}
+
+
 def _engine_path(bundle: Any, opts: TensorRTOptions, key: str, precision: str, name: str) -> Path:
-    rel = Path(key) / precision / f"{name}.plan"
+    rel = Path(key) / f"{name}.{precision}.plan"  # the exporter's layout
     if opts.engine_dir:
         return Path(opts.engine_dir) / rel
     inside = bundle.root / "engines" / rel
@@ -239,7 +259,9 @@ def _build_engine(
     plan: Path,
     opts: TensorRTOptions,
 ) -> None:
-    onnx_path = bundle.graph_file(graph, precision)
+    entry = bundle.manifest.get("graphs", {}).get(graph, {})
+    flavour = entry.get("tensorrt_files", {}).get(precision)  # the plugin-node flavour
+    onnx_path = bundle.root / flavour if flavour else bundle.graph_file(graph, precision)
     print(
         f"omg-rt: building the TensorRT {precision} engine for {graph} (first use on this "
         f"device; minutes for large graphs) -> {plan}",
