@@ -1,16 +1,147 @@
-"""``omg-export``: checkpoint -> verified ONNX bundle (not implemented yet)."""
+"""``omg-export``: checkpoint -> verified ONNX bundle (-> TensorRT engines)."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+import time
+from pathlib import Path
+
+from export.bundle import PRECISIONS, TARGETS, build_bundle
+from export.verify import ParityError
+from export.vocabularies import VOCABULARIES
+from omg_rt.errors import BackendUnavailableError, CheckpointError, InvalidInputError
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_PARITY = 3
+EXIT_NO_TENSORRT = 4
+
+EPILOG = f"""\
+exit codes:
+  {EXIT_OK}  bundle written and verified
+  {EXIT_BAD_INPUT}  bad argument, checkpoint or vocabulary (nothing written)
+  {EXIT_PARITY}  exported graphs outside tolerance (build kept at BUNDLE.failed, see verify.json)
+  {EXIT_NO_TENSORRT}  --engine without TensorRT (or without a GPU): the ONNX bundle was written,
+     no engines/
+
+--vocab: {", ".join(VOCABULARIES)}; a names file (.txt one class per line, synonyms separated by
+',', a line '---' before the stuff classes; or .json {{"names": [...], "num_things": n}}); or a
+precomputed [K, S, D] bank (.pth as the official gen_cls writes, or .npy) whose names come from
+BANK.names.txt/.json beside it, its official file name, or the one shipped vocabulary with K
+classes.
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="omg-export",
+        description="Export an OMG-Seg checkpoint (official .pth or ours) to a bundle the "
+                    "omg-rt runtime loads without torch: ONNX graphs, vocabulary, manifest, "
+                    "parity report.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="official omg_seg_convl.pth, or our checkpoint "
+                                           "directory / checkpoint.safetensors")
+    parser.add_argument("-o", "--output", metavar="BUNDLE",
+                        help="bundle directory (default: ./<checkpoint name>.bundle)")
+    parser.add_argument("--backbone-weights", metavar="OPEN_CLIP_FILE",
+                        help="local OpenCLIP weights for the decoder-only official checkpoint "
+                             "(offline use)")
+    parser.add_argument("--image-size", type=int, default=1024,
+                        help="side of the square encoder input, a multiple of 32 (default 1024)")
+    parser.add_argument("--vocab", default="coco",
+                        help="coco|ade|vipseg|ytvis|NAMES_FILE|BANK_FILE (default coco)")
+    parser.add_argument("--precision", default="fp32",
+                        help=f"comma-separated subset of {','.join(PRECISIONS)} (fp32 is always "
+                             "exported; default fp32)")
+    parser.add_argument("--calib-images", metavar="DIR",
+                        help="images for INT8 calibration (default: synthetic scenes)")
+    parser.add_argument("--engine", action="store_true",
+                        help=f"also build TensorRT plans under engines/ (exit {EXIT_NO_TENSORRT} "
+                             "where TensorRT is missing)")
+    parser.add_argument("--target", choices=TARGETS, default="cpu",
+                        help="deployment target: cpu = portable graphs (GridSample deformable "
+                             "attention); h100 / jetson-orin add the TensorRT plugin flavour "
+                             "(default cpu)")
+    parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the parity checks against PyTorch (default on)")
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(
-        "omg-export: not implemented yet (the export issue is open); no bundle was written.",
-        file=sys.stderr,
-    )
-    return 2
+    args = parse_args(argv)
+    output = Path(args.output) if args.output else Path.cwd() / (
+        Path(args.checkpoint).name.split(".")[0] + ".bundle")
+    start = time.perf_counter()
+    no_trt: BackendUnavailableError | None = None
+    try:
+        bundle = build_bundle(
+            args.checkpoint, output, backbone_weights=args.backbone_weights,
+            image_size=args.image_size, vocab=args.vocab,
+            precisions=tuple(p.strip() for p in args.precision.split(",") if p.strip()),
+            target=args.target, calib_images=args.calib_images, verify=args.verify,
+            engine=args.engine, progress=True)
+    except (InvalidInputError, CheckpointError) as exc:
+        print(f"omg-export: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ParityError as exc:
+        print(f"omg-export: parity check failed: {exc}", file=sys.stderr)
+        return EXIT_PARITY
+    except BackendUnavailableError as exc:
+        no_trt, bundle = exc, output
+    print(summary(bundle, time.perf_counter() - start))
+    if no_trt is not None:
+        print(f"omg-export: --engine: {no_trt}", file=sys.stderr)
+        return EXIT_NO_TENSORRT
+    return EXIT_OK
+
+
+def summary(bundle: Path, seconds: float) -> str:
+    """The table printed at the end: graphs per precision with sizes, verification results."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    report = json.loads((bundle / "verify.json").read_text())
+    precisions = manifest["precisions"]
+    rows = [["graph", *precisions]]
+    for name, entry in manifest["graphs"].items():
+        cells = [name]
+        for p in precisions:
+            path = bundle / entry["files"][p]
+            size = path.stat().st_size
+            data = path.with_name(path.name + ".data")
+            size += data.stat().st_size if data.exists() else 0
+            shared = p != "fp32" and entry["files"][p] == entry["files"]["fp32"]
+            cells.append("= fp32" if shared else f"{size / 2**20:.1f} MiB")
+        rows.append(cells)
+    lines = [f"bundle {bundle}  ({seconds:.0f} s, target {manifest['target']}, "
+             f"{len(manifest['vocabulary']['names'])} classes, input "
+             f"{manifest['input_size'][0]}x{manifest['input_size'][1]})", _table(rows)]
+    if report.get("skipped"):
+        lines.append("verification: skipped (--no-verify)")
+    else:
+        rows = [["precision", "passed", "max |d class logit|", "mask IoU", "top-class",
+                 "held-out mIoU (drop)"]]
+        for p, entry in report["precisions"].items():
+            tasks = entry["tasks"].values()
+            metric = entry.get("held_out_metric")
+            rows.append([
+                p, "yes" if entry["passed"] else "NO",
+                f"{max(t.get('class_logits_max_abs', 0.0) for t in tasks):.2e}",
+                f"{min(t.get('mask_iou', 1.0) for t in tasks):.4f}",
+                f"{min(t.get('top_class_agreement', 1.0) for t in tasks):.3f}",
+                "-" if metric is None else f"{metric['value']:.4f} ({metric['drop']:+.4f})"])
+        lines += ["verification (ONNX Runtime vs PyTorch):", _table(rows)]
+    engines = manifest.get("engines", [])
+    lines.append("engines: " + (", ".join(e["key"] for e in engines) if engines else "none"))
+    return "\n".join(lines)
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*rows[0]), "  ".join("-" * w for w in widths)]
+    out += [fmt.format(*r) for r in rows[1:]]
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def write_manifest(bundle: Path, manifest: dict[str, Any]) -> Path:
     manifest = {**manifest, "schema_version": SCHEMA_VERSION, "files": file_hashes(bundle)}
     fd, tmp = tempfile.mkstemp(dir=bundle, prefix=".manifest.")
     with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
+        json.dump(manifest, f, indent=1)  # insertion order: graph I/O stays in call order
     os.replace(tmp, bundle / MANIFEST)
     return bundle / MANIFEST
 

@@ -118,6 +118,7 @@ def prepare_scene(image: np.ndarray, masks: np.ndarray, image_size: int,
         prepared.tensor[..., :image_size, :image_size]
     scale_y = prepared.resized_hw[0] / image.shape[0]
     scale_x = prepared.resized_hw[1] / image.shape[1]
+    masks = masks[masks.reshape(len(masks), -1).any(1)]  # objects out of this frame have none
     boxes = []
     for mask in masks:
         ys, xs = np.nonzero(mask)
@@ -176,9 +177,10 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _run_image_pipeline(run: Runner, images: np.ndarray, queries: tuple[np.ndarray, np.ndarray],
-                        bank: np.ndarray, prompt_mode: bool) -> dict[str, np.ndarray]:
-    features = run("encoder", {"image": images})
-    pixels = run(PIXEL_DECODER.name, features)
+                        bank: np.ndarray, prompt_mode: bool,
+                        pixels: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    if pixels is None:
+        pixels = run(PIXEL_DECODER.name, run("encoder", {"image": images}))
     feeds = {**pixels, "class_bank": bank, "query_content": queries[0],
              "query_position": queries[1], "prompt_mode": np.array(prompt_mode)}
     return run(QUERY_DECODER.name, feeds)
@@ -249,15 +251,18 @@ class Verifier:
             "panoptic": [], "instance": [], "semantic": [], "prompts": [], "video": []}
         learned1 = tuple(q[None] for q in self.learned)
         for i, scene in enumerate(self.scenes):
-            ref = self._ref(("image", i), lambda s=scene: _run_image_pipeline(
-                self.reference, s.tensor, learned1, self.bank, False))
-            test = _run_image_pipeline(run, scene.tensor, learned1, self.bank, False)
+            ref_pixels = self._ref(("pixels", i), lambda s=scene: self.reference(
+                PIXEL_DECODER.name, self.reference("encoder", {"image": s.tensor})))
+            pixels = run(PIXEL_DECODER.name, run("encoder", {"image": scene.tensor}))
+            ref = self._ref(("image", i), lambda s=scene, p=ref_pixels: _run_image_pipeline(
+                self.reference, s.tensor, learned1, self.bank, False, p))
+            test = _run_image_pipeline(run, scene.tensor, learned1, self.bank, False, pixels)
             common = self._compare_queries(test, ref, scene)
             tasks["panoptic"].append({**common, **self._panoptic(test, ref, scene)})
             tasks["instance"].append({**common, **self._instance(test, ref, scene)})
             tasks["semantic"].append({**common, **self._semantic(test, ref, scene)})
             for count in PROMPT_COUNTS:
-                tasks["prompts"].append(self._prompts(run, scene, i, count))
+                tasks["prompts"].append(self._prompts(run, scene, i, count, pixels, ref_pixels))
         ref = self._ref("clip", lambda: _run_image_pipeline(
             self.reference, np.concatenate([s.tensor for s in self.clip]), learned1, self.bank,
             False))
@@ -310,7 +315,9 @@ class Verifier:
         b = semantic_results(ref["class_logits"][0], self._full(ref, scene))
         return {"semantic_pixel_agreement": float((a == b).mean())}
 
-    def _prompts(self, run: Runner, scene: Scene, index: int, count: int) -> dict[str, Any]:
+    def _prompts(self, run: Runner, scene: Scene, index: int, count: int,
+                 pixels: dict[str, np.ndarray], ref_pixels: dict[str, np.ndarray]
+                 ) -> dict[str, Any]:
         if "prompt_encoder" not in self.defs:
             return {}
         boxes = np.resize(scene.boxes, (count, 4))[None].astype(np.float32)  # pad by repeating
@@ -319,13 +326,14 @@ class Verifier:
         ref_q = self.reference("prompt_encoder", feeds)
         test_q = run("prompt_encoder", feeds)
 
-        def decode(r: Runner, queries) -> dict[str, np.ndarray]:
+        def decode(r: Runner, queries, p) -> dict[str, np.ndarray]:
             return _run_image_pipeline(r, scene.tensor, (queries["query_content"],
                                                          queries["query_position"]),
-                                       self.bank, True)
+                                       self.bank, True, p)
 
-        ref = self._ref(("prompts", index, count), lambda: decode(self.reference, ref_q))
-        test = decode(run, test_q)
+        ref = self._ref(("prompts", index, count),
+                        lambda: decode(self.reference, ref_q, ref_pixels))
+        test = decode(run, test_q, pixels)
         common = self._compare_queries(test, ref, scene)
         args = ((self.image_size, self.image_size), scene.resized_hw, scene.original_hw)
         a = prompt_results(test["mask_logits"][0, :, 0], test["iou_logits"][0], *args)

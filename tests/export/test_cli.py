@@ -1,0 +1,68 @@
+"""``omg-export`` on a tiny checkpoint of ours: exit codes, the summary, the TensorRT message."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from export.cli import EXIT_BAD_INPUT, EXIT_NO_TENSORRT, EXIT_OK, main
+from export.manifest import check_hashes
+from tests.conftest import _has_tensorrt
+from training.model import build_model
+from training.model.checkpoint import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(1)
+    return save_checkpoint(build_model("tiny"), tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed here: engines get built")
+def test_engine_without_tensorrt_writes_the_bundle_and_exits_with_the_reason(
+        checkpoint, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    code = main([str(checkpoint), "-o", str(out), "--image-size", "64", "--vocab", "ytvis",
+                 "--engine", "--no-verify"])
+    captured = capsys.readouterr()
+    assert code == EXIT_NO_TENSORRT
+    assert "TensorRT is not installed" in captured.err and "no engines were built" in captured.err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["engines"] == [] and not (out / "engines").exists()
+    assert check_hashes(out) == []
+    assert "query_decoder" in captured.out and "verification: skipped" in captured.out
+
+
+def test_cli_exports_verifies_and_prints_the_summary_table(checkpoint, tmp_path, capsys):
+    out = tmp_path / "b"
+    code = main([str(checkpoint), "-o", str(out), "--image-size", "64", "--vocab", "ytvis",
+                 "--target", "h100"])
+    captured = capsys.readouterr()
+    assert code == EXIT_OK, captured.err
+    assert "verification (ONNX Runtime vs PyTorch)" in captured.out
+    assert "fp32" in captured.out and " yes " in captured.out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["target"] == "h100" and manifest["deform_attn"] == "trt_plugin"
+    trt_file = manifest["graphs"]["pixel_decoder"]["tensorrt_files"]["fp32"]
+    assert (out / trt_file).exists() and trt_file in manifest["files"]
+
+
+def test_bad_input_exits_2_naming_the_problem(checkpoint, tmp_path, capsys):
+    assert main([str(tmp_path / "missing.pth"), "-o", str(tmp_path / "x")]) == EXIT_BAD_INPUT
+    assert "does not exist" in capsys.readouterr().err
+    code = main([str(checkpoint), "-o", str(tmp_path / "x"), "--precision", "fp32,fp64"])
+    assert code == EXIT_BAD_INPUT
+    assert "precisions" in capsys.readouterr().err
+    code = main([str(checkpoint), "-o", str(tmp_path / "x"), "--vocab", "klingon"])
+    assert code == EXIT_BAD_INPUT
+    assert "vocab" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_help_documents_the_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "exit codes" in text and "--engine" in text and str(EXIT_NO_TENSORRT) in text
