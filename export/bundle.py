@@ -197,7 +197,9 @@ def _load(checkpoint_or_model, backbone_weights) -> OMGSeg:
     if isinstance(checkpoint_or_model, OMGSeg):
         model = checkpoint_or_model
     elif isinstance(checkpoint_or_model, (str, os.PathLike)):
-        model, _ = load_checkpoint(checkpoint_or_model, backbone_weights=backbone_weights)
+        loaded, _ = load_checkpoint(checkpoint_or_model, backbone_weights=backbone_weights)
+        assert isinstance(loaded, OMGSeg)
+        model = loaded
     else:
         raise InvalidInputError(
             "checkpoint_or_model: expected a checkpoint path or an OMGSeg, got "

@@ -66,7 +66,8 @@ def current_gpu() -> tuple[str, tuple[int, int]]:
 
     if not torch.cuda.is_available():
         raise BackendUnavailableError("TensorRT engines need a CUDA GPU; none is visible")
-    return torch.cuda.get_device_name(0), tuple(torch.cuda.get_device_capability(0))
+    major, minor = torch.cuda.get_device_capability(0)
+    return torch.cuda.get_device_name(0), (major, minor)
 
 
 def profile_shapes(io: Mapping[str, Any], target: str, defaults: Mapping[str, int]

@@ -99,6 +99,7 @@ class QueryDecoderGraph(nn.Module):
             [memory_s32, memory_s16, memory_s8], mask_features, class_bank, query_content,
             query_position, prompt_mode=prompt_mode,
         )[-1]
+        assert pred.class_logits is not None and pred.iou_logits is not None  # the last head
         return pred.class_logits, pred.mask_logits, pred.iou_logits, pred.query_embeddings
 
 
@@ -107,7 +108,9 @@ class TextEncoderGraph(nn.Module):
 
     def __init__(self, model: OMGSeg) -> None:
         super().__init__()
-        self.text_encoder = model.text_encoder
+        if model.text_encoder is None:
+            raise ValueError("model: expected a text encoder for the text_encoder graph, got none")
+        self.text_encoder: nn.Module = model.text_encoder
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         return self.text_encoder(token_ids)

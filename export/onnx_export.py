@@ -24,7 +24,7 @@ OPSET = 17
 # (protobuf caps a single file at 2 GiB; TensorRT and ONNX Runtime read external data).
 EXTERNAL_DATA_BYTES = 256 * 2**20
 
-_NUMPY_DTYPES = {
+_NUMPY_DTYPES: dict[int, str] = {
     onnx.TensorProto.FLOAT: "float32",
     onnx.TensorProto.FLOAT16: "float16",
     onnx.TensorProto.INT64: "int64",
@@ -71,7 +71,7 @@ def export_graph(
         torch.onnx.export(
             graph.module.eval(),
             graph.example,
-            buffer,
+            buffer,  # type: ignore[arg-type]  # file objects are accepted
             dynamo=False,
             opset_version=opset,
             input_names=list(graph.io.inputs),

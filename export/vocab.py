@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from export.vocabularies import VOCABULARIES
 from omg_rt.errors import InvalidInputError
+from training.model import OMGSeg
 from training.vocabulary import VILD_TEMPLATES, build_class_bank, class_overlap, split_label
 
 BANK_SUFFIXES = (".pth", ".pt", ".npy")
@@ -67,7 +68,7 @@ def training_vocabulary_words() -> list[str]:
     return [name for vocab in VOCABULARIES.values() for name in vocab.names]
 
 
-def resolve_vocabulary(vocab: Any, model: torch.nn.Module, *, progress: bool = True) -> Vocabulary:
+def resolve_vocabulary(vocab: Any, model: OMGSeg, *, progress: bool = True) -> Vocabulary:
     """Turn a ``--vocab`` value into a :class:`Vocabulary` (bank computed if needed).
 
     Raises:
@@ -98,11 +99,12 @@ def resolve_vocabulary(vocab: Any, model: torch.nn.Module, *, progress: bool = T
         raise InvalidInputError(
             f"vocab: expected a {'/'.join(NAME_SUFFIXES + BANK_SUFFIXES)} file, got {path.name}")
     if hasattr(vocab, "names") and hasattr(vocab, "num_things"):
-        bank = getattr(vocab, "bank", None)
-        seen = getattr(vocab, "seen", None)
+        given_bank = getattr(vocab, "bank", None)
+        given_seen = getattr(vocab, "seen", None)
         return _finish(tuple(vocab.names), int(vocab.num_things),
-                       None if bank is None else _as_bank(bank, "vocab.bank"),
-                       None if seen is None else np.asarray(seen, dtype=bool), "python", model,
+                       None if given_bank is None else _as_bank(given_bank, "vocab.bank"),
+                       None if given_seen is None else np.asarray(given_seen, dtype=bool),
+                       "python", model,
                        embed_dim, progress)
     raise InvalidInputError(
         f"vocab: expected a vocabulary key, a path or an object with names/num_things, got "
@@ -176,7 +178,7 @@ def _names_for_bank(path: Path, k: int) -> tuple[tuple[str, ...], int]:
 
 
 def _finish(names: Sequence[str], num_things: int, bank: np.ndarray | None,
-            seen: np.ndarray | None, source: str, model: torch.nn.Module, embed_dim: int,
+            seen: np.ndarray | None, source: str, model: OMGSeg, embed_dim: int,
             progress: bool) -> Vocabulary:
     names = tuple(names)
     k = len(names)
