@@ -31,8 +31,12 @@ from omg_rt.errors import BundleError, InvalidInputError
 from omg_rt.postprocess._common import softmax
 from omg_rt.postprocess.instance import instances_from_masks, select_instances
 from omg_rt.postprocess.interactive import prompt_results
-from omg_rt.postprocess.masks import _resize_separable, linear_taps, upsample_masks
-from omg_rt.postprocess.open_vocab import open_vocab_ensemble
+from omg_rt.postprocess.masks import upsample_masks
+from omg_rt.postprocess.open_vocab import (
+    clip_class_logits,
+    mask_pooled_clip_features,
+    open_vocab_ensemble,
+)
 from omg_rt.postprocess.panoptic import INSTANCE_OFFSET, PanopticResult, panoptic_results
 from omg_rt.postprocess.semantic import semantic_results
 from omg_rt.postprocess.video import align_clips, vos_assign_ids, vos_proposals, vps_results
@@ -658,30 +662,14 @@ class Segmenter:
         cls = outputs["class_logits"][0].astype(np.float32)
         if not ensemble:
             return cls
-        mask_logits = outputs["mask_logits"][0]  # (Q, T, h4, w4)
-        clip_feats = np.concatenate([f.clip_features for f in frames], axis=0)  # (T, C5, hc, wc)
-        hc, wc = clip_feats.shape[-2:]
-        masks = np.stack(
-            [
-                _clip_resolution(mask_logits[:, t], self.input_size, (hc, wc)) > 0
-                for t in range(mask_logits.shape[1])
-            ],
-            axis=1,
-        )  # (Q, T, hc, wc)
-        q = masks.shape[0]
-        weights = masks.reshape(q, -1).astype(np.float32)
-        weights /= weights.sum(1, keepdims=True) + np.float32(1e-8)
-        feats = clip_feats.transpose(1, 0, 2, 3).reshape(clip_feats.shape[1], -1)  # (C5, T*hc*wc)
-        pooled = (weights @ feats.T).astype(np.float32)[None]  # (1, Q, C5)
-        embeddings = self._runners[CLIP_HEAD.name]({"pooled_features": pooled})["clip_embeddings"][
-            0
-        ]
-        unit = embeddings / np.maximum(
-            np.sqrt((embeddings**2).sum(-1, keepdims=True)), np.float32(1e-12)
+        clip_features = np.concatenate([f.clip_features for f in frames], axis=0)  # (T, C, hc, wc)
+        pooled, valid = mask_pooled_clip_features(
+            outputs["mask_logits"][0].astype(np.float32, copy=False), clip_features, self.input_size
         )
-        similarity = np.einsum("qd,ksd->qks", unit, vocabulary.class_bank).max(-1)
-        clip_logits = (self._logit_scale * similarity).astype(np.float32)
-        valid = masks.reshape(q, -1).any(1)
+        embeddings = self._runners[CLIP_HEAD.name]({"pooled_features": pooled[None]})
+        clip_logits = clip_class_logits(
+            embeddings["clip_embeddings"][0], vocabulary.class_bank, self._logit_scale
+        )
         return open_vocab_ensemble(
             cls,
             clip_logits,
@@ -733,8 +721,8 @@ class Segmenter:
                 vocabulary.num_things,
                 object_mask_thr=self._post.object_mask_threshold,
                 iou_thr=self._post.overlap_threshold,
+                query_ids=kept,
             )[0]
-            result = _remap_video_ids(result, kept)
         else:
             result = panoptic_results(
                 cls[kept],
@@ -1064,47 +1052,6 @@ def _first_mask(first_mask: Any) -> tuple[np.ndarray, tuple[int, ...]]:
     if not ids or not masks.reshape(masks.shape[0], -1).any(1).all():
         raise InvalidInputError("first_mask: expected at least one non-empty object mask")
     return np.ascontiguousarray(masks), ids
-
-
-def _clip_resolution(
-    mask_logits: np.ndarray, padded_hw: tuple[int, int], clip_hw: tuple[int, int]
-) -> np.ndarray:
-    """(Q, h4, w4) -> (Q, hc, wc) logits: bilinear to the padded input, then to the CLIP map,
-    evaluating the padded-size samples only where the second resize reads them (exact).
-
-    The same composition as ``omg_rt.postprocess.open_vocab.clip_valid_queries``, which returns
-    only the any() of the result; the ensemble also needs the pooled masks themselves.
-    """
-
-    def composed(in_size: int, mid: int, out: int) -> tuple[tuple, tuple]:
-        i0, i1, l0, l1 = linear_taps(mid, out)
-        needed = np.unique(np.concatenate([i0, i1]))
-        first = tuple(t[needed] for t in linear_taps(in_size, mid))
-        return first, (np.searchsorted(needed, i0), np.searchsorted(needed, i1), l0, l1)
-
-    rows1, rows2 = composed(mask_logits.shape[1], padded_hw[0], clip_hw[0])
-    cols1, cols2 = composed(mask_logits.shape[2], padded_hw[1], clip_hw[1])
-    mid = _resize_separable(np.ascontiguousarray(mask_logits, np.float32), rows1, cols1)  # type: ignore[arg-type]
-    return _resize_separable(mid, rows2, cols2)  # type: ignore[arg-type]
-
-
-def _remap_video_ids(result: PanopticResult, kept: np.ndarray) -> PanopticResult:
-    """vps ids of a query subset (label + (j + 1) * 1000) -> ids of the full query set."""
-
-    def remap(value: int) -> int:
-        if value < INSTANCE_OFFSET:
-            return value
-        j, label = divmod(value, INSTANCE_OFFSET)
-        return label + (int(kept[j - 1]) + 1) * INSTANCE_OFFSET
-
-    id_map = result.id_map.copy()
-    segments = []
-    for seg in result.segments:
-        new = remap(int(seg["id"]))
-        if new != seg["id"]:
-            id_map[result.id_map == seg["id"]] = new
-        segments.append({**seg, "id": new})
-    return PanopticResult(id_map=id_map, segments=segments)  # type: ignore[arg-type]
 
 
 def _from_panoptic(

@@ -1,7 +1,8 @@
 """Open-vocabulary class scores: the official ``Mask2formerVideo.open_voc_inference`` ensemble.
 
 FC-CLIP's geometric ensemble of the learned classifier and the frozen CLIP classifier (CLIP's
-dense features mask-pooled with each query's mask), all in float32:
+dense features mask-pooled with each query's mask: :func:`mask_pooled_clip_features`, projected by
+the CLIP head, then :func:`clip_class_logits`), all in float32:
 
 - ``q = softmax(query_logits[:, :K])``, ``c = softmax(clip_logits)`` (void excluded from both);
 - ``a = 0.4 * valid`` and ``b = 0.8 * valid``, where ``valid`` says the query's mask, resized to
@@ -85,15 +86,14 @@ def open_vocab_ensemble(
     return np.log(probs + np.float32(1e-8)).astype(np.float32)
 
 
-def clip_valid_queries(
+def clip_resolution_masks(
     mask_logits: np.ndarray, padded_hw: Sequence[int], clip_hw: Sequence[int]
 ) -> np.ndarray:
-    """Which queries have a positive mask logit at the CLIP feature resolution.
+    """Mask logits at the CLIP feature resolution, as the official open-vocabulary path has them.
 
     The official code resizes the padded-size mask logits (themselves a bilinear upsample of the
     stride-4 logits) bilinearly to the CLIP map (stride 32). We evaluate that composition
-    exactly, computing the padded-size samples only where the second resize reads them. For a
-    video tube, OR the per-frame results.
+    exactly, computing the padded-size samples only where the second resize reads them.
 
     Args:
         mask_logits: (Q, h4, w4) float32 at stride 4 of the padded input.
@@ -101,7 +101,7 @@ def clip_valid_queries(
         clip_hw: (hc, wc) of the CLIP feature map (Hp / 32, Wp / 32 for ConvNeXt).
 
     Returns:
-        (Q,) bool.
+        (Q, hc, wc) float32 logits.
     """
     mask_logits = check_array(mask_logits, "mask_logits", 3, "float32", "float32 (Q, h4, w4)")
     hp, wp = int(padded_hw[0]), int(padded_hw[1])
@@ -122,5 +122,87 @@ def clip_valid_queries(
     rows1, rows2 = composed(h4, hp, hc)
     cols1, cols2 = composed(w4, wp, wc)
     mid = _resize_separable(mask_logits, rows1, cols1)  # type: ignore[arg-type]
-    small = _resize_separable(mid, rows2, cols2)  # type: ignore[arg-type]
+    return _resize_separable(mid, rows2, cols2)  # type: ignore[arg-type]
+
+
+def clip_valid_queries(
+    mask_logits: np.ndarray, padded_hw: Sequence[int], clip_hw: Sequence[int]
+) -> np.ndarray:
+    """Which queries have a positive mask logit at the CLIP feature resolution
+    (:func:`clip_resolution_masks`). For a video tube, OR the per-frame results.
+
+    Args:
+        mask_logits: (Q, h4, w4) float32 at stride 4 of the padded input.
+        padded_hw: (Hp, Wp) of the padded input.
+        clip_hw: (hc, wc) of the CLIP feature map.
+
+    Returns:
+        (Q,) bool.
+    """
+    small = clip_resolution_masks(mask_logits, padded_hw, clip_hw)
     return np.asarray((small > 0).reshape(small.shape[0], -1).any(1))
+
+
+def mask_pooled_clip_features(
+    mask_logits: np.ndarray, clip_features: np.ndarray, padded_hw: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's CLIP features averaged over its mask (the official ``mask_pooling``).
+
+    The mask of a query is ``clip_resolution_masks > 0`` in every frame of the tube; the pooled
+    feature is the mean of the CLIP features under it (``sum / (area + 1e-8)``, zero for an empty
+    mask).
+
+    Args:
+        mask_logits: (Q, T, h4, w4) float32 stride-4 logits of a tube of T frames.
+        clip_features: (T, C, hc, wc) float32 CLIP backbone features (stride 32).
+        padded_hw: (Hp, Wp) of the padded input.
+
+    Returns:
+        ``(pooled, valid)``: (Q, C) float32 pooled features and (Q,) bool, True where the mask
+        is not empty (the ``valid`` of :func:`open_vocab_ensemble`).
+    """
+    mask_logits = check_array(
+        mask_logits, "mask_logits", 4, "float32", "float32 (Q, T, h4, w4)"
+    )
+    clip_features = check_array(
+        clip_features, "clip_features", 4, "float32", "float32 (T, C, hc, wc)"
+    )
+    q, t = mask_logits.shape[:2]
+    if clip_features.shape[0] != t:
+        raise InvalidInputError(
+            f"clip_features: expected {t} frames (as mask_logits), got {clip_features.shape[0]}"
+        )
+    hc, wc = clip_features.shape[-2:]
+    masks = np.stack(
+        [
+            clip_resolution_masks(np.ascontiguousarray(mask_logits[:, i]), padded_hw, (hc, wc))
+            > 0
+            for i in range(t)
+        ],
+        axis=1,
+    )  # (Q, T, hc, wc)
+    weights = masks.reshape(q, -1).astype(np.float32)
+    weights /= weights.sum(1, keepdims=True) + np.float32(1e-8)
+    feats = clip_features.transpose(1, 0, 2, 3).reshape(clip_features.shape[1], -1)  # (C, T*hc*wc)
+    pooled = (weights @ feats.T).astype(np.float32)  # (Q, C)
+    return pooled, masks.reshape(q, -1).any(1)
+
+
+def clip_class_logits(
+    clip_embeddings: np.ndarray, class_bank: np.ndarray, logit_scale: float
+) -> np.ndarray:
+    """CLIP classifier logits: scaled cosine similarity to each class's best synonym.
+
+    Args:
+        clip_embeddings: (Q, D) float32 projected, mask-pooled CLIP features.
+        class_bank: (K, S, D) float32 unit text embeddings (S synonyms per class).
+        logit_scale: CLIP's ``exp(logit_scale)``.
+
+    Returns:
+        (Q, K) float32.
+    """
+    unit = clip_embeddings / np.maximum(
+        np.sqrt((clip_embeddings**2).sum(-1, keepdims=True)), np.float32(1e-12)
+    )
+    similarity = np.einsum("qd,ksd->qks", unit, class_bank).max(-1)
+    return (logit_scale * similarity).astype(np.float32)

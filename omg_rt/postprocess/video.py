@@ -212,6 +212,7 @@ def vps_results(
     object_mask_thr: float = OBJECT_MASK_THR,
     iou_thr: float = IOU_THR,
     filter_low_score: bool = FILTER_LOW_SCORE,
+    query_ids: np.ndarray | None = None,
 ) -> list[PanopticResult]:
     """Video panoptic segmentation: per-frame panoptic maps with ids stable across frames.
 
@@ -224,11 +225,22 @@ def vps_results(
         frame_mask_logits: per frame, (Q, H, W) float32 at the original size.
         num_things, object_mask_thr, iou_thr, filter_low_score: as
             :func:`omg_rt.postprocess.panoptic.panoptic_results`.
+        query_ids: (Q,) int, the query index each row stands for (default ``arange(Q)``). Pass
+            the indices of a subset of the queries (e.g. only those that can win a pixel) to get
+            the ids the full query set would give.
 
     Returns:
         one :class:`~omg_rt.postprocess.panoptic.PanopticResult` per frame.
     """
-    ids = np.arange(np.shape(cls_logits)[0], dtype=np.int64) + 1
+    q = np.shape(cls_logits)[0]
+    if query_ids is None:
+        query_ids = np.arange(q, dtype=np.int64)
+    query_ids = check_array(query_ids, "query_ids", 1, "int", f"int ({q},)")
+    if query_ids.shape[0] != q:
+        raise InvalidInputError(
+            f"query_ids: expected int ({q},) (one per row of cls_logits), got {query_ids.shape}"
+        )
+    ids = query_ids.astype(np.int64) + 1
     return [
         _panoptic(cls_logits, masks, num_things, object_mask_thr, iou_thr, filter_low_score, ids)
         for masks in frame_mask_logits

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from omg_rt.errors import InvalidInputError
-from omg_rt.postprocess.open_vocab import clip_valid_queries, open_vocab_ensemble
+from omg_rt.postprocess.open_vocab import (
+    clip_resolution_masks,
+    clip_valid_queries,
+    mask_pooled_clip_features,
+    open_vocab_ensemble,
+)
 from tests.conftest import OFFICIAL_FIXTURES
 
 
@@ -86,6 +91,29 @@ def test_valid_queries_equal_the_two_torch_resizes():
     got = clip_valid_queries(logits, (96, 124), (3, 4))
     assert want.any() and not want.all()
     np.testing.assert_array_equal(got, want)
+
+
+def test_clip_resolution_masks_equal_the_two_torch_resizes():
+    torch = pytest.importorskip("torch")
+    f = torch.nn.functional
+    logits = (np.random.default_rng(4).standard_normal((5, 24, 31)) * 3).astype(np.float32)
+    padded = f.interpolate(torch.from_numpy(logits)[None], size=(96, 124), mode="bilinear")
+    want = f.interpolate(padded, size=(3, 4), mode="bilinear")[0].numpy()
+    got = clip_resolution_masks(logits, (96, 124), (3, 4))
+    assert got.dtype == np.float32 and got.shape == (5, 3, 4)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_mask_pooling_averages_clip_features_under_each_mask_over_the_tube():
+    logits = np.full((2, 2, 16, 16), -5.0, np.float32)  # (Q, T, h4, w4), CLIP map 2 x 2
+    logits[0, 0, 2:6, 2:6] = 5.0  # query 0: cell (0, 0) of frame 0 ...
+    logits[0, 1, 10:14, 10:14] = 5.0  # ... and cell (1, 1) of frame 1; query 1: nothing
+    features = np.arange(2 * 3 * 2 * 2, dtype=np.float32).reshape(2, 3, 2, 2)  # (T, C, hc, wc)
+    pooled, valid = mask_pooled_clip_features(logits, features, (64, 64))
+    assert valid.tolist() == [True, False]
+    want = (features[0, :, 0, 0] + features[1, :, 1, 1]) / (2 + 1e-8)
+    np.testing.assert_allclose(pooled[0], want, rtol=1e-6)
+    np.testing.assert_array_equal(pooled[1], np.zeros(3, np.float32))
 
 
 def test_shape_mismatch_raises():

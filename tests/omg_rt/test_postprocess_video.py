@@ -136,6 +136,21 @@ def test_vps_thing_ids_are_query_index_plus_one_in_every_frame():
     assert np.all(maps[0][:, 1:] == 1) and np.all(maps[1][:, 1:] == 1)
 
 
+def test_vps_on_a_query_subset_gives_the_ids_of_the_full_query_set():
+    rng = np.random.default_rng(3)
+    cls = rng.standard_normal((6, 4)).astype(np.float32) * 3  # K = 3: classes 0, 1 things
+    cls[[0, 3], -1] = 20.0  # void queries: they can never paint
+    masks = (rng.standard_normal((6, 5, 7)) * 4).astype(np.float32)
+    kept = np.array([1, 2, 4, 5])
+    full = vps_results(cls, [masks], num_things=2)[0]
+    subset = vps_results(cls[kept], [masks[kept]], num_things=2, query_ids=kept)[0]
+    assert any(s["isthing"] for s in full.segments)
+    np.testing.assert_array_equal(subset.id_map, full.id_map)
+    assert subset.segments == full.segments
+    with pytest.raises(InvalidInputError, match="query_ids"):
+        vps_results(cls[kept], [masks[kept]], num_things=2, query_ids=kept[:2])
+
+
 def test_bad_video_inputs_raise():
     with pytest.raises(InvalidInputError, match="num_frames"):
         video_split(0)
