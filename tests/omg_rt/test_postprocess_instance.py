@@ -8,7 +8,7 @@ from scipy.special import expit
 
 from omg_rt.errors import InvalidInputError
 from omg_rt.postprocess.instance import instance_results, masks_to_boxes, select_instances
-from omg_rt.postprocess.semantic import semantic_results
+from omg_rt.postprocess.semantic import semantic_results, semantic_with_scores
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -72,6 +72,24 @@ def test_semantic_argmax_of_class_weighted_masks():
     expected = np.argmax(p.T @ s, axis=0)
     assert sem.dtype == np.int32 and sem.shape == (1, 3)
     assert sem[0].tolist() == expected.tolist() == [1, 1, 0]
+
+
+def test_semantic_class_score_is_the_mean_mask_weighted_class_probability():
+    cls = np.array([[0.0, 2.0, 0.0], [1.0, 0.0, -5.0]], np.float32)  # K = 2
+    masks = np.array([[[9.0, 9.0, -9.0]], [[9.0, -9.0, 9.0]]], np.float32)
+    label_map, scores = semantic_with_scores(cls, masks)
+    weights = expit(masks[:, 0].astype(np.float64))  # (Q, 3)
+    per_pixel = _softmax(cls.astype(np.float64))[:, :2].T @ weights / weights.sum(0)
+    np.testing.assert_array_equal(label_map, semantic_results(cls, masks))
+    assert scores.dtype == np.float32 and scores.shape == (2,)
+    np.testing.assert_allclose(scores[1], per_pixel[1, :2].mean(), rtol=1e-6)
+    np.testing.assert_allclose(scores[0], per_pixel[0, 2], rtol=1e-6)
+
+
+def test_semantic_score_is_zero_for_a_class_that_labels_no_pixel():
+    cls = np.array([[5.0, 0.0, 0.0]], np.float32)
+    _, scores = semantic_with_scores(cls, np.full((1, 2, 2), 3.0, np.float32))
+    assert scores[1] == 0.0 and scores[0] > 0.9
 
 
 def test_bad_inputs_raise():
