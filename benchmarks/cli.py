@@ -1,17 +1,115 @@
-"""``omg-bench``: speed and accuracy reports (not implemented yet)."""
+"""``omg-bench``: speed and accuracy of OMG-Seg per backend x precision, through the runtime.
+
+    omg-bench MODEL [--backends torch,onnxruntime,onnxruntime-cuda,tensorrt]
+              [--precisions fp32,fp16,int8] [--tasks panoptic,instance,semantic,prompt,video]
+              [--image-size 128[,256]] [--batch 1,4] [--dataset generated|DIR] [--out DIR]
+
+MODEL is a bundle directory (add --checkpoint for the torch backend), a checkpoint (bundles are
+exported into the output directory first), ``synthetic`` (the synthetic-tiny checkpoint of
+``training.synthetic.ensure_checkpoint``) or ``preset:NAME`` (random weights: latency only).
+
+Writes report.md, report.json and plot.png to --out (default benchmarks/reports/<date>) and the
+summary table of benchmarks/RESULTS.md. Exit status: 0 measured, 1 some target failed, 2 a bad
+request. Unavailable backends are reported as skipped with the reason.
+"""
 
 from __future__ import annotations
 
+import argparse
+import shlex
 import sys
+from pathlib import Path
+
+from benchmarks.omg_bench.options import (
+    BACKENDS,
+    DEFAULT_RESULTS,
+    PRECISIONS,
+    TASKS,
+    BenchOptions,
+    OptionError,
+    int_list,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="omg-bench", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[2:]))
+    p.add_argument("model", metavar="MODEL",
+                   help="bundle dir | checkpoint | 'synthetic' | 'preset:NAME'")
+    p.add_argument("--checkpoint", help="with a BUNDLE: its checkpoint (torch backend)")
+    p.add_argument("--backends", default=",".join(BACKENDS),
+                   help=f"comma list of {', '.join(BACKENDS)} (default: all; unavailable ones "
+                        "are reported as skipped)")
+    p.add_argument("--precisions", default=",".join(PRECISIONS),
+                   help=f"comma list of {', '.join(PRECISIONS)} (default: all)")
+    p.add_argument("--tasks", default=",".join(TASKS),
+                   help=f"comma list of {', '.join(TASKS)} (default: all)")
+    p.add_argument("--image-size", default="",
+                   help="encoder input sides to export, comma list (default: the model's)")
+    p.add_argument("--batch", default="1,4", help="throughput batch sizes (default 1,4)")
+    p.add_argument("--prompts", default="1,4,16", help="prompts per cached-image call")
+    p.add_argument("--dataset", default="generated",
+                   help="'generated' (seeded held-out synthetic split) or a directory (COCO "
+                        "panoptic layout, or generate_dataset's layout with --split)")
+    p.add_argument("--split", help="dataset split (default val2017 for COCO, val otherwise)")
+    p.add_argument("--num-images", type=int, default=8, help="images evaluated (default 8)")
+    p.add_argument("--num-videos", type=int, default=2, help="videos evaluated (default 2)")
+    p.add_argument("--frames", type=int, default=10, help="frames per generated video")
+    p.add_argument("--seed", type=int, default=0, help="generated dataset seed")
+    p.add_argument("--runs", type=int, default=20, help="timed runs per case (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up rounds (default 3)")
+    p.add_argument("--video-passes", type=int, default=2, help="passes over the videos")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads of onnxruntime (intra-op) and PyTorch (0 = their defaults)")
+    p.add_argument("--no-accuracy", action="store_true", help="latency only")
+    p.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process runs")
+    p.add_argument("--verify-export", action="store_true",
+                   help="run the exporter's parity checks when exporting a checkpoint")
+    p.add_argument("--out", help="output directory (default benchmarks/reports/<date>)")
+    p.add_argument("--results", default=str(DEFAULT_RESULTS),
+                   help="RESULTS.md whose summary section is rewritten")
+    p.add_argument("--results-section", default="omg-bench",
+                   help="marker name of that section (default omg-bench)")
+    p.add_argument("--no-results", action="store_true", help="leave RESULTS.md alone")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> BenchOptions:
+    extra = {}
+    if args.out:
+        extra["out"] = Path(args.out)
+    return BenchOptions(
+        model=args.model, checkpoint=args.checkpoint, backends=args.backends,
+        precisions=args.precisions, tasks=args.tasks,
+        image_sizes=int_list("--image-size", args.image_size),
+        batches=int_list("--batch", args.batch), prompt_counts=int_list("--prompts", args.prompts),
+        dataset=args.dataset, split=args.split, num_images=args.num_images,
+        num_videos=args.num_videos, frames_per_video=args.frames, seed=args.seed, runs=args.runs,
+        warmup=args.warmup, video_passes=args.video_passes, accuracy=not args.no_accuracy,
+        cold_start=not args.no_cold_start, threads=args.threads,
+        results=None if args.no_results else Path(args.results),
+        results_section=args.results_section, verify_export=args.verify_export,
+        progress=not args.quiet, **extra)
 
 
 def main(argv: list[str] | None = None) -> int:
-    print(
-        "omg-bench: not implemented yet (the benchmarks issue is open); "
-        "see benchmarks/bench_model.py for the per-stage CPU latency table.",
-        file=sys.stderr,
-    )
-    return 2
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        options = options_from_args(args)
+    except OptionError as exc:
+        parser.error(str(exc))  # exits 2 with the usage line
+    from benchmarks.omg_bench.run import run_benchmark
+
+    try:
+        report = run_benchmark(options, command="omg-bench " + shlex.join(argv))
+    except OptionError as exc:
+        parser.error(str(exc))
+    return 0 if report["status"] == "ok" else 1
 
 
 if __name__ == "__main__":

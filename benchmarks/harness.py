@@ -89,3 +89,87 @@ def markdown_table(rows: list[Row], env: dict[str, str]) -> str:
             f"{t.p90_ms:.1f} | {t.runs} |"
         )
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- added for omg-bench
+
+
+def percentiles_ms(samples_ms: list[float]) -> dict[str, float | int]:
+    """p50 / p90 / p99 / mean / min of wall-time samples in ms (numpy's linear interpolation;
+    with fewer than 100 samples p99 lies between the two slowest)."""
+    import numpy as np
+
+    if not samples_ms:
+        raise ValueError("percentiles_ms: no samples")
+    values = np.asarray(samples_ms, np.float64)
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "mean_ms": float(values.mean()),
+        "min_ms": float(values.min()),
+        "runs": int(values.size),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _nvidia_smi(query: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.splitlines()[0].strip() if out else None
+
+
+def detailed_environment() -> dict[str, str]:
+    """:func:`environment` plus the CPU model, core count, GPU (name, memory, driver) and the
+    versions of every runtime a report compares (missing ones are left out)."""
+    import importlib
+    import os
+
+    env = environment()
+    env["cpu"] = _cpu_model()
+    env["cores"] = str(os.cpu_count() or "?")
+    env["os"] = platform.platform()
+    for module in ("numpy", "onnxruntime", "onnx", "triton", "tensorrt"):
+        try:
+            env[module] = str(importlib.import_module(module).__version__)
+        except Exception:  # noqa: BLE001 - absent or broken: not part of this environment
+            continue
+    try:
+        import onnxruntime
+
+        env["onnxruntime_providers"] = ",".join(onnxruntime.get_available_providers())
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            env["cuda"] = str(torch.version.cuda)
+            props = torch.cuda.get_device_properties(0)
+            env["gpu_memory_mib"] = str(props.total_memory // 2**20)
+    except ImportError:
+        pass
+    driver = _nvidia_smi("driver_version")
+    if driver:
+        env["gpu_driver"] = driver
+    if "gpu" not in env:
+        name = _nvidia_smi("name")
+        if name:
+            env["gpu"] = name
+    return env

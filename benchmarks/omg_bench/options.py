@@ -1,0 +1,119 @@
+"""What ``omg-bench`` may be asked for, and the checks that turn a bad request into one clear
+message (the CLI exits 2 with it)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# "onnxruntime" is the CPU execution provider; "onnxruntime-cuda" the CUDA one (onnxruntime-gpu).
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-cuda", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+# panoptic -> PQ, instance -> mask AP, semantic -> mIoU, prompt -> interactive mIoU (cached
+# image, 1/4/16 prompts), video -> J&F (VOS) and per-frame latency (VIS stream).
+TASKS = ("panoptic", "instance", "semantic", "prompt", "video")
+BENCH_DIR = Path(__file__).resolve().parents[1]
+DEFAULT_RESULTS = BENCH_DIR / "RESULTS.md"
+
+
+class OptionError(ValueError):
+    """A request ``omg-bench`` cannot run (unknown name, bad number, bad path)."""
+
+
+@dataclass
+class BenchOptions:
+    """One benchmark run.
+
+    Attributes:
+        model: a bundle directory, a checkpoint (directory, ``.safetensors`` or official
+            ``.pth``), ``synthetic`` (``training.synthetic.ensure_checkpoint()``) or
+            ``preset:NAME`` (random weights of ``build_model(NAME)``: latency only, accuracy
+            meaningless).
+        checkpoint: with a bundle, the checkpoint it came from (enables the torch backend).
+        backends, precisions, tasks: subsets of :data:`BACKENDS`, :data:`PRECISIONS`,
+            :data:`TASKS`.
+        image_sizes: encoder input sides to export (checkpoints); a bundle has its own.
+        batches: encoder batch sizes for the throughput table.
+        prompt_counts: prompts per call on a cached image.
+        dataset: ``generated`` or a directory (the generated layout, or COCO's
+            ``annotations/panoptic_val2017.json`` + ``val2017/``).
+    """
+
+    model: str
+    checkpoint: str | None = None
+    backends: tuple[str, ...] = BACKENDS
+    precisions: tuple[str, ...] = PRECISIONS
+    tasks: tuple[str, ...] = TASKS
+    image_sizes: tuple[int, ...] = ()
+    batches: tuple[int, ...] = (1, 4)
+    prompt_counts: tuple[int, ...] = (1, 4, 16)
+    dataset: str = "generated"
+    split: str | None = None
+    num_images: int = 8
+    num_videos: int = 2
+    frames_per_video: int = 10
+    seed: int = 0
+    runs: int = 20
+    warmup: int = 3
+    video_passes: int = 2
+    accuracy: bool = True
+    cold_start: bool = True
+    threads: int = 0
+    out: Path = field(default_factory=lambda: BENCH_DIR / "reports" / _dt.date.today().isoformat())
+    results: Path | None = DEFAULT_RESULTS
+    results_section: str = "omg-bench"
+    verify_export: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.backends = choose("--backends", self.backends, BACKENDS)
+        self.precisions = choose("--precisions", self.precisions, PRECISIONS)
+        self.tasks = choose("--tasks", self.tasks, TASKS)
+        for name, values, least in (("--image-size", self.image_sizes, 64),
+                                    ("--batch", self.batches, 1),
+                                    ("--prompts", self.prompt_counts, 1)):
+            bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < least]
+            if bad:
+                raise OptionError(f"{name}: expected integers >= {least}, got {bad}")
+        bad_sizes = [s for s in self.image_sizes if s % 32]
+        if bad_sizes:
+            raise OptionError(f"--image-size: expected multiples of 32, got {bad_sizes}")
+        if not self.batches or not self.prompt_counts:
+            raise OptionError("--batch, --prompts: expected at least one value each")
+        for name, value, least in (("--runs", self.runs, 1), ("--warmup", self.warmup, 0),
+                                   ("--num-images", self.num_images, 1),
+                                   ("--num-videos", self.num_videos, 0),
+                                   ("--frames", self.frames_per_video, 2),
+                                   ("--video-passes", self.video_passes, 1),
+                                   ("--threads", self.threads, 0)):
+            if value < least:
+                raise OptionError(f"{name}: expected an integer >= {least}, got {value}")
+        if not self.results_section.replace("-", "").replace("_", "").isalnum():
+            raise OptionError(
+                f"--results-section: expected letters, digits, '-' or '_', got "
+                f"{self.results_section!r}")
+        self.out = Path(self.out)
+
+
+def choose(flag: str, values: tuple[str, ...] | list[str] | str, allowed: tuple[str, ...]
+           ) -> tuple[str, ...]:
+    """A comma list (or sequence) checked against ``allowed``; order follows ``allowed``."""
+    if isinstance(values, str):
+        values = [v.strip() for v in values.split(",") if v.strip()]
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise OptionError(
+            f"{flag}: unknown {', '.join(repr(v) for v in unknown)}; expected a comma-separated "
+            f"subset of {', '.join(allowed)}")
+    if not values:
+        raise OptionError(f"{flag}: expected at least one of {', '.join(allowed)}")
+    return tuple(a for a in allowed if a in values)
+
+
+def int_list(flag: str, text: str) -> tuple[int, ...]:
+    """``"1,4"`` -> (1, 4), or OptionError naming the flag."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise OptionError(f"{flag}: expected comma-separated integers, got {text!r}") from exc

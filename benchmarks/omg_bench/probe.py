@@ -1,0 +1,69 @@
+"""The few runtime internals a per-stage timing needs, in one place.
+
+Stage timings call the runtime's graph runners (``Segmenter.backend.runners``) with the feeds
+the runtime itself builds; the preprocessing and the post-processing are the runtime's own
+functions. Where the runtime has no public entry point for a step, this module reaches for its
+internal one (and falls back to the public building blocks of ``omg_rt`` when that moved), so a
+runtime refactor touches this file only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def runners(seg: Any) -> dict[str, Any]:
+    return seg.backend.runners
+
+
+def preprocess(seg: Any, image: np.ndarray) -> np.ndarray:
+    """(1, 3, H, W) float32 encoder input, as the runtime prepares it."""
+    if hasattr(seg, "_prepare") and hasattr(seg, "_tensor"):
+        return seg._tensor(seg._prepare(image, "image"))
+    import cv2
+
+    from omg_rt.preprocess import keep_ratio_size, normalize_and_pad
+
+    hin, win = seg.input_size
+    hr, wr = keep_ratio_size(image.shape[:2], (max(hin, win), min(hin, win)))
+    resized = cv2.resize(image, (wr, hr), interpolation=cv2.INTER_LINEAR)
+    spec = seg.spec.preprocess
+    tensor = normalize_and_pad(resized, spec.mean, spec.std, spec.size_divisor)
+    out = np.zeros((1, 3, hin, win), np.float32)
+    out[:, :, : tensor.shape[2], : tensor.shape[3]] = tensor[:, :, :hin, :win]
+    return out
+
+
+def query_decoder_feeds(seg: Any, session: Any) -> dict[str, np.ndarray]:
+    """The learned-query feeds of one cached image (what ``panoptic()`` gives the decoder)."""
+    encoded = session.encoded
+    feeds = {name: getattr(encoded, name)
+             for name in ("memory_s32", "memory_s16", "memory_s8", "mask_features")}
+    feeds["class_bank"] = seg.vocabulary.class_bank
+    feeds["query_content"] = seg.assets.query_content[None]
+    feeds["query_position"] = seg.assets.query_position[None]
+    feeds["prompt_mode"] = np.array(False)
+    return feeds
+
+
+def class_scores(seg: Any, session: Any, outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """(Q, K + 1) class scores the post-processing takes (the open-vocabulary ensemble when
+    the runtime has it on)."""
+    if hasattr(seg, "_class_logits"):
+        return seg._class_logits(outputs, [session.encoded], seg.vocabulary,
+                                 getattr(seg, "_ensemble", False))
+    return outputs["class_logits"][0].astype(np.float32)
+
+
+def panoptic_postprocess(seg: Any, session: Any, cls: np.ndarray, mask_logits: np.ndarray
+                         ) -> Any:
+    """The runtime's panoptic assembly on (Q, h4, w4) stride-4 logits."""
+    try:
+        from omg_rt.assembly import panoptic_result  # type: ignore[import-not-found]
+    except ImportError:
+        return seg._panoptic_result(session, cls, mask_logits)
+    return panoptic_result(session, cls, mask_logits, seg.vocabulary, seg.spec.postprocess)
+
+

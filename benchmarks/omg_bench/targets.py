@@ -1,0 +1,266 @@
+"""The model under test and one opened :class:`~omg_rt.Segmenter` per backend x precision x
+image size, or the reason that combination was skipped (never dropped silently)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.omg_bench.options import BenchOptions, OptionError
+
+# Reasons a combination cannot exist anywhere (not a property of this machine).
+NO_TORCH_INT8 = ("PyTorch has no INT8 path here: INT8 is the bundle's QDQ graphs "
+                 "(onnxruntime, tensorrt)")
+NO_CPU_FP16 = "PyTorch FP16 needs CUDA (torch.autocast float16); this machine has no CUDA GPU"
+
+
+@dataclass
+class Model:
+    """What was benchmarked: bundles per image size and, when known, the checkpoint."""
+
+    source: str
+    kind: str  # "bundle" | "checkpoint" | "preset" | "synthetic"
+    checkpoint: Path | None
+    bundles: dict[int, Path]
+    trained: bool
+    note: str = ""
+
+
+@dataclass
+class Target:
+    """One backend x precision x image size.
+
+    Attributes:
+        status: ``ok``, ``skipped`` (unavailable here, with ``reason``) or ``failed`` (an
+            error while opening or measuring, with ``reason``).
+        segmenter: the opened runtime (``ok`` only).
+        device: ``cpu`` or ``cuda`` (where the graphs run).
+        autocast: PyTorch FP16 runs the torch backend under ``torch.autocast``.
+    """
+
+    backend: str
+    precision: str
+    image_size: int
+    status: str = "ok"
+    reason: str = ""
+    device: str = "cpu"
+    runtime_name: str = ""
+    segmenter: Any = None
+    autocast: bool = False
+    open_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.backend}/{self.precision}/{self.image_size}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} {self.precision} @{self.image_size}"
+
+    def context(self) -> contextlib.AbstractContextManager:
+        """The context every call of this target runs in (autocast for PyTorch FP16)."""
+        if not self.autocast:
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.autocast("cuda", dtype=torch.float16)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "precision": self.precision,
+                "image_size": self.image_size, "device": self.device, "status": self.status,
+                "reason": self.reason, "runtime": self.runtime_name}
+
+    def close(self) -> None:
+        if self.segmenter is not None:
+            self.segmenter.close()
+            self.segmenter = None
+
+
+def _is_bundle(path: Path) -> bool:
+    return path.is_dir() and (path / "manifest.json").is_file()
+
+
+def _bundle_size(path: Path) -> int:
+    manifest = json.loads((path / "manifest.json").read_text())
+    return int(manifest["input_size"][0])
+
+
+def check_model(options: BenchOptions) -> None:
+    """Reject a MODEL that cannot be one before any work is done."""
+    source = options.model
+    if source == "synthetic" or source.startswith("preset:"):
+        return
+    if not Path(source).exists():
+        raise OptionError(f"MODEL: {source!r} is not a bundle, a checkpoint, 'synthetic' "
+                          "or 'preset:NAME'")
+
+
+def resolve_model(options: BenchOptions, vocab: Any, work: Path,
+                  progress: Callable[[str], None]) -> Model:
+    """Resolve ``options.model``; export one bundle per image size when it is not a bundle.
+
+    Args:
+        vocab: names + num_things of the evaluation data (what the exported bundle is told).
+        work: where exported bundles go (``<out>/bundles/<size>``).
+    """
+    source = options.model
+    if _is_bundle(Path(source)):
+        bundle = Path(source)
+        size = _bundle_size(bundle)
+        if options.image_sizes and set(options.image_sizes) != {size}:
+            raise OptionError(
+                f"--image-size: the bundle {bundle} is exported at {size}; got "
+                f"{list(options.image_sizes)} (pass a checkpoint to export other sizes)")
+        checkpoint = Path(options.checkpoint) if options.checkpoint else None
+        if checkpoint is not None and not checkpoint.exists():
+            raise OptionError(f"--checkpoint: {checkpoint} does not exist")
+        return Model(str(bundle), "bundle", checkpoint, {size: bundle}, trained=True,
+                     note="bundle given; accuracy is as trained as its checkpoint")
+    if options.checkpoint:
+        raise OptionError("--checkpoint: only used with a BUNDLE (the model is already a "
+                          "checkpoint)")
+    import torch
+
+    from training.model.checkpoint import load_checkpoint
+
+    if source.startswith("preset:"):
+        from training.model import build_model
+
+        torch.manual_seed(0)
+        model = build_model(source.split(":", 1)[1]).eval()
+        kind, trained = "preset", False
+        note = ("random weights (seed 0): latency is real, accuracy numbers are meaningless; "
+                "deltas between backends still measure export/precision error")
+        checkpoint = None
+    elif source == "synthetic":
+        try:
+            from training.synthetic import ensure_checkpoint  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise OptionError(
+                "MODEL 'synthetic': training.synthetic.ensure_checkpoint is not available in "
+                f"this checkout ({exc}); pass a checkpoint path or preset:tiny") from exc
+        progress("training/fetching the synthetic checkpoint (ensure_checkpoint)")
+        checkpoint = Path(ensure_checkpoint())
+        model, _ = load_checkpoint(checkpoint)
+        kind, trained, note = "synthetic", True, "the synthetic-tiny checkpoint"
+    else:
+        checkpoint = Path(source)
+        if not checkpoint.exists():
+            raise OptionError(f"MODEL: {source!r} is not a bundle, a checkpoint, 'synthetic' "
+                              "or 'preset:NAME'")
+        model, _ = load_checkpoint(checkpoint)
+        kind, trained, note = "checkpoint", True, ""
+    spec = model.config
+    sizes = options.image_sizes or (max(spec.preprocess.image_scale),)
+    if checkpoint is None:  # a preset: save it so the torch backend and cold start can load it
+        from training.model.checkpoint import save_checkpoint
+
+        checkpoint = Path(save_checkpoint(model, work / "checkpoint"))
+    from export import build_bundle
+
+    bundles: dict[int, Path] = {}
+    # The torch backend reads the bundle's spec, queries and vocabulary: fp32 is always exported.
+    graphs = any(b != "torch" for b in options.backends)
+    precisions = tuple(p for p in options.precisions if p != "fp32" and graphs)
+    for size in sizes:
+        progress(f"exporting the bundle at {size}x{size} ({', '.join(('fp32', *precisions))})")
+        bundles[size] = Path(build_bundle(
+            model, work / "bundles" / str(size), image_size=size, vocab=vocab,
+            precisions=("fp32", *precisions), verify=options.verify_export,
+            progress=options.progress))
+    return Model(source, kind, checkpoint, bundles, trained, note)
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def open_targets(options: BenchOptions, model: Model) -> list[Target]:
+    """Every requested combination, opened or skipped with the reason."""
+    from omg_rt.bundle import load_bundle
+    from omg_rt.errors import BackendUnavailableError
+    from omg_rt.segmenter import Segmenter
+
+    cuda = cuda_available()
+    if options.threads and "torch" in options.backends:
+        import torch
+
+        torch.set_num_threads(options.threads)  # --threads holds for both CPU runtimes
+    max_batch = max(options.batches)
+    targets = []
+    for size, bundle_path in model.bundles.items():
+        precisions_here = tuple(load_bundle(bundle_path, verify=False).precisions)
+        for backend in options.backends:
+            for precision in options.precisions:
+                target = Target(backend, precision, size)
+                targets.append(target)
+                reason = _static_skip(backend, precision, cuda, model, precisions_here)
+                if reason:
+                    target.status, target.reason = "skipped", reason
+                    continue
+                kwargs: dict[str, Any] = {"precision": precision, "threads": options.threads,
+                                          "max_encoder_batch": max_batch}
+                if backend == "torch":
+                    target.device = "cuda" if cuda else "cpu"
+                    target.autocast = precision == "fp16"
+                    kwargs.update(backend="torch", checkpoint=str(model.checkpoint),
+                                  device=target.device)
+                elif backend == "onnxruntime":
+                    kwargs.update(backend="onnxruntime", providers="cpu")
+                elif backend == "onnxruntime-cuda":
+                    target.device = "cuda"
+                    kwargs.update(backend="onnxruntime", providers="cuda")
+                else:
+                    target.device = "cuda"
+                    kwargs.update(backend="tensorrt")
+                target.open_kwargs = kwargs
+                try:
+                    target.segmenter = Segmenter.from_bundle(bundle_path, **kwargs)
+                    target.runtime_name = target.segmenter.backend_name
+                except BackendUnavailableError as exc:
+                    target.status, target.reason = "skipped", str(exc)
+                except ImportError as exc:
+                    target.status, target.reason = "skipped", f"import failed: {exc}"
+                except Exception as exc:  # noqa: BLE001 - reported in the table, run goes on
+                    target.status, target.reason = "failed", f"{type(exc).__name__}: {exc}"
+    return targets
+
+
+def _static_skip(backend: str, precision: str, cuda: bool, model: Model,
+                 bundle_precisions: tuple[str, ...]) -> str:
+    if backend == "torch":
+        if model.checkpoint is None:
+            return "the torch backend needs the checkpoint: pass --checkpoint with a BUNDLE"
+        if precision == "int8":
+            return NO_TORCH_INT8
+        if precision == "fp16" and not cuda:
+            return NO_CPU_FP16
+        return ""
+    if precision not in bundle_precisions:
+        return (f"the bundle has no {precision} graphs (it has {', '.join(bundle_precisions)}; "
+                "re-export with --precisions)")
+    return ""
+
+
+def vocabulary_for(categories: Any) -> Any:
+    """What ``export.build_bundle(vocab=...)`` takes for a dataset's categories."""
+    return types.SimpleNamespace(names=tuple(categories.names),
+                                 num_things=int(categories.num_things))
+
+
+@contextlib.contextmanager
+def opened(targets: list[Target]) -> Iterator[list[Target]]:
+    try:
+        yield targets
+    finally:
+        for t in targets:
+            t.close()
