@@ -216,6 +216,30 @@ PRESETS: dict[str, ModelSpec] = {
         ),
         preprocess=PreprocessSpec(image_scale=(128, 128), video_scale=(128, 128)),
     ),
+    # The embedded default trained by ``omg-train --preset synthetic-tiny`` on the generated
+    # shapes world (64 px scenes) in minutes on a 2-core CPU: tiny widths, 64 px inputs, 20
+    # queries, 3-frame video clips (as it trains on).
+    "synthetic-tiny": ModelSpec(
+        name="synthetic-tiny",
+        backbone=BackboneSpec(
+            clip_model="custom",
+            timm_model="convnext_atto",
+            widths=(32, 64, 128, 256),
+            depths=(1, 1, 2, 1),
+            embed_dim=64,
+            frozen=False,
+            pretrained_tag=None,
+        ),
+        text=TextEncoderSpec(context_length=16, vocab_size=49408, width=64, heads=2, layers=2),
+        pixel_decoder=PixelDecoderSpec(
+            embed_dim=64, num_layers=2, num_heads=4, num_points=4, ffn_dim=128, num_groups=32
+        ),
+        query_decoder=QueryDecoderSpec(
+            embed_dim=64, num_layers=3, num_heads=4, ffn_dim=256, num_queries=20
+        ),
+        preprocess=PreprocessSpec(image_scale=(64, 64), video_scale=(64, 64)),
+        postprocess=PostprocessSpec(clip_size=3, clip_size_small=3),
+    ),
 }
 
 
