@@ -1,4 +1,5 @@
-"""Reading an exported bundle: its manifest, its checksums, its queries and vocabulary.
+"""Reading an exported bundle: its manifest, its checksums, its queries and vocabulary, and the
+:class:`ModelAssets` (everything besides the graphs) the runtime takes from it.
 
 A bundle is a directory written by ``omg-export`` (``export.build_bundle``)::
 
@@ -31,6 +32,7 @@ import numpy as np
 from omg_rt.backends.base import TensorSpec
 from omg_rt.errors import BundleError
 from omg_rt.spec import GRAPHS, SCHEMA_VERSION, ModelSpec
+from omg_rt.tokenizer import ClipTokenizer
 
 MANIFEST = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -119,6 +121,43 @@ def sha256_file(path: Path) -> str:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelAssets:
+    """Everything besides the graphs: spec, identity, sizes, learned queries, vocabulary.
+
+    Attributes:
+        spec: the model spec.
+        identity: bundle identity (cache keys include it).
+        input_size: (H, W) fixed padded encoder input.
+        query_content, query_position: (Q, C) float32 learned queries.
+        vocabulary: the default vocabulary.
+        tokenizer: CLIP tokenizer for ``set_vocabulary`` (None if the bundle has none).
+    """
+
+    spec: ModelSpec
+    identity: str
+    input_size: tuple[int, int]
+    query_content: np.ndarray
+    query_position: np.ndarray
+    vocabulary: Vocabulary
+    tokenizer: ClipTokenizer | None
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> ModelAssets:
+        tokenizer = None
+        if bundle.tokenizer_file is not None:
+            tokenizer = ClipTokenizer(bundle.tokenizer_file, context_length=bundle.context_length)
+        return cls(
+            spec=bundle.spec,
+            identity=bundle.identity,
+            input_size=bundle.input_size,
+            query_content=bundle.query_content,
+            query_position=bundle.query_position,
+            vocabulary=bundle.vocabulary,
+            tokenizer=tokenizer,
+        )
 
 
 def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:

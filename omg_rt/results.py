@@ -21,7 +21,9 @@ class SegmentationResult:
     Attributes:
         task: one of ``TASKS``.
         masks: (N, H, W) bool at the original image size.
-        scores: (N,) float32 (class probability x mask score; sigmoid(IoU logit) for prompts).
+        scores: (N,) float32: class probability x mask score; sigmoid(IoU logit) for prompts
+            and VOS; for semantic results, the class's mean mask-weighted class probability
+            over its pixels.
         labels: (N,) int64 class indices into ``names`` (-1 where a mask has no class, VOS).
         ids: (N,) int64 identities: panoptic segment ids, persistent track / object ids in video,
             1-based prompt order for prompts.

@@ -127,7 +127,7 @@ class Scheduler:
     def _target(self, image: Any) -> Any:
         if isinstance(image, ImageSession):
             return self.segmenter._session(image)
-        return self.segmenter._prepare(image, "image")
+        return self.segmenter.image_encoder.prepare(image, "image")
 
     def _put(self, request: _Request, queue: deque) -> Future:
         with self._cond:
@@ -171,7 +171,7 @@ class Scheduler:
         seg = self.segmenter
         todo = [r.image for r in requests if not isinstance(r.image, ImageSession)]
         try:
-            made = iter(seg._sessions(todo)) if todo else iter(())
+            made = iter(seg.image_encoder.sessions(todo)) if todo else iter(())
         except BaseException as exc:  # noqa: BLE001 - delivered to every waiting caller
             for r in requests:
                 r.future.set_exception(exc)

@@ -18,31 +18,24 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from omg_rt.assembly import instance_result, panoptic_result, prompt_result, semantic_result
 from omg_rt.backends import BackendChoice, open_backends
-from omg_rt.bundle import Bundle, Vocabulary, load_bundle
+from omg_rt.bundle import ModelAssets, Vocabulary, load_bundle
 from omg_rt.cache import DEFAULT_CACHE_BYTES, EncodedImage, EncoderCache
+from omg_rt.encoding import ImageEncoder, ResizedImage
 from omg_rt.errors import BundleError, InvalidInputError
-from omg_rt.postprocess._common import softmax
-from omg_rt.postprocess.instance import instances_from_masks, select_instances
-from omg_rt.postprocess.interactive import prompt_results
-from omg_rt.postprocess.masks import upsample_masks
+from omg_rt.inputs import first_mask_objects, prompt_boxes
 from omg_rt.postprocess.open_vocab import (
     clip_class_logits,
     mask_pooled_clip_features,
     open_vocab_ensemble,
 )
-from omg_rt.postprocess.panoptic import INSTANCE_OFFSET, PanopticResult, panoptic_results
-from omg_rt.postprocess.semantic import semantic_results
-from omg_rt.postprocess.video import align_clips, vos_assign_ids, vos_proposals, vps_results
-from omg_rt.preprocess import keep_ratio_size, normalize_and_pad
 from omg_rt.results import SegmentationResult
-from omg_rt.sessions import VIDEO_TASKS, ImageSession, TrackState, VideoSession
+from omg_rt.sessions import ImageSession
 from omg_rt.spec import (
     CLIP_HEAD,
     ENCODER,
@@ -50,61 +43,33 @@ from omg_rt.spec import (
     PROMPT_ENCODER,
     QUERY_DECODER,
     TEXT_ENCODER,
-    ModelSpec,
 )
 from omg_rt.tokenizer import ClipTokenizer
-from omg_rt.vocabulary import build_class_bank, check_names, split_label
+from omg_rt.video import VIDEO_TASKS, VideoSession
+from omg_rt.vocabulary import build_class_bank, check_names, check_num_things, seen_classes
 
 IMAGE_TASKS = ("panoptic", "instance", "semantic")
 DEFAULT_MAX_ENCODER_BATCH = 4
 
 
 @dataclass(frozen=True)
-class ModelAssets:
-    """Everything besides the graphs: spec, identity, sizes, learned queries, vocabulary.
+class Predictions:
+    """The learned queries' outputs for one image or one clip of T frames.
 
     Attributes:
-        spec: the model spec.
-        identity: bundle identity (cache keys include it).
-        input_size: (H, W) fixed padded encoder input.
-        query_content, query_position: (Q, C) float32 learned queries.
-        vocabulary: the default vocabulary.
-        tokenizer: CLIP tokenizer for ``set_vocabulary`` (None if the bundle has none).
+        class_scores: (Q, K + 1) float32 class logits, or the open-vocabulary ensemble's
+            log-probabilities; void last.
+        mask_logits: (Q, T, h4, w4) stride-4 mask logits of the padded input.
+        iou_logits: (Q,) float32.
+        query_embeddings: (Q, C) float32 (video aligns clips on them).
+        vocabulary: the vocabulary ``class_scores`` is over.
     """
 
-    spec: ModelSpec
-    identity: str
-    input_size: tuple[int, int]
-    query_content: np.ndarray
-    query_position: np.ndarray
+    class_scores: np.ndarray
+    mask_logits: np.ndarray
+    iou_logits: np.ndarray
+    query_embeddings: np.ndarray
     vocabulary: Vocabulary
-    tokenizer: ClipTokenizer | None
-
-    @classmethod
-    def from_bundle(cls, bundle: Bundle) -> ModelAssets:
-        tokenizer = None
-        if bundle.tokenizer_file is not None:
-            tokenizer = ClipTokenizer(bundle.tokenizer_file, context_length=bundle.context_length)
-        return cls(
-            spec=bundle.spec,
-            identity=bundle.identity,
-            input_size=bundle.input_size,
-            query_content=bundle.query_content,
-            query_position=bundle.query_position,
-            vocabulary=bundle.vocabulary,
-            tokenizer=tokenizer,
-        )
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    key: tuple
-    original_hw: tuple[int, int]
-    resized: np.ndarray  # (Hr, Wr, 3) uint8
-
-    @property
-    def resized_hw(self) -> tuple[int, int]:
-        return int(self.resized.shape[0]), int(self.resized.shape[1])
 
 
 class Segmenter:
@@ -141,16 +106,20 @@ class Segmenter:
         for graph in (ENCODER, PIXEL_DECODER, QUERY_DECODER):
             if graph.name not in self._runners:
                 raise BundleError(f"backend {backend.name} has no {graph.name!r} graph")
-        batch_axis = self._runners[ENCODER.name].inputs()["image"].shape[0]
-        self.max_encoder_batch = (
-            batch_axis if isinstance(batch_axis, int) else max(1, int(max_encoder_batch))
+        self.image_encoder = ImageEncoder(
+            self._runners,
+            input_size=assets.input_size,
+            preprocess=self.spec.preprocess,
+            cache_prefix=(assets.identity, precision),
+            cache=self.cache,
+            max_batch=max_encoder_batch,
         )
-        self._fixed_batch = isinstance(batch_axis, int)
-        post = self.spec.postprocess
-        self._post = post
+        self.max_encoder_batch = self.image_encoder.max_batch
+        frames_axis = self._runners[QUERY_DECODER.name].inputs()["memory_s32"].shape[0]
+        # an exported decoder with a fixed frame axis takes exactly that many frames per clip
+        self._fixed_clip_size = frames_axis if isinstance(frames_axis, int) else None
+        self._post = self.spec.postprocess
         self._logit_scale = np.exp(np.float32(self.spec.query_decoder.logit_scale_log))
-        self._mean, self._std = self.spec.preprocess.mean, self.spec.preprocess.std
-        self._size_divisor = self.spec.preprocess.size_divisor
 
     # ------------------------------------------------------------------ construction
 
@@ -334,15 +303,7 @@ class Segmenter:
             the new :class:`~omg_rt.bundle.Vocabulary`.
         """
         names = check_names(names)
-        k = len(names)
-        if num_things is None:
-            num_things = k
-        if (
-            isinstance(num_things, bool)
-            or not isinstance(num_things, int | np.integer)
-            or not (0 <= num_things <= k)
-        ):
-            raise InvalidInputError(f"num_things: expected an int in [0, {k}], got {num_things!r}")
+        num_things = check_num_things(num_things, len(names))
         runner = self._runners.get(TEXT_ENCODER.name)
         tokenizer = self.assets.tokenizer
         if runner is None or tokenizer is None:
@@ -355,25 +316,15 @@ class Segmenter:
             return self._run_chunked(runner, "token_ids", tokenizer(texts), "text_embeddings")
 
         bank = build_class_bank(names, embed)
-        seen = self._seen(names)
+        base = self.assets.vocabulary
+        seen = seen_classes(names, base.names, base.seen)
         vocabulary = Vocabulary(
-            names=tuple(names), num_things=int(num_things), seen=seen, class_bank=bank
+            names=tuple(names), num_things=num_things, seen=seen, class_bank=bank
         )
         with self._lock:
             self._vocabulary = vocabulary
             self._ensemble = bool((~seen).any()) if ensemble is None else bool(ensemble)
         return vocabulary
-
-    def _seen(self, names: list[str]) -> np.ndarray:
-        """A class is seen when one of its synonyms is verbatim a seen training synonym."""
-        base = self.assets.vocabulary
-        training = {
-            s
-            for name, ok in zip(base.names, base.seen, strict=True)
-            if ok
-            for s in split_label(name)
-        }
-        return np.array([bool(training & set(split_label(n))) for n in names], dtype=bool)
 
     # ------------------------------------------------------------------ images
 
@@ -386,29 +337,37 @@ class Segmenter:
         Returns:
             an :class:`ImageSession` handle for the task and prompt methods.
         """
-        return self._sessions([self._prepare(image, "image")])[0]
+        encoder = self.image_encoder
+        return encoder.sessions([encoder.prepare(image, "image")])[0]
 
     def set_images(self, images: Sequence[np.ndarray | str | os.PathLike]) -> list[ImageSession]:
         """:meth:`set_image` for several images, encoder misses batched."""
-        return self._sessions([self._prepare(img, f"images[{i}]") for i, img in enumerate(images)])
+        encoder = self.image_encoder
+        prepared = [encoder.prepare(img, f"images[{i}]") for i, img in enumerate(images)]
+        return encoder.sessions(prepared)
 
     def panoptic(self, image: Any) -> SegmentationResult:
         """Panoptic segmentation (official merge: things with instance ids, stuff merged)."""
         session = self._session(image)
-        cls, mask_logits = self._image_predictions(session)
-        return self._panoptic_result(session, cls, mask_logits[:, 0])
+        p = self._predict([session.encoded])
+        return panoptic_result(
+            session, p.class_scores, p.mask_logits[:, 0], p.vocabulary, self._post
+        )
 
     def instances(self, image: Any) -> SegmentationResult:
         """Instance segmentation (official top-k over queries x thing classes)."""
         session = self._session(image)
-        cls, mask_logits = self._image_predictions(session)
-        return self._instance_result(session, cls, mask_logits[:, 0], ids=None)
+        p = self._predict([session.encoded])
+        return instance_result(
+            session, p.class_scores, p.mask_logits[:, 0], p.vocabulary, self._post
+        )
 
     def semantic(self, image: Any) -> SegmentationResult:
-        """Semantic segmentation (Mask2Former per-pixel class argmax)."""
+        """Semantic segmentation (Mask2Former per-pixel class argmax); a class's score is its
+        mean mask-weighted class probability over its pixels."""
         session = self._session(image)
-        cls, mask_logits = self._image_predictions(session)
-        return self._semantic_result(session, cls, mask_logits[:, 0])
+        p = self._predict([session.encoded])
+        return semantic_result(session, p.class_scores, p.mask_logits[:, 0], p.vocabulary)
 
     def segment(self, image: Any, task: str) -> SegmentationResult:
         """``panoptic``, ``instance`` or ``semantic`` by name."""
@@ -439,12 +398,12 @@ class Segmenter:
             ``labels`` = each mask's best class, ``ids`` = 1..N+M.
         """
         session = self._session(image)
-        prompt_boxes = self.prompt_boxes(session, points=points, labels=labels, boxes=boxes)
-        return self._prompt_many(session, [prompt_boxes])[0]
+        group = self.prompt_boxes(session, points=points, labels=labels, boxes=boxes)
+        return self._prompt_many(session, [group])[0]
 
     def prompt_boxes(
         self,
-        session: ImageSession | _Prepared,
+        session: ImageSession | ResizedImage,
         *,
         points: Any = None,
         labels: Any = None,
@@ -452,45 +411,14 @@ class Segmenter:
     ) -> np.ndarray:
         """Validate prompts and turn them into (P, 4) float32 boxes in resized-image pixels
         (a click becomes [x - r, y - r, x + r, y + r], r = 3, in resized pixels, as official)."""
-        h, w = session.original_hw
-        parts = []
-        pts = _prompt_array(points, "points", 2)
-        if pts is not None:
-            if labels is not None:
-                lab = np.asarray(labels)
-                if lab.shape != (pts.shape[0],):
-                    raise InvalidInputError(
-                        f"labels: expected ({pts.shape[0]},) (one per point), got {lab.shape}"
-                    )
-                if not np.all(lab == 1):
-                    raise InvalidInputError(
-                        f"labels: OMG-Seg clicks are independent foreground prompts; expected all "
-                        f"1, got {lab.tolist()} (background clicks are not supported)"
-                    )
-            _inside(pts[:, 0], w, "points", "x", (h, w))
-            _inside(pts[:, 1], h, "points", "y", (h, w))
-            parts.append(pts)
-        elif labels is not None:
-            raise InvalidInputError("labels: given without points")
-        bxs = _prompt_array(boxes, "boxes", 4)
-        sy = session.resized_hw[0] / h
-        sx = session.resized_hw[1] / w
-        r = self.spec.query_decoder.point_box_radius
-        out = []
-        if pts is not None:
-            scaled = pts * np.array([sx, sy], np.float32)
-            out.append(np.concatenate([scaled - r, scaled + r], axis=1))
-        if bxs is not None:
-            _inside(bxs[:, [0, 2]].ravel(), w, "boxes", "x", (h, w))
-            _inside(bxs[:, [1, 3]].ravel(), h, "boxes", "y", (h, w))
-            if np.any(bxs[:, 2] < bxs[:, 0]) or np.any(bxs[:, 3] < bxs[:, 1]):
-                raise InvalidInputError(
-                    f"boxes: expected x0 <= x1 and y0 <= y1, got {bxs.tolist()}"
-                )
-            out.append(bxs * np.array([sx, sy, sx, sy], np.float32))
-        if not out:
-            raise InvalidInputError("prompt: expected points and/or boxes, got neither")
-        return np.concatenate(out, axis=0).astype(np.float32)
+        return prompt_boxes(
+            session.original_hw,
+            session.resized_hw,
+            points=points,
+            labels=labels,
+            boxes=boxes,
+            point_radius=self.spec.query_decoder.point_box_radius,
+        )
 
     # ------------------------------------------------------------------ video
 
@@ -513,100 +441,24 @@ class Segmenter:
         """
         if task not in VIDEO_TASKS:
             raise InvalidInputError(f"task: expected one of {VIDEO_TASKS}, got {task!r}")
-        frames_axis = self._runners[QUERY_DECODER.name].inputs()["memory_s32"].shape[0]
         if clip_size is None:
             clip_size = self._post.clip_size
         if isinstance(clip_size, bool) or not isinstance(clip_size, int) or clip_size < 1:
             raise InvalidInputError(f"clip_size: expected an int >= 1, got {clip_size!r}")
-        if isinstance(frames_axis, int):
-            clip_size = frames_axis  # the exported decoder takes exactly this many frames
+        if self._fixed_clip_size is not None:
+            clip_size = self._fixed_clip_size
         masks, ids = None, ()
         if task == "vos":
             if first_mask is None:
                 raise InvalidInputError("first_mask: required for task='vos', got None")
-            masks, ids = _first_mask(first_mask)
+            masks, ids = first_mask_objects(first_mask)
         elif first_mask is not None:
             raise InvalidInputError(f"first_mask: only used by task='vos', got task={task!r}")
         return VideoSession(
             runtime=self, task=task, clip_size=clip_size, first_mask=masks, object_ids=ids
         )
 
-    # ------------------------------------------------------------------ internals: encoding
-
-    def _prepare(self, image: Any, name: str) -> _Prepared:
-        image = _read_image(image, name)
-        hin, win = self.input_size
-        long_edge, short_edge = max(hin, win), min(hin, win)
-        hr, wr = keep_ratio_size(image.shape[:2], (long_edge, short_edge))
-        if hr > hin or wr > win:  # a portrait image in a landscape input: fit it instead
-            factor = min(hin / image.shape[0], win / image.shape[1])
-            hr, wr = int(image.shape[0] * factor + 0.5), int(image.shape[1] * factor + 0.5)
-        resized = cv2.resize(image, (wr, hr), interpolation=cv2.INTER_LINEAR)
-        digest = hashlib.blake2b(resized.tobytes(), digest_size=16)
-        digest.update(np.asarray(resized.shape, np.int64).tobytes())
-        key = (self.assets.identity, self.precision, digest.hexdigest())
-        return _Prepared(key=key, original_hw=image.shape[:2], resized=resized)
-
-    def _tensor(self, prepared: _Prepared) -> np.ndarray:
-        """(1, 3, Hin, Win) float32: normalised, zero padded to the fixed input size."""
-        tensor = normalize_and_pad(prepared.resized, self._mean, self._std, self._size_divisor)
-        hin, win = self.input_size
-        out = np.zeros((1, 3, hin, win), np.float32)
-        h, w = min(tensor.shape[2], hin), min(tensor.shape[3], win)
-        out[:, :, :h, :w] = tensor[:, :, :h, :w]
-        return out
-
-    def _encode(self, prepared: list[_Prepared]) -> list[EncodedImage]:
-        """Encoder + pixel decoder, batched up to ``max_encoder_batch``."""
-        encoded: list[EncodedImage] = []
-        step = self.max_encoder_batch
-        for start in range(0, len(prepared), step):
-            chunk = prepared[start : start + step]
-            images = np.concatenate([self._tensor(p) for p in chunk], axis=0)
-            n = images.shape[0]
-            if self._fixed_batch and n < step:  # pad a fixed-batch engine with zeros
-                images = np.concatenate(
-                    [images, np.zeros((step - n, *images.shape[1:]), np.float32)], axis=0
-                )
-            features = self._runners[ENCODER.name]({"image": images})
-            pixels = self._runners[PIXEL_DECODER.name](
-                {name: features[name] for name in PIXEL_DECODER.inputs}
-            )
-            for i in range(n):
-                encoded.append(
-                    EncodedImage(
-                        mask_features=_row(pixels["mask_features"], i),
-                        memory_s32=_row(pixels["memory_s32"], i),
-                        memory_s16=_row(pixels["memory_s16"], i),
-                        memory_s8=_row(pixels["memory_s8"], i),
-                        clip_features=_row(features["features_s32"], i),
-                    )
-                )
-        return encoded
-
-    def _sessions(self, prepared: list[_Prepared], *, store: bool = True) -> list[ImageSession]:
-        found: list[EncodedImage | None] = [self.cache.get(p.key) for p in prepared]
-        missing: dict[tuple, list[int]] = {}
-        for i, value in enumerate(found):
-            if value is None:
-                missing.setdefault(prepared[i].key, []).append(i)
-        if missing:
-            todo = [prepared[idx[0]] for idx in missing.values()]
-            for p, value in zip(todo, self._encode(todo), strict=True):
-                if store:
-                    self.cache.put(p.key, value)
-                for i in missing[p.key]:
-                    found[i] = value
-        return [
-            ImageSession(
-                key=p.key,
-                original_hw=(int(p.original_hw[0]), int(p.original_hw[1])),
-                resized_hw=(int(p.resized.shape[0]), int(p.resized.shape[1])),
-                padded_hw=self.input_size,
-                encoded=value,  # type: ignore[arg-type]
-            )
-            for p, value in zip(prepared, found, strict=True)
-        ]
+    # ------------------------------------------------------------------ internals: sessions
 
     def _session(self, image: Any) -> ImageSession:
         if isinstance(image, ImageSession):
@@ -620,7 +472,8 @@ class Segmenter:
     def _frame_session(self, frame: Any, name: str) -> ImageSession:
         """Video frames use the cache for repeated content but are not stored in it: a long
         stream would evict every image entry. The session drops them after their clip."""
-        return self._sessions([self._prepare(frame, name)], store=False)[0]
+        encoder = self.image_encoder
+        return encoder.sessions([encoder.prepare(frame, name)], store=False)[0]
 
     # ------------------------------------------------------------------ internals: decoding
 
@@ -650,6 +503,18 @@ class Segmenter:
             frames, self.assets.query_content, self.assets.query_position, False, vocabulary
         )
 
+    def _predict(self, frames: list[EncodedImage]) -> Predictions:
+        """The learned queries over one image or clip, scored with the current vocabulary."""
+        vocabulary, ensemble = self._vocabulary, self._ensemble
+        outputs = self._learned(frames, vocabulary)
+        return Predictions(
+            class_scores=self._class_logits(outputs, frames, vocabulary, ensemble),
+            mask_logits=outputs["mask_logits"][0],
+            iou_logits=outputs["iou_logits"][0].astype(np.float32),
+            query_embeddings=outputs["query_embeddings"][0].astype(np.float32),
+            vocabulary=vocabulary,
+        )
+
     def _class_logits(
         self,
         outputs: dict[str, np.ndarray],
@@ -657,8 +522,8 @@ class Segmenter:
         vocabulary: Vocabulary,
         ensemble: bool,
     ) -> np.ndarray:
-        """(Q, K + 1) float32 class scores: the decoder's logits, or the open-vocabulary
-        ensemble's log-probabilities (CLIP mask pooling over the clip) when enabled."""
+        """(Q, K + 1) float32: the decoder's class logits, or the open-vocabulary ensemble's
+        log-probabilities (CLIP features mask-pooled over the clip) when enabled."""
         cls = outputs["class_logits"][0].astype(np.float32)
         if not ensemble:
             return cls
@@ -677,122 +542,6 @@ class Segmenter:
             valid,
             alpha=self._post.ov_alpha,
             beta=self._post.ov_beta,
-        )
-
-    def _image_predictions(self, session: ImageSession) -> tuple[np.ndarray, np.ndarray]:
-        vocabulary, ensemble = self._vocabulary, self._ensemble
-        outputs = self._learned([session.encoded], vocabulary)
-        cls = self._class_logits(outputs, [session.encoded], vocabulary, ensemble)
-        return cls, outputs["mask_logits"][0]  # (Q, K + 1), (Q, T, h4, w4)
-
-    def _full(self, session: ImageSession, mask_logits: np.ndarray) -> np.ndarray:
-        """(N, h4, w4) stride-4 logits -> (N, H, W) at the original size."""
-        return upsample_masks(
-            np.ascontiguousarray(mask_logits, dtype=np.float32),
-            session.padded_hw,
-            session.resized_hw,
-            session.original_hw,
-        )
-
-    def _panoptic_result(
-        self,
-        session: ImageSession,
-        cls: np.ndarray,
-        mask_logits: np.ndarray,
-        *,
-        video_ids: bool = False,
-        task: str = "panoptic",
-        frame_index: int | None = None,
-    ) -> SegmentationResult:
-        vocabulary = self._vocabulary
-        k = cls.shape[1] - 1
-        probs = softmax(cls)
-        labels = probs.argmax(-1)
-        scores = probs[np.arange(cls.shape[0]), labels]
-        # Only non-void queries above the threshold can paint: resizing just those is exact.
-        kept = np.flatnonzero(
-            (labels != k) & (scores > np.float32(self._post.object_mask_threshold))
-        )
-        full = self._full(session, mask_logits[kept])
-        if video_ids:
-            result = vps_results(
-                cls[kept],
-                [full],
-                vocabulary.num_things,
-                object_mask_thr=self._post.object_mask_threshold,
-                iou_thr=self._post.overlap_threshold,
-                query_ids=kept,
-            )[0]
-        else:
-            result = panoptic_results(
-                cls[kept],
-                full,
-                vocabulary.num_things,
-                object_mask_thr=self._post.object_mask_threshold,
-                iou_thr=self._post.overlap_threshold,
-            )
-        return _from_panoptic(result, vocabulary, task, frame_index, k)
-
-    def _instance_result(
-        self,
-        session: ImageSession,
-        cls: np.ndarray,
-        mask_logits: np.ndarray,
-        *,
-        ids: str | None,
-        task: str = "instance",
-        frame_index: int | None = None,
-    ) -> SegmentationResult:
-        vocabulary = self._vocabulary
-        probs, labels, queries = select_instances(
-            cls, vocabulary.num_things, self._post.max_per_image
-        )
-        inst = instances_from_masks(
-            probs, labels, queries, self._full(session, mask_logits[queries])
-        )
-        n = inst.scores.shape[0]
-        if ids == "query":  # video: (aligned query slot, class) is the persistent track
-            identity = inst.labels + (queries + 1) * _id_offset(cls.shape[1] - 1)
-        else:
-            identity = np.arange(1, n + 1, dtype=np.int64)
-        return SegmentationResult(
-            task=task,
-            masks=inst.masks,
-            scores=inst.scores,
-            labels=inst.labels,
-            ids=identity.astype(np.int64),
-            class_names=vocabulary.names,
-            boxes=inst.boxes,
-            is_thing=np.ones(n, bool),
-            frame_index=frame_index,
-        )
-
-    def _semantic_result(
-        self,
-        session: ImageSession,
-        cls: np.ndarray,
-        mask_logits: np.ndarray,
-        *,
-        task: str = "semantic",
-        frame_index: int | None = None,
-    ) -> SegmentationResult:
-        vocabulary = self._vocabulary
-        label_map = semantic_results(cls, self._full(session, mask_logits))
-        classes = np.unique(label_map)
-        masks = label_map[None] == classes[:, None, None]
-        from omg_rt.postprocess.instance import masks_to_boxes
-
-        return SegmentationResult(
-            task=task,
-            masks=masks,
-            scores=np.ones(classes.shape[0], np.float32),
-            labels=classes.astype(np.int64),
-            ids=classes.astype(np.int64),
-            class_names=vocabulary.names,
-            boxes=masks_to_boxes(masks),
-            id_map=label_map.astype(np.int32),
-            is_thing=classes < vocabulary.num_things,
-            frame_index=frame_index,
         )
 
     def _prompt_many(
@@ -832,123 +581,13 @@ class Segmenter:
         start = 0
         for group in groups:
             stop = start + group.shape[0]
-            pr = prompt_results(
-                np.ascontiguousarray(mask_logits[start:stop], dtype=np.float32),
-                iou[start:stop],
-                session.padded_hw,
-                session.resized_hw,
-                session.original_hw,
-            )
-            from omg_rt.postprocess.instance import masks_to_boxes
-
-            n = stop - start
             results.append(
-                SegmentationResult(
-                    task="prompt",
-                    masks=pr.masks,
-                    scores=pr.scores.astype(np.float32),
-                    labels=cls[start:stop, :-1].argmax(-1).astype(np.int64),
-                    ids=np.arange(1, n + 1, dtype=np.int64),
-                    class_names=vocabulary.names,
-                    boxes=masks_to_boxes(pr.masks),
-                    is_thing=np.ones(n, bool),
+                prompt_result(
+                    session, mask_logits[start:stop], iou[start:stop], cls[start:stop], vocabulary
                 )
             )
             start = stop
         return results
-
-    def _decode_video_clip(
-        self, video: VideoSession, frames: list[tuple[int, ImageSession]]
-    ) -> list[SegmentationResult]:
-        """Decode one clip, align it to the previous one, return its frames' results."""
-        vocabulary, ensemble = self._vocabulary, self._ensemble
-        encoded = [s.encoded for _, s in frames]
-        real = len(encoded)
-        if real < video.clip_size and isinstance(
-            self._runners[QUERY_DECODER.name].inputs()["memory_s32"].shape[0], int
-        ):  # a fixed-T decoder: repeat the last frame, drop its outputs
-            encoded = encoded + [encoded[-1]] * (video.clip_size - real)
-        outputs = self._learned(encoded, vocabulary)
-        cls = self._class_logits(outputs, encoded, vocabulary, ensemble)
-        embeddings = outputs["query_embeddings"][0].astype(np.float32)
-        if video.target_embeddings is None:
-            perm = np.arange(embeddings.shape[0])
-        else:
-            perm = align_clips([video.target_embeddings, embeddings])[1]
-        video.target_embeddings = embeddings[perm]
-        aligned_cls = cls[perm]
-        aligned_iou = outputs["iou_logits"][0].astype(np.float32)[perm]
-        video.class_logit_sum = (
-            aligned_cls.copy()
-            if video.class_logit_sum is None
-            else video.class_logit_sum + aligned_cls
-        )
-        video.iou_logit_sum = (
-            aligned_iou.copy() if video.iou_logit_sum is None else video.iou_logit_sum + aligned_iou
-        )
-        n_clips = np.float32(video.clips_done + 1)
-        avg_cls = (video.class_logit_sum / n_clips).astype(np.float32)
-        avg_iou = (video.iou_logit_sum / n_clips).astype(np.float32)
-        mask_logits = outputs["mask_logits"][0][perm]  # (Q, T, h4, w4), aligned slots
-
-        results = []
-        for t, (index, session) in enumerate(frames):
-            frame_logits = mask_logits[:, t]
-            if video.task == "vis":
-                result = self._instance_result(
-                    session, avg_cls, frame_logits, ids="query", task="vis", frame_index=index
-                )
-            elif video.task == "vps":
-                result = self._panoptic_result(
-                    session, avg_cls, frame_logits, video_ids=True, task="vps", frame_index=index
-                )
-            elif video.task == "vss":
-                result = self._semantic_result(
-                    session, avg_cls, frame_logits, task="vss", frame_index=index
-                )
-            else:
-                result = self._vos_result(video, session, avg_iou, frame_logits, index)
-            _update_tracks(video, result)
-            results.append(result)
-        return results
-
-    def _vos_result(
-        self,
-        video: VideoSession,
-        session: ImageSession,
-        avg_iou: np.ndarray,
-        frame_logits: np.ndarray,
-        index: int,
-    ) -> SegmentationResult:
-        assert video.first_mask is not None  # open_video checked it
-        if video.vos_slots is None:
-            proposals = vos_proposals(avg_iou, self._post.num_proposals)
-            proposal_masks = self._full(session, frame_logits[proposals]) > 0
-            assignment = vos_assign_ids(proposal_masks, video.first_mask, video.object_ids)
-            video.vos_slots = [(int(proposals[slot]), oid) for slot, oid in assignment.items()]
-        slots = [s for s, _ in video.vos_slots]
-        object_ids = [o for _, o in video.vos_slots]
-        full = self._full(session, frame_logits[slots])
-        id_map = np.zeros(session.original_hw, np.int32)
-        for j, oid in enumerate(object_ids):  # later slots painted on top (official order)
-            id_map[full[j] > 0] = oid
-        order = np.argsort(object_ids)
-        ids = np.asarray(object_ids, np.int64)[order]
-        masks = id_map[None] == ids[:, None, None]
-        from omg_rt.postprocess._common import sigmoid
-        from omg_rt.postprocess.instance import masks_to_boxes
-
-        return SegmentationResult(
-            task="vos",
-            masks=masks,
-            scores=sigmoid(avg_iou[np.asarray(slots, np.int64)[order]]).astype(np.float32),
-            labels=np.full(len(ids), -1, np.int64),
-            ids=ids,
-            boxes=masks_to_boxes(masks),
-            id_map=id_map,
-            is_thing=np.ones(len(ids), bool),
-            frame_index=index,
-        )
 
     def _run_chunked(
         self, runner: Any, input_name: str, values: np.ndarray, output_name: str
@@ -965,143 +604,3 @@ class Segmenter:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
             outs.append(runner({input_name: chunk})[output_name][:n])
         return np.concatenate(outs, axis=0)
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _id_offset(num_classes: int) -> int:
-    """Track id = label + (slot + 1) * offset: 1000 as panoptic ids, or the next power of ten
-    for vocabularies of 1000 classes or more."""
-    offset = INSTANCE_OFFSET
-    while offset <= num_classes:
-        offset *= 10
-    return offset
-
-
-def _row(array: np.ndarray, i: int) -> np.ndarray:
-    return np.ascontiguousarray(array[i : i + 1], dtype=np.float32)
-
-
-def _read_image(image: Any, name: str) -> np.ndarray:
-    if isinstance(image, str | os.PathLike):
-        path = Path(image)
-        data = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
-        if data is None:
-            raise InvalidInputError(f"{name}: cannot read an image from {str(path)!r}")
-        return cv2.cvtColor(data, cv2.COLOR_BGR2RGB)
-    if not isinstance(image, np.ndarray):
-        raise InvalidInputError(
-            f"{name}: expected uint8 (H, W, 3) RGB array or a path, got {type(image).__name__}"
-        )
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise InvalidInputError(
-            f"{name}: expected uint8 (H, W, 3) RGB, got {image.dtype} {tuple(image.shape)}"
-        )
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise InvalidInputError(f"{name}: expected a non-empty image, got {tuple(image.shape)}")
-    return image
-
-
-def _prompt_array(value: Any, name: str, width: int) -> np.ndarray | None:
-    if value is None:
-        return None
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(
-            f"{name}: expected numbers of shape (N, {width}), got {value!r}"
-        ) from exc
-    if array.ndim == 1 and array.shape[0] == width:
-        array = array[None]
-    if array.ndim != 2 or array.shape[1] != width or array.shape[0] == 0:
-        raise InvalidInputError(
-            f"{name}: expected (N, {width}) with N >= 1, got shape {array.shape}"
-        )
-    if not np.isfinite(array).all():
-        raise InvalidInputError(f"{name}: expected finite coordinates, got {array.tolist()}")
-    return array.astype(np.float32)
-
-
-def _inside(values: np.ndarray, limit: int, name: str, axis: str, hw: tuple[int, int]) -> None:
-    bad = values[(values < 0) | (values > limit)]
-    if bad.size:
-        raise InvalidInputError(
-            f"{name}: {axis} coordinates must lie in [0, {limit}] for an image of (h, w) = {hw}, "
-            f"got {bad.tolist()}"
-        )
-
-
-def _first_mask(first_mask: Any) -> tuple[np.ndarray, tuple[int, ...]]:
-    if not isinstance(first_mask, np.ndarray):
-        raise InvalidInputError(
-            f"first_mask: expected an (H, W) int id map or (M, H, W) bool masks, "
-            f"got {type(first_mask).__name__}"
-        )
-    if first_mask.ndim == 3 and first_mask.dtype == bool:
-        masks = first_mask
-        ids = tuple(range(1, masks.shape[0] + 1))
-    elif first_mask.ndim == 2 and first_mask.dtype.kind in "iu":
-        ids = tuple(int(v) for v in np.unique(first_mask) if v > 0)
-        masks = first_mask[None] == np.asarray(ids)[:, None, None]
-    else:
-        raise InvalidInputError(
-            f"first_mask: expected an (H, W) int id map or (M, H, W) bool masks, got "
-            f"{first_mask.dtype} {first_mask.shape}"
-        )
-    if not ids or not masks.reshape(masks.shape[0], -1).any(1).all():
-        raise InvalidInputError("first_mask: expected at least one non-empty object mask")
-    return np.ascontiguousarray(masks), ids
-
-
-def _from_panoptic(
-    result: PanopticResult,
-    vocabulary: Vocabulary,
-    task: str,
-    frame_index: int | None,
-    void: int,
-) -> SegmentationResult:
-    from omg_rt.postprocess.instance import masks_to_boxes
-
-    ids = np.array([s["id"] for s in result.segments], np.int64)
-    masks = result.id_map[None] == ids[:, None, None]
-    id_map = np.where(result.id_map == void, -1, result.id_map).astype(np.int32)
-    return SegmentationResult(
-        task=task,
-        masks=masks,
-        scores=np.array([s["score"] for s in result.segments], np.float32),
-        labels=np.array([s["category_id"] for s in result.segments], np.int64),
-        ids=ids,
-        class_names=vocabulary.names,
-        boxes=masks_to_boxes(masks),
-        id_map=id_map,
-        is_thing=np.array([s["isthing"] for s in result.segments], bool),
-        frame_index=frame_index,
-    )
-
-
-def _update_tracks(video: VideoSession, result: SegmentationResult) -> None:
-    index = result.frame_index if result.frame_index is not None else video.frames_seen
-    for track_id, label, score in zip(result.ids, result.labels, result.scores, strict=True):
-        tid = int(track_id)
-        state = video.tracks.get(tid)
-        if state is None:
-            video.tracks[tid] = TrackState(
-                track_id=tid,
-                query_slot=_query_slot(video, tid),
-                label=int(label),
-                score=float(score),
-                first_frame=index,
-                last_frame=index,
-            )
-        else:
-            state.label, state.score, state.last_frame = int(label), float(score), index
-
-
-def _query_slot(video: VideoSession, track_id: int) -> int:
-    if video.task == "vos" and video.vos_slots:
-        return next((s for s, o in video.vos_slots if o == track_id), -1)
-    if video.task in ("vis", "vps") and video.class_logit_sum is not None:
-        offset = _id_offset(video.class_logit_sum.shape[1] - 1)
-        return track_id // offset - 1 if video.task == "vis" else track_id // INSTANCE_OFFSET - 1
-    return -1

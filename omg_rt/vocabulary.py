@@ -56,6 +56,33 @@ def check_names(names: object) -> list[str]:
     return list(names)
 
 
+def check_num_things(num_things: object, k: int) -> int:
+    """``num_things`` of a K-class vocabulary (None: all K), or InvalidInputError."""
+    if num_things is None:
+        return k
+    if (
+        isinstance(num_things, bool)
+        or not isinstance(num_things, int | np.integer)
+        or not (0 <= num_things <= k)
+    ):
+        raise InvalidInputError(f"num_things: expected an int in [0, {k}], got {num_things!r}")
+    return int(num_things)
+
+
+def seen_classes(
+    names: Sequence[str], training_names: Sequence[str], training_seen: np.ndarray
+) -> np.ndarray:
+    """(K,) bool: a class is seen when one of its synonyms is verbatim a synonym of a seen
+    training class (``training_seen``, one per ``training_names``)."""
+    training = {
+        s
+        for name, ok in zip(training_names, training_seen, strict=True)
+        if ok
+        for s in split_label(name)
+    }
+    return np.array([bool(training & set(split_label(n))) for n in names], dtype=bool)
+
+
 def build_class_bank(
     names: Sequence[str],
     embed_texts: Callable[[list[str]], np.ndarray],

@@ -141,7 +141,7 @@ def test_torch_backend_runtime_equals_the_model_called_directly(ref):
     model, _ = load_checkpoint(tiny_checkpoint())
     image = scene(5)
     handle = ref.set_image(image)
-    tensor = ref._tensor(ref._prepare(image, "image"))
+    tensor = ref.image_encoder.tensor(ref.image_encoder.prepare(image, "image"))
     with torch.no_grad():
         pred = model(torch.from_numpy(tensor), torch.from_numpy(ref.vocabulary.class_bank))[-1]
     logits = upsample_masks(

@@ -1,0 +1,218 @@
+"""Result assembly: the query decoder's outputs for one image (or one video frame) turned into a
+:class:`~omg_rt.results.SegmentationResult` per task, with the official post-processing of
+``omg_rt.postprocess``.
+
+Every function takes the stride-4 mask logits of the padded input and resizes only the queries
+that can appear in its result to the original image (:func:`full_resolution`): each output
+sample of a bilinear resize depends on its own input samples only, so this is exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from omg_rt.bundle import Vocabulary
+from omg_rt.postprocess._common import softmax
+from omg_rt.postprocess.instance import instances_from_masks, masks_to_boxes, select_instances
+from omg_rt.postprocess.interactive import prompt_results
+from omg_rt.postprocess.masks import upsample_masks
+from omg_rt.postprocess.panoptic import INSTANCE_OFFSET, PanopticResult, panoptic_results
+from omg_rt.postprocess.semantic import semantic_with_scores
+from omg_rt.postprocess.video import vps_results
+from omg_rt.results import SegmentationResult
+from omg_rt.sessions import ImageSession
+from omg_rt.spec import PostprocessSpec
+
+
+def full_resolution(session: ImageSession, mask_logits: np.ndarray) -> np.ndarray:
+    """(N, h4, w4) stride-4 logits of the padded input -> (N, H, W) float32 at the original size."""
+    return upsample_masks(
+        np.ascontiguousarray(mask_logits, dtype=np.float32),
+        session.padded_hw,
+        session.resized_hw,
+        session.original_hw,
+    )
+
+
+def panoptic_result(
+    session: ImageSession,
+    cls: np.ndarray,
+    mask_logits: np.ndarray,
+    vocabulary: Vocabulary,
+    post: PostprocessSpec,
+    *,
+    video_ids: bool = False,
+    task: str = "panoptic",
+    frame_index: int | None = None,
+) -> SegmentationResult:
+    """Panoptic segments (official merge).
+
+    Args:
+        session: the image's sizes.
+        cls: (Q, K + 1) float32 class scores, void last.
+        mask_logits: (Q, h4, w4) stride-4 mask logits.
+        vocabulary: the K classes ``cls`` scores.
+        post: thresholds.
+        video_ids: thing ids ``label + (query + 1) * 1000``, stable across frames (VPS), instead
+            of a counter from 1.
+        task, frame_index: recorded in the result.
+
+    Returns:
+        a result with ``id_map`` (-1 = void) and one mask per segment.
+    """
+    k = cls.shape[1] - 1
+    probs = softmax(cls)
+    labels = probs.argmax(-1)
+    scores = probs[np.arange(cls.shape[0]), labels]
+    # Only non-void queries above the threshold can paint: resizing just those is exact.
+    kept = np.flatnonzero((labels != k) & (scores > np.float32(post.object_mask_threshold)))
+    full = full_resolution(session, mask_logits[kept])
+    thresholds = dict(object_mask_thr=post.object_mask_threshold, iou_thr=post.overlap_threshold)
+    if video_ids:
+        result = vps_results(
+            cls[kept], [full], vocabulary.num_things, query_ids=kept, **thresholds
+        )[0]
+    else:
+        result = panoptic_results(cls[kept], full, vocabulary.num_things, **thresholds)
+    return _from_panoptic(result, vocabulary, task, frame_index, void=k)
+
+
+def instance_result(
+    session: ImageSession,
+    cls: np.ndarray,
+    mask_logits: np.ndarray,
+    vocabulary: Vocabulary,
+    post: PostprocessSpec,
+    *,
+    track_ids: bool = False,
+    task: str = "instance",
+    frame_index: int | None = None,
+) -> SegmentationResult:
+    """Instances (official top-k over queries x thing classes).
+
+    Args:
+        session, cls, mask_logits, vocabulary, post: as :func:`panoptic_result`.
+        track_ids: ids ``label + (query + 1) * track_id_offset(K)``, the persistent identity of
+            an aligned query slot and class in video (VIS), instead of ``1..N``.
+        task, frame_index: recorded in the result.
+    """
+    probs, labels, queries = select_instances(cls, vocabulary.num_things, post.max_per_image)
+    inst = instances_from_masks(
+        probs, labels, queries, full_resolution(session, mask_logits[queries])
+    )
+    n = inst.scores.shape[0]
+    if track_ids:
+        identity = inst.labels + (queries + 1) * track_id_offset(cls.shape[1] - 1)
+    else:
+        identity = np.arange(1, n + 1, dtype=np.int64)
+    return SegmentationResult(
+        task=task,
+        masks=inst.masks,
+        scores=inst.scores,
+        labels=inst.labels,
+        ids=identity.astype(np.int64),
+        class_names=vocabulary.names,
+        boxes=inst.boxes,
+        is_thing=np.ones(n, bool),
+        frame_index=frame_index,
+    )
+
+
+def semantic_result(
+    session: ImageSession,
+    cls: np.ndarray,
+    mask_logits: np.ndarray,
+    vocabulary: Vocabulary,
+    *,
+    task: str = "semantic",
+    frame_index: int | None = None,
+) -> SegmentationResult:
+    """One mask per class present (Mask2Former per-pixel argmax); ids = labels = class indices;
+    scores = the mean per-pixel class score over the class's pixels
+    (:func:`~omg_rt.postprocess.semantic.semantic_with_scores`)."""
+    label_map, class_scores = semantic_with_scores(cls, full_resolution(session, mask_logits))
+    classes = np.unique(label_map)
+    masks = label_map[None] == classes[:, None, None]
+    return SegmentationResult(
+        task=task,
+        masks=masks,
+        scores=class_scores[classes],
+        labels=classes.astype(np.int64),
+        ids=classes.astype(np.int64),
+        class_names=vocabulary.names,
+        boxes=masks_to_boxes(masks),
+        id_map=label_map.astype(np.int32),
+        is_thing=classes < vocabulary.num_things,
+        frame_index=frame_index,
+    )
+
+
+def prompt_result(
+    session: ImageSession,
+    mask_logits: np.ndarray,
+    iou_logits: np.ndarray,
+    class_logits: np.ndarray,
+    vocabulary: Vocabulary,
+) -> SegmentationResult:
+    """One mask per prompt query.
+
+    Args:
+        session: the image's sizes.
+        mask_logits: (P, h4, w4) stride-4 mask logits; iou_logits: (P,) float32;
+            class_logits: (P, K + 1) float32.
+        vocabulary: the K classes.
+
+    Returns:
+        ``scores`` = sigmoid(IoU head), ``labels`` = best non-void class, ``ids`` = 1..P.
+    """
+    pr = prompt_results(
+        np.ascontiguousarray(mask_logits, dtype=np.float32),
+        iou_logits,
+        session.padded_hw,
+        session.resized_hw,
+        session.original_hw,
+    )
+    n = mask_logits.shape[0]
+    return SegmentationResult(
+        task="prompt",
+        masks=pr.masks,
+        scores=pr.scores.astype(np.float32),
+        labels=class_logits[:, :-1].argmax(-1).astype(np.int64),
+        ids=np.arange(1, n + 1, dtype=np.int64),
+        class_names=vocabulary.names,
+        boxes=masks_to_boxes(pr.masks),
+        is_thing=np.ones(n, bool),
+    )
+
+
+def track_id_offset(num_classes: int) -> int:
+    """Track id = label + (slot + 1) * offset: 1000 as panoptic ids, or the next power of ten
+    for vocabularies of 1000 classes or more."""
+    offset = INSTANCE_OFFSET
+    while offset <= num_classes:
+        offset *= 10
+    return offset
+
+
+def _from_panoptic(
+    result: PanopticResult,
+    vocabulary: Vocabulary,
+    task: str,
+    frame_index: int | None,
+    void: int,
+) -> SegmentationResult:
+    ids = np.array([s["id"] for s in result.segments], np.int64)
+    masks = result.id_map[None] == ids[:, None, None]
+    id_map = np.where(result.id_map == void, -1, result.id_map).astype(np.int32)
+    return SegmentationResult(
+        task=task,
+        masks=masks,
+        scores=np.array([s["score"] for s in result.segments], np.float32),
+        labels=np.array([s["category_id"] for s in result.segments], np.int64),
+        ids=ids,
+        class_names=vocabulary.names,
+        boxes=masks_to_boxes(masks),
+        id_map=id_map,
+        is_thing=np.array([s["isthing"] for s in result.segments], bool),
+        frame_index=frame_index,
+    )
