@@ -1,23 +1,89 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one go (< 10 minutes): GPU/TensorRT tests, then the kernel
-# benchmark. Reports land in benchmarks/reports/ (markdown table + JSON rows for RESULTS.md).
-#   benchmarks/gpu_check.sh            (PYTHON overrides the interpreter)
+# Everything that needs a GPU, in one go (under 10 minutes): the GPU/TensorRT tests, the kernel
+# benchmark, omg-bench on the GPU (PyTorch FP32/FP16 with the Triton kernels, ONNX Runtime CUDA
+# and TensorRT where this machine has them), then the RESULTS table, printed last.
+#
+#   benchmarks/gpu_check.sh            (PYTHON overrides the interpreter; OMG_BENCH_MODEL the
+#                                       model of the accuracy run, default preset:tiny)
+#
+# The GPU machine is not CI's (Python 3.12, torch 2.11, triton 3.6, no internet): wheels it
+# lacks travel in .whl/ (scripts/fetch_gpu_wheels.sh; .whl/ is git-excluded, so carry it) and
+# are installed into /tmp/site, nothing else is installed. Reports land in
+# benchmarks/reports/gpu/; RESULTS.md gets the sections gpu-check (tests + kernels) and
+# omg-bench-gpu (omg-bench's summary), between their markers.
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
+start=$SECONDS
+budget=${GPU_CHECK_BUDGET_S:-590}
 python="${PYTHON:-python3}"
 [[ -z "${PYTHON:-}" && -x .venv/bin/python ]] && python=.venv/bin/python
-reports=benchmarks/reports
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G ".whl/*.whl" > /dev/null; then
+  echo "== installing $(ls .whl/*.whl | wc -l) carried wheels into /tmp/site"
+  "$python" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site \
+    .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
+fi
+reports=benchmarks/reports/gpu
 mkdir -p "$reports"
 unset TRITON_INTERPRET
 "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA GPU')" || exit 2
 
+# seconds left for a step: at most $1, never past the budget (minus 20 s for the summary)
+left() { local rest=$((budget - (SECONDS - start) - 20)); (( rest < $1 )) && echo $rest || echo "$1"; }
 status=0
-echo "== pytest -m 'gpu or tensorrt'"
-timeout 420 "$python" -m pytest -m "gpu or tensorrt" -q -rs tests/ || status=1
+step() {  # step NAME MAX_SECONDS LOG command...: output shown and kept in LOG
+  local name=$1 max=$2 log=$3; shift 3
+  local t; t=$(left "$max")
+  if (( t < 15 )); then echo "== $name: skipped (time budget spent)" | tee "$log"; status=1; return; fi
+  echo "== $name (up to ${t} s)"
+  timeout "$t" "$@" > "$log" 2>&1
+  local rc=$?
+  cat "$log"
+  if (( rc != 0 )); then echo "== $name: exit $rc (124 = timed out)"; status=1; fi
+}
 
-echo "== kernel benchmark"
-timeout 150 "$python" benchmarks/bench_kernels.py --json "$reports/kernels.json" \
-  | tee "$reports/kernels.md" || status=1
+step "pytest -m 'gpu or tensorrt'" 240 "$reports/pytest.txt" \
+  "$python" -m pytest -m "gpu or tensorrt" -q -rs -p no:cacheprovider tests/
+step "kernel benchmark" 120 "$reports/kernels.md" \
+  "$python" benchmarks/bench_kernels.py --json "$reports/kernels.json"
+# Accuracy deltas of every backend x precision on the tiny model (same weights everywhere).
+step "omg-bench ${OMG_BENCH_MODEL:-preset:tiny} (all backends x precisions, accuracy)" 120 \
+  "$reports/omg-bench-tiny.txt" "$python" -m benchmarks.cli "${OMG_BENCH_MODEL:-preset:tiny}" --out "$reports/tiny" \
+  --results-section omg-bench-gpu --runs 30 --quiet
+# The product's speed: ConvNeXt-L OMG-Seg at 1024x1024, random weights (latency only).
+step "omg-bench preset:omg-convl @1024 (latency)" 180 "$reports/omg-bench-convl.txt" \
+  "$python" -m benchmarks.cli preset:omg-convl --image-size 1024 --precisions fp32,fp16 \
+  --backends torch,onnxruntime-cuda,tensorrt --tasks panoptic,prompt --no-accuracy \
+  --no-cold-start --runs 20 --out "$reports/convl" --results-section omg-bench-gpu-convl --quiet
 
+"$python" - "$reports" <<'PY'
+import sys
+from pathlib import Path
+
+from benchmarks.omg_bench.output import update_results
+
+reports = Path(sys.argv[1])
+tests = (reports / "pytest.txt").read_text().strip().splitlines() if (
+    reports / "pytest.txt").exists() else ["(not run)"]
+kernels = (reports / "kernels.md").read_text().strip() if (reports / "kernels.md").exists() \
+    else "(not run)"
+# the table and its provenance line, without whatever else went to the log
+kept = [ln for ln in kernels.splitlines() if ln.startswith(("|", "_"))]
+kernels = "\n".join(ln + ("\n" if ln.startswith("_") else "") for ln in kept) or kernels
+body = "\n".join(["GPU/TensorRT tests: `" + (tests[-1] if tests else "?") + "`", "", kernels])
+update_results(Path("benchmarks/RESULTS.md"), "gpu-check", body)
+PY
+echo
+echo "== RESULTS (benchmarks/RESULTS.md, GPU sections)"
+"$python" - <<'PY'
+import re
+from pathlib import Path
+
+text = Path("benchmarks/RESULTS.md").read_text()
+for name in ("gpu-check", "omg-bench-gpu", "omg-bench-gpu-convl"):
+    found = re.search(rf"<!-- {name}:start -->\n(.*?)<!-- {name}:end -->", text, re.DOTALL)
+    print(f"### {name}\n{found.group(1) if found else '(no section)'}")
+PY
+echo "gpu_check: $((SECONDS - start)) s, status $status"
 exit $status

@@ -21,7 +21,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 
 
-def measure(open_kwargs: dict[str, Any], bundle: str, image_path: str, autocast: bool,
+def measure(open_kwargs: dict[str, Any], bundle: str | None, image_path: str, autocast: bool,
             warm_calls: int, timeout: float = 600.0) -> dict[str, Any]:
     """Run the child and return its measurements (``error`` set when it failed)."""
     request = {"bundle": bundle, "open": open_kwargs, "image": image_path,
@@ -90,7 +90,10 @@ def _child(request: dict[str, Any]) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(int(request["open"]["threads"]))
-    seg = Segmenter.from_bundle(request["bundle"], **request["open"])
+    if request["bundle"] is None:  # PyTorch straight from the checkpoint
+        seg = Segmenter.from_checkpoint(**request["open"])
+    else:
+        seg = Segmenter.from_bundle(request["bundle"], **request["open"])
     t2 = time.perf_counter()
     image = cv2.cvtColor(cv2.imread(request["image"], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     torch = None

@@ -58,7 +58,7 @@ def run_benchmark(options: BenchOptions, command: str = "") -> dict[str, Any]:
         "options": output.jsonable(vars(options)),
         "model": {"source": model.source, "kind": model.kind,
                   "checkpoint": str(model.checkpoint) if model.checkpoint else None,
-                  "bundles": {str(k): str(v) for k, v in model.bundles.items()},
+                  "bundles": {str(k): str(v) if v else None for k, v in model.bundles.items()},
                   "trained": model.trained, "note": model.note},
         "dataset": data.describe(),
     }
@@ -102,7 +102,8 @@ def run_benchmark(options: BenchOptions, command: str = "") -> dict[str, Any]:
         cold = []
         if options.cold_start:
             for t in tqdm(ok, desc="cold start", unit="target", disable=not show):
-                measured = coldstart.measure(t.open_kwargs, str(model.bundles[t.image_size]),
+                bundle = model.bundles[t.image_size]
+                measured = coldstart.measure(t.open_kwargs, str(bundle) if bundle else None,
                                              str(image_file), t.autocast, warm_calls=3)
                 cold.append({**t.describe(), **measured})
         report["cold_start"] = cold

@@ -26,9 +26,11 @@ class Model:
     source: str
     kind: str  # "bundle" | "checkpoint" | "preset" | "synthetic"
     checkpoint: Path | None
-    bundles: dict[int, Path]
+    bundles: dict[int, Path | None]  # None: nothing but PyTorch can run here, not exported
     trained: bool
     note: str = ""
+    torch_model: Any = None
+    vocab: Any = None
 
 
 @dataclass
@@ -157,23 +159,46 @@ def resolve_model(options: BenchOptions, vocab: Any, work: Path,
         kind, trained, note = "checkpoint", True, ""
     spec = model.config
     sizes = options.image_sizes or (max(spec.preprocess.image_scale),)
-    if checkpoint is None:  # a preset: save it so the torch backend and cold start can load it
-        from training.model.checkpoint import save_checkpoint
+    # Export only when a graph backend can run here: PyTorch alone runs from the checkpoint
+    # (Segmenter.from_checkpoint), and exporting ConvNeXt-L at 1024 costs minutes.
+    runnable = [b for b in options.backends if b != "torch" and not absent_reason(b)]
+    if checkpoint is None and "torch" in options.backends and (options.cold_start or runnable):
+        from training.model.checkpoint import save_checkpoint  # the fresh process loads it
 
         checkpoint = Path(save_checkpoint(model, work / "checkpoint"))
-    from export import build_bundle
-
-    bundles: dict[int, Path] = {}
-    # The torch backend reads the bundle's spec, queries and vocabulary: fp32 is always exported.
-    graphs = any(b != "torch" for b in options.backends)
-    precisions = tuple(p for p in options.precisions if p != "fp32" and graphs)
+    bundles: dict[int, Path | None] = {}
+    precisions = tuple(p for p in options.precisions if p != "fp32")
     for size in sizes:
+        if not runnable:
+            bundles[size] = None
+            continue
+        from export import build_bundle
+
         progress(f"exporting the bundle at {size}x{size} ({', '.join(('fp32', *precisions))})")
         bundles[size] = Path(build_bundle(
             model, work / "bundles" / str(size), image_size=size, vocab=vocab,
             precisions=("fp32", *precisions), verify=options.verify_export,
             progress=options.progress))
-    return Model(source, kind, checkpoint, bundles, trained, note)
+    return Model(source, kind, checkpoint, bundles, trained, note, torch_model=model, vocab=vocab)
+
+
+def absent_reason(backend: str) -> str:
+    """Why a graph backend cannot run on this machine ('' when it may)."""
+    if backend == "onnxruntime-cuda":
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            return f"onnxruntime: not installed ({exc})"
+        have = onnxruntime.get_available_providers()
+        if "CUDAExecutionProvider" not in have:
+            return (f"onnxruntime: this build lacks ['CUDAExecutionProvider'] (it has {have}); "
+                    "install onnxruntime-gpu for CUDA/TensorRT")
+    if backend == "tensorrt":
+        try:
+            import tensorrt  # noqa: F401
+        except Exception as exc:  # noqa: BLE001 - any import failure means "not usable here"
+            return f"tensorrt: `import tensorrt` fails ({exc})"
+    return ""
 
 
 def cuda_available() -> bool:
@@ -198,12 +223,16 @@ def open_targets(options: BenchOptions, model: Model) -> list[Target]:
     max_batch = max(options.batches)
     targets = []
     for size, bundle_path in model.bundles.items():
-        precisions_here = tuple(load_bundle(bundle_path, verify=False).precisions)
+        precisions_here = (tuple(load_bundle(bundle_path, verify=False).precisions)
+                           if bundle_path is not None else ())
         for backend in options.backends:
             for precision in options.precisions:
                 target = Target(backend, precision, size)
+                target.device = "cpu" if backend == "onnxruntime" or (
+                    backend == "torch" and not cuda) else "cuda"
                 targets.append(target)
-                reason = _static_skip(backend, precision, cuda, model, precisions_here)
+                reason = _static_skip(backend, precision, cuda, model, precisions_here,
+                                      bundle_path is None)
                 if reason:
                     target.status, target.reason = "skipped", reason
                     continue
@@ -222,9 +251,18 @@ def open_targets(options: BenchOptions, model: Model) -> list[Target]:
                 else:
                     target.device = "cuda"
                     kwargs.update(backend="tensorrt")
+                if bundle_path is None:  # PyTorch from the checkpoint, no bundle
+                    kwargs = {"path": str(model.checkpoint) if model.checkpoint else None,
+                              "backend": "torch", "vocabulary": list(model.vocab.names),
+                              "num_things": int(model.vocab.num_things), "image_size": size,
+                              "device": target.device, "max_encoder_batch": max_batch}
                 target.open_kwargs = kwargs
                 try:
-                    target.segmenter = Segmenter.from_bundle(bundle_path, **kwargs)
+                    if bundle_path is None:
+                        target.segmenter = Segmenter.from_checkpoint(
+                            **{**kwargs, "path": model.torch_model})
+                    else:
+                        target.segmenter = Segmenter.from_bundle(bundle_path, **kwargs)
                     target.runtime_name = target.segmenter.backend_name
                 except BackendUnavailableError as exc:
                     target.status, target.reason = "skipped", str(exc)
@@ -236,15 +274,17 @@ def open_targets(options: BenchOptions, model: Model) -> list[Target]:
 
 
 def _static_skip(backend: str, precision: str, cuda: bool, model: Model,
-                 bundle_precisions: tuple[str, ...]) -> str:
+                 bundle_precisions: tuple[str, ...], no_bundle: bool) -> str:
     if backend == "torch":
-        if model.checkpoint is None:
+        if model.checkpoint is None and model.torch_model is None:
             return "the torch backend needs the checkpoint: pass --checkpoint with a BUNDLE"
         if precision == "int8":
             return NO_TORCH_INT8
         if precision == "fp16" and not cuda:
             return NO_CPU_FP16
         return ""
+    if no_bundle:  # not exported because no graph backend can run here
+        return absent_reason(backend) or "no bundle was exported"
     if precision not in bundle_precisions:
         return (f"the bundle has no {precision} graphs (it has {', '.join(bundle_precisions)}; "
                 "re-export with --precisions)")
