@@ -3,7 +3,8 @@ cached image against the full pipeline, and a 300-frame video stream's per-frame
 
     python -m benchmarks.bench_runtime [--frames 300] [--runs 10]
 
-Everything runs side by side in one process on the tiny bundle at 128 px (the CI model); the
+Everything runs side by side in one process on the tiny model (seeded ``build_model("tiny")``,
+the CI model) exported at 128 px, on scenes of the synthetic world (``training.data.world``); the
 goals are ratios: ORT / eager <= 0.6, cached prompt / full pipeline <= 0.05, video flat.
 """
 
@@ -11,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import resource
+import tempfile
 import time
+import types
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from benchmarks.harness import Row, Timing, environment, markdown_table, time_cpu
@@ -25,10 +29,30 @@ def _rss_mib() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def _bundle() -> tuple[Path, Path]:
-    from tests.omg_rt.test_runtime_support import tiny_bundle, tiny_checkpoint
+def _tiny_bundle(workdir: Path) -> tuple[Path, Path]:
+    """The seeded tiny model as a checkpoint (for the eager backend) and exported at 128 px."""
+    import torch
 
-    return tiny_bundle(), tiny_checkpoint()
+    from export import build_bundle
+    from training.model import build_model
+    from training.model.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(build_model("tiny").eval(), workdir / "tiny")
+    vocab = types.SimpleNamespace(names=("person", "car", "dog", "grass", "sky"), num_things=3)
+    bundle = build_bundle(checkpoint, workdir / "bundle", image_size=128, vocab=vocab,
+                          verify=False)
+    return bundle, checkpoint
+
+
+def _scenes(count: int, hw: tuple[int, int], video: bool = False) -> list[np.ndarray]:
+    """``count`` images (or frames of one video) of the synthetic world, resized to ``hw``."""
+    from training.data.world import SceneConfig, SceneGenerator
+
+    world = SceneGenerator(0, config=SceneConfig(image_size=256), split="bench")
+    frames = world.video(0, count).frames if video else [world.image(i).image
+                                                         for i in range(count)]
+    return [cv2.resize(f, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR) for f in frames]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,13 +64,12 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from omg_rt.segmenter import Segmenter
-    from tests.omg_rt.test_runtime_support import moving_clip, scene
 
-    bundle, checkpoint = _bundle()
+    bundle, checkpoint = _tiny_bundle(Path(tempfile.mkdtemp(prefix="bench-runtime-")))
     ort = Segmenter.from_bundle(bundle, backend="onnxruntime", cache_bytes=0)
     eager = Segmenter.from_bundle(bundle, backend="torch", checkpoint=checkpoint, device="cpu",
                                   cache_bytes=0)
-    images = [scene(i, (480, 640)) for i in range(args.runs + 1)]
+    images = _scenes(args.runs + 1, (480, 640))
     rows: list[Row] = []
 
     def cycle(seg, task):
@@ -68,15 +91,15 @@ def main(argv: list[str] | None = None) -> None:
                         " (goal <= 0.6)", t_ort))
 
     # graphs only: model.forward against the four ORT graphs on one preprocessed tensor
-    prepared = ort._prepare(images[0], "image")
-    tensor = ort._tensor(prepared)
+    prepared = ort.image_encoder.prepare(images[0], "image")
+    tensor = ort.image_encoder.tensor(prepared)
     from training.model.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(checkpoint)
     bank = torch.from_numpy(ort.vocabulary.class_bank)
     with torch.inference_mode():
         t_model = time_cpu(lambda: model(torch.from_numpy(tensor), bank), warmup=2, runs=args.runs)
-    t_graphs = time_cpu(lambda: ort._learned(ort._encode([prepared]), ort.vocabulary),
+    t_graphs = time_cpu(lambda: ort._learned(ort.image_encoder.encode([prepared]), ort.vocabulary),
                         warmup=2, runs=args.runs)
     rows.append(Row("graphs", "encoder + pixel + query decoder, ORT fp32", t_graphs))
     rows.append(Row("graphs", "model.forward, PyTorch eager", t_model))
@@ -93,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
                     " (goal <= 0.05)", t_prompt))
 
     # 3. a long stream: per-frame cost and memory, early against late
-    clip = moving_clip(30, (240, 320))
+    clip = _scenes(30, (240, 320), video=True)
     session = cached.open_video("vis", clip_size=5)
     per_frame, rss, held = [], [], []
     for i in range(args.frames):
