@@ -373,8 +373,13 @@ def summary_markdown(report: dict[str, Any], out: Path) -> str:
     lines += _table(header, rows)
     skipped = [t for t in report["targets"] if t["status"] != "ok"]
     if skipped:
+        grouped: dict[tuple[str, str, str], list[str]] = {}
+        for t in skipped:
+            grouped.setdefault((t["backend"], t["status"], t["reason"]), []).append(
+                t["precision"])
         lines += ["", "Not measured: " + "; ".join(
-            f"{t['backend']} {t['precision']} ({t['status']}: {t['reason']})" for t in skipped)]
+            f"{backend} {'/'.join(precisions)} ({status}: {reason})"
+            for (backend, status, reason), precisions in grouped.items())]
     lines += ["", f"Full report: `{out}/report.md` (report.json, plot.png beside it)."]
     return "\n".join(lines)
 

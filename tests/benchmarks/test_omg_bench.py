@@ -143,7 +143,7 @@ def test_unavailable_backends_are_reported_as_skipped_with_the_reason(bench):
             assert "tensorrt" in t["reason"].lower()
         markdown = (out / "report.md").read_text()
         assert "tensorrt fp32 @128: **skipped**" in markdown
-        assert "tensorrt fp32 (skipped:" in results.read_text()
+        assert "tensorrt fp32/int8 (skipped:" in results.read_text()
 
 
 def test_report_markdown_and_plot_exist(bench):
