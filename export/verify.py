@@ -18,6 +18,14 @@ Gates (``TOLERANCES``): FP32 |delta logit| <= 1e-4 (relative to the output's lar
 it exceeds 1: random-weight models produce logits up to ~1e5), mask IoU >= 0.999 and top-class
 agreement >= 0.99; FP16 mask IoU >= 0.99; INT8 is reported with its metric drop on a synthetic
 held-out set (interactive mIoU of box prompts against the ground-truth masks) and not gated.
+
+Known limit of the logit gate: the query decoder's masked attention thresholds its own mask logits
+at 0, so its outputs are discontinuous in its inputs. With random-weight models whose mask logits
+reach ~1e5 (the deterministic official-layout test files), float32-level input differences flip
+attention-mask entries: PyTorch itself moves by up to 8e-5 (relative) under a 1e-6 relative
+perturbation of the decoder's inputs, and ONNX Runtime's ~5e-6 upstream differences gave 7e-3.
+The per-graph query-decoder logit gate then fails while every task gate (mask IoU, top class,
+panoptic / semantic agreement) passes; the report shows both.
 """
 
 from __future__ import annotations
