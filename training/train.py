@@ -66,6 +66,8 @@ __all__ = [
     "TrainResult",
     "TrainingError",
     "build_class_bank_for",
+    "compute_losses",
+    "make_criteria",
     "prepare_data",
     "train",
     "train_step",
@@ -155,7 +157,7 @@ def train(
     broadcast_parameters(model)
     parameters, optimizer = _optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
-    criterion = _criterion(config, len(data.names))
+    criteria = make_criteria(config, len(data.names))
     generator = torch.Generator().manual_seed(_mix(config.seed, dist_info.rank, 1))
     curve: dict[str, list] = {"train": [], "eval": []}
     step = 0
@@ -179,13 +181,14 @@ def train(
     bar = tqdm(total=config.steps, initial=step, desc="omg-train", unit="step",
                disable=not (progress and dist_info.is_main), dynamic_ncols=True)
     window: list[dict[str, float]] = []
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     elapsed_before = curve["train"][-1]["seconds"] if curve["train"] else 0.0
+    cpu_before = curve["train"][-1]["cpu_seconds"] if curve["train"] else 0.0
     metrics: dict[str, Any] = {}
     stopped_early = False
     while step < config.steps:
         batch = next(batches)
-        losses = train_step(model, criterion, optimizer, batch, class_bank, config,
+        losses = train_step(model, criteria, optimizer, batch, class_bank, config,
                             parameters=parameters, generator=generator)
         scheduler.step()
         step += 1
@@ -194,14 +197,17 @@ def train(
         seconds = elapsed_before + time.perf_counter() - started
         if step % config.log_every == 0 or step == config.steps:
             entry = _curve_entry(window, step, seconds, scheduler.get_last_lr()[0])
+            # CPU time of this process: the cost of the run on a machine shared with others
+            entry["cpu_seconds"] = round(cpu_before + time.process_time() - cpu_started, 2)
             curve["train"].append(entry)
             window = []
             bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{entry['lr']:.2e}")
             if dist_info.is_main:
-                LOG.info("step %d/%d loss %.4f (%s) lr %.3e %.0fs", step, config.steps,
-                         entry["loss"], ", ".join(f"{k} {v:.3f}" for k, v in entry.items()
-                                                  if k.startswith("loss_")),
-                         entry["lr"], seconds)
+                LOG.info("step %d/%d loss %.4f (%s) lr %.3e %.0fs (cpu %.0fs)", step,
+                         config.steps, entry["loss"],
+                         ", ".join(f"{k} {v:.3f}" for k, v in entry.items()
+                                   if k.startswith("loss_")),
+                         entry["lr"], seconds, entry["cpu_seconds"])
         out_of_time = step < config.steps and (
             (max_seconds is not None and seconds >= max_seconds)
             or (stop_at is not None and step >= stop_at))
@@ -229,7 +235,7 @@ def train(
 
 def train_step(
     model: torch.nn.Module,
-    criterion: SetCriterion,
+    criteria: dict[str, SetCriterion],
     optimizer: torch.optim.Optimizer,
     batch: dict[str, Any],
     class_bank: torch.Tensor,
@@ -239,7 +245,7 @@ def train_step(
     generator: torch.Generator | None = None,
 ) -> dict[str, float]:
     """One optimisation step on one collated batch; returns the loss values (floats)."""
-    losses = compute_losses(model, criterion, batch, class_bank, generator=generator)
+    losses = compute_losses(model, criteria, batch, class_bank, generator=generator)
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
     average_gradients(parameters)
@@ -253,13 +259,14 @@ def train_step(
 
 def compute_losses(
     model: torch.nn.Module,
-    criterion: SetCriterion,
+    criteria: dict[str, SetCriterion],
     batch: dict[str, Any],
     class_bank: torch.Tensor,
     *,
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The criterion's losses of one collated batch (``collate_samples``) under ``model``."""
+    """The losses of one collated batch (``collate_samples``) under ``model``, by the criterion
+    of its task (``make_criteria``)."""
     device = class_bank.device
     images = _normalise(batch["frames"], batch["valid"], model.config).to(device)
     b, t = batch["frames"].shape[:2]
@@ -275,8 +282,8 @@ def compute_losses(
         predictions = model(images, class_bank, num_frames=t, all_layers=True)
     as_dicts = [{"class_logits": p.class_logits, "mask_logits": p.mask_logits,
                  "iou_logits": p.iou_logits} for p in predictions]
-    return criterion(as_dicts, targets, prompt_mode=batch["task"] == "prompt",
-                     generator=generator)
+    return criteria[batch["task"]](as_dicts, targets, prompt_mode=batch["task"] == "prompt",
+                                   generator=generator)
 
 
 def build_class_bank_for(model: torch.nn.Module, names: tuple[str, ...]) -> torch.Tensor:
@@ -425,13 +432,19 @@ def _lr_lambda(config: TrainConfig):
     return factor
 
 
-def _criterion(config: TrainConfig, num_classes: int) -> SetCriterion:
+def make_criteria(config: TrainConfig, num_classes: int) -> dict[str, SetCriterion]:
+    """The criterion of each task. Prompt batches weigh their class loss by
+    ``prompt_class_weight``: upstream sums it over every prompt of the batch (its normaliser is
+    clamped to 1), which buries the mask losses of a small batch (see ``TrainConfig``)."""
     matcher = HungarianMatcher(cost_class=config.class_weight, cost_mask=config.mask_weight,
                                cost_dice=config.dice_weight, num_points=config.num_points)
-    return SetCriterion(num_classes, matcher, class_weight=config.class_weight,
-                        mask_weight=config.mask_weight, dice_weight=config.dice_weight,
-                        iou_weight=config.iou_weight, void_weight=config.void_weight,
-                        num_points=config.num_points)
+    weights = {"mask_weight": config.mask_weight, "dice_weight": config.dice_weight,
+               "iou_weight": config.iou_weight, "void_weight": config.void_weight,
+               "num_points": config.num_points}
+    learned = SetCriterion(num_classes, matcher, class_weight=config.class_weight, **weights)
+    prompt = SetCriterion(num_classes, matcher, class_weight=config.prompt_class_weight,
+                          **weights)
+    return {"panoptic": learned, "video": learned, "prompt": prompt}
 
 
 # --------------------------------------------------------------------- evaluation and state

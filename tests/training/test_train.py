@@ -17,10 +17,10 @@ from training.model import build_model
 from training.model.checkpoint import load_checkpoint
 from training.train import (
     TrainingError,
-    _criterion,
     _optimizer,
     build_class_bank_for,
     compute_losses,
+    make_criteria,
     prepare_data,
     train,
     train_step,
@@ -56,17 +56,17 @@ def test_one_step_reduces_the_loss_on_a_fixed_batch(data_root, task):
     part = data.parts[["panoptic", "video", "prompt"].index(task)]
     batch = collate_samples([part[0], part[1]])
     assert batch["task"] == task
-    criterion = _criterion(config, len(data.names))
+    criteria = make_criteria(config, len(data.names))
     parameters, optimizer = _optimizer(model, config)
 
     def loss() -> float:  # the same sampled points every time
         with torch.no_grad():
-            losses = compute_losses(model, criterion, batch, bank,
+            losses = compute_losses(model, criteria, batch, bank,
                                     generator=torch.Generator().manual_seed(7))
         return float(losses["loss"])
 
     before = loss()
-    step = train_step(model, criterion, optimizer, batch, bank, config, parameters=parameters,
+    step = train_step(model, criteria, optimizer, batch, bank, config, parameters=parameters,
                       generator=torch.Generator().manual_seed(7))
     assert step["loss"] == pytest.approx(before, rel=1e-5)  # train mode == no-grad loss
     assert loss() < before
