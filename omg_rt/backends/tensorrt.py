@@ -30,15 +30,9 @@ from typing import Any
 import numpy as np
 
 from omg_rt.backends.base import TensorSpec
+from omg_rt.backends.trt_profiles import profile_shapes, runtime_ranges
 from omg_rt.errors import BackendUnavailableError, BundleError, InvalidInputError
-from omg_rt.spec import (
-    CLIP_HEAD,
-    ENCODER,
-    PIXEL_DECODER,
-    PROMPT_ENCODER,
-    QUERY_DECODER,
-    TEXT_ENCODER,
-)
+from omg_rt.spec import PIXEL_DECODER
 
 log = logging.getLogger("omg_rt")
 
@@ -207,47 +201,29 @@ def _engine_path(bundle: Any, opts: TensorRTOptions, key: str, precision: str, n
 
 
 def _profile_shapes(
-    graph: str, name: str, shape: tuple, bundle: Any, opts: TensorRTOptions
-) -> tuple[tuple, tuple, tuple]:
-    """(min, opt, max) for an input with dynamic axes, from what each axis means."""
-    q = bundle.query_content.shape[0]
+    graph: str, network_inputs: dict[str, tuple], bundle: Any, opts: TensorRTOptions
+) -> dict[str, tuple[tuple, tuple, tuple]]:
+    """(min, opt, max) of the network's inputs with dynamic (-1) axes, each axis named as the
+    manifest names it, from the runtime's ranges (:mod:`omg_rt.backends.trt_profiles`)."""
+    declared = bundle.graphs[graph].inputs if graph in bundle.graphs else {}
+    dims: dict[str, list[int | str | None]] = {}
+    for name, shape in network_inputs.items():
+        named = declared[name].shape if name in declared else ()
+        axis_names = [a if isinstance(a, str) else None for a in named]
+        axis_names += [None] * (len(shape) - len(axis_names))
+        dims[name] = [d if d >= 0 else axis_names[axis] for axis, d in enumerate(shape)]
     k, s = bundle.vocabulary.class_bank.shape[:2]
-    meaning: dict[tuple[str, int], tuple[int, int, int]] = {
-        (ENCODER.name, 0): (1, 1, opts.max_batch),
-        (PROMPT_ENCODER.name, 0): (1, 1, 1),
-        (PROMPT_ENCODER.name, 1): (1, 8, opts.max_prompts),
-        (TEXT_ENCODER.name, 0): (1, 14, opts.max_texts),
-        (CLIP_HEAD.name, 0): (1, 1, 1),
-        (CLIP_HEAD.name, 1): (1, q, max(q, opts.max_prompts)),
-    }
-    frames = (1, 1, max(opts.max_batch, opts.max_frames))
-    mins, opts_, maxs = [], [], []
-    for axis, dim in enumerate(shape):
-        if isinstance(dim, int) and dim >= 0:
-            lo = mid = hi = dim
-        elif graph == PIXEL_DECODER.name and axis == 0:
-            lo, mid, hi = frames
-        elif graph == QUERY_DECODER.name:
-            if name in ("memory_s32", "memory_s16", "memory_s8", "mask_features") and axis == 0:
-                lo, mid, hi = frames
-            elif name == "class_bank":
-                lo, mid, hi = (
-                    (1, k, max(k, opts.max_classes))
-                    if axis == 0
-                    else (1, s, max(s, opts.max_synonyms))
-                )
-            elif name in ("query_content", "query_position"):
-                lo, mid, hi = (1, 1, 1) if axis == 0 else (1, q, max(q, opts.max_prompts))
-            else:
-                raise BundleError(f"tensorrt: no profile rule for {graph}.{name} axis {axis}")
-        elif (graph, axis) in meaning:
-            lo, mid, hi = meaning[(graph, axis)]
-        else:
-            raise BundleError(f"tensorrt: no profile rule for {graph}.{name} axis {axis}")
-        mins.append(lo)
-        opts_.append(mid)
-        maxs.append(hi)
-    return tuple(mins), tuple(opts_), tuple(maxs)
+    counts = {"Q": bundle.query_content.shape[0], "K": k, "S": s}
+    ranges = runtime_ranges(
+        max_batch=opts.max_batch,
+        max_frames=opts.max_frames,
+        max_prompts=opts.max_prompts,
+        max_classes=opts.max_classes,
+        max_synonyms=opts.max_synonyms,
+        max_texts=opts.max_texts,
+        counts=counts,
+    )
+    return profile_shapes(dims, ranges, counts, graph=graph)
 
 
 def _build_engine(
@@ -285,16 +261,12 @@ def _build_engine(
         config.DLA_core = int(opts.dla_core)
         if opts.gpu_fallback:
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-    profile = builder.create_optimization_profile()
-    dynamic = False
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        shape = tuple(tensor.shape)
-        if any(d < 0 for d in shape):
-            dynamic = True
-            lo, mid, hi = _profile_shapes(graph, tensor.name, shape, bundle, opts)
-            profile.set_shape(tensor.name, lo, mid, hi)
-    if dynamic:
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    shapes = _profile_shapes(graph, {t.name: tuple(t.shape) for t in inputs}, bundle, opts)
+    if shapes:
+        profile = builder.create_optimization_profile()
+        for name, (lo, mid, hi) in shapes.items():
+            profile.set_shape(name, lo, mid, hi)
         config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

@@ -451,6 +451,30 @@ def test_import_and_onnxruntime_inference_do_not_import_torch():
 # ---------------------------------------------------------------- TensorRT (skips here)
 
 
+def test_tensorrt_profiles_cover_every_dynamic_axis_of_the_bundle():
+    from omg_rt.backends.trt_profiles import TARGET_RANGES, profile_shapes, runtime_ranges
+    from omg_rt.bundle import load_bundle
+
+    bundle = load_bundle(tiny_bundle())
+    counts = {"Q": 7, "K": len(NAMES), "S": 2}
+    limits = dict(max_batch=4, max_frames=5, max_prompts=64, max_classes=256, max_synonyms=20)
+    runtime = runtime_ranges(**limits, max_texts=256, counts=counts)
+    for ranges in (runtime, *TARGET_RANGES.values()):
+        for graph, entry in bundle.graphs.items():
+            inputs = {name: spec.shape for name, spec in entry.inputs.items()}
+            shapes = profile_shapes(inputs, ranges, counts, graph=graph)
+            dynamic = {n for n, dims in inputs.items() if any(isinstance(d, str) for d in dims)}
+            assert set(shapes) == dynamic, graph
+            for lo, opt, hi in shapes.values():
+                assert all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)), graph
+    query_decoder = {n: s.shape for n, s in bundle.graphs["query_decoder"].inputs.items()}
+    shapes = profile_shapes(query_decoder, runtime, counts)
+    assert shapes["query_content"][1][:2] == (1, 7)  # one clip, opt = the learned queries
+    assert shapes["memory_s32"][2][0] == 5  # up to max(max_batch, max_frames) frames
+    with pytest.raises(BundleError, match="no profile rule"):
+        profile_shapes({"x": ("M", 3)}, runtime, counts)
+
+
 @pytest.mark.tensorrt
 @pytest.mark.gpu
 def test_tensorrt_backend_matches_onnxruntime(ort, tmp_path):
