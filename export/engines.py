@@ -6,7 +6,8 @@ that triple, so the runtime loads plans from the directory whose key matches its
 another. ``engines/<key>/engines.json`` records the key, the optimisation profiles and the files;
 ``engines/<key>/timing.cache`` is the builder's timing cache (reused by later builds).
 
-- Every dynamic axis gets one optimisation profile range (``PROFILES`` per target).
+- Every dynamic axis gets one optimisation profile range (``TARGET_RANGES`` per target; the rules
+  are shared with the runtime's engine builder: ``omg_rt.backends.trt_profiles``).
 - FP16: ``BuilderFlag.FP16`` with FP32 islands pinned (normalisation, softmax, reductions;
   ``OBEY_PRECISION_CONSTRAINTS``) — ConvNeXt's LayerNorm overflows in FP16.
 - INT8: explicit quantization, built from the bundle's QDQ graphs (``int8/``, quantized with
@@ -29,17 +30,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from omg_rt.backends import trt_profiles
+from omg_rt.backends.trt_profiles import TARGET_RANGES
 from omg_rt.errors import BackendUnavailableError
 
 WORKSPACE_BYTES = 4 << 30
-# (min, opt, max) per symbolic dimension; ``None`` for opt = the vocabulary / query count.
-PROFILES: dict[str, dict[str, tuple[int, int | None, int]]] = {
-    "h100": {"N": (1, 1, 8), "B": (1, 1, 4), "Q": (1, None, 512), "P": (1, 16, 256),
-             "K": (1, None, 1536), "S": (1, None, 32), "texts": (1, 64, 512)},
-    "jetson-orin": {"N": (1, 1, 4), "B": (1, 1, 2), "Q": (1, None, 320), "P": (1, 16, 64),
-                    "K": (1, None, 512), "S": (1, None, 32), "texts": (1, 64, 256)},
-}
-PROFILES["cpu"] = PROFILES["h100"]
 
 
 def import_tensorrt() -> Any:
@@ -72,28 +67,10 @@ def current_gpu() -> tuple[str, tuple[int, int]]:
 
 def profile_shapes(io: Mapping[str, Any], target: str, defaults: Mapping[str, int]
                    ) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """(min, opt, max) shapes of every input with symbolic dimensions."""
-    table = PROFILES[target]
-    shapes = {}
-    for name, tensor in io["inputs"].items():
-        dims = tensor["shape"]
-        if not any(isinstance(d, str) for d in dims):
-            continue
-        triple = []
-        for which in range(3):
-            shape = []
-            for d in dims:
-                if isinstance(d, int):
-                    shape.append(d)
-                    continue
-                key = "texts" if name == "token_ids" else d
-                lo, opt, hi = table.get(key, (1, 1, 8))
-                opt = defaults.get(d, 1) if opt is None else opt
-                opt = min(max(opt, lo), hi)
-                shape.append((lo, opt, hi)[which])
-            triple.append(tuple(shape))
-        shapes[name] = tuple(triple)
-    return shapes
+    """(min, opt, max) shapes of every input of a manifest graph entry with symbolic dimensions,
+    for an export target (``defaults``: the bundle's ``Q``, ``K``, ``S``)."""
+    inputs = {name: tensor["shape"] for name, tensor in io["inputs"].items()}
+    return trt_profiles.profile_shapes(inputs, TARGET_RANGES[target], defaults)
 
 
 def build_engines(bundle: Path, manifest: Mapping[str, Any], *, target: str,
