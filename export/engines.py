@@ -65,8 +65,11 @@ def current_gpu() -> tuple[str, tuple[int, int]]:
     return torch.cuda.get_device_name(0), (major, minor)
 
 
+Shape = tuple[int, ...]
+
+
 def profile_shapes(io: Mapping[str, Any], target: str, defaults: Mapping[str, int]
-                   ) -> dict[str, tuple[tuple[int, ...], ...]]:
+                   ) -> dict[str, tuple[Shape, Shape, Shape]]:
     """(min, opt, max) shapes of every input of a manifest graph entry with symbolic dimensions,
     for an export target (``defaults``: the bundle's ``Q``, ``K``, ``S``)."""
     inputs = {name: tensor["shape"] for name, tensor in io["inputs"].items()}

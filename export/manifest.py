@@ -87,6 +87,7 @@ def write_manifest(bundle: Path, manifest: dict[str, Any]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=bundle, prefix=".manifest.")
     with os.fdopen(fd, "w") as f:
         json.dump(manifest, f, indent=1)  # insertion order: graph I/O stays in call order
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; a deployed bundle is read by other users
     os.replace(tmp, bundle / MANIFEST)
     return bundle / MANIFEST
 

@@ -100,6 +100,7 @@ def save_model(model: onnx.ModelProto, path: Path, *,
     if weights > external_data_bytes:
         onnx.save_model(model, str(path), save_as_external_data=True,
                         all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
+        data.chmod(0o644)  # onnx creates it 0600
     else:
         onnx.save_model(model, str(path))
     onnx.checker.check_model(str(path))
