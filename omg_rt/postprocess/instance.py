@@ -115,7 +115,8 @@ def instances_from_masks(
         selected_mask_logits: (N, H, W) float32, the masks of ``query_indices`` in that order.
 
     Returns:
-        :class:`InstanceResult`.
+        :class:`InstanceResult`; empty arrays of the same ranks when N is 0 (no thing class in
+        the top-k).
     """
     selected_mask_logits = check_array(
         selected_mask_logits, "selected_mask_logits", 3, "float32", "float32 (N, H, W)"
@@ -129,7 +130,7 @@ def instances_from_masks(
     inside = np.empty(n, dtype=np.float64)
     for i in range(n):  # one mask at a time: no (N, H, W) float temporaries
         inside[i] = sigmoid(selected_mask_logits[i][masks[i]]).sum(dtype=np.float64)
-    area = masks.reshape(n, -1).sum(1).astype(np.float32)
+    area = masks.sum(axis=(1, 2)).astype(np.float32)  # not reshape(n, -1): n may be 0
     mask_scores = inside.astype(np.float32) / (area + np.float32(1e-6))
     return InstanceResult(
         scores=(class_probs.astype(np.float32) * mask_scores).astype(np.float32),

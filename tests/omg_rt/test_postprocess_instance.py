@@ -7,7 +7,12 @@ import pytest
 from scipy.special import expit
 
 from omg_rt.errors import InvalidInputError
-from omg_rt.postprocess.instance import instance_results, masks_to_boxes, select_instances
+from omg_rt.postprocess.instance import (
+    instance_results,
+    instances_from_masks,
+    masks_to_boxes,
+    select_instances,
+)
 from omg_rt.postprocess.semantic import semantic_results, semantic_with_scores
 
 
@@ -52,6 +57,21 @@ def test_empty_mask_scores_zero_and_boxes_zero():
     result = instance_results(cls, np.full((1, 3, 3), -1.0, np.float32), num_things=1)
     assert result.scores.tolist() == [0.0]
     np.testing.assert_array_equal(result.boxes, np.zeros((1, 4), np.float32))
+
+
+def test_no_thing_class_in_the_top_k_gives_an_empty_result_of_the_right_shapes():
+    # Q = 2, K = 3 (class 0 a thing); the top 2 are both stuff (classes 1 and 2).
+    cls = np.array([[-5.0, 4.0, 0.0, 0.0], [-5.0, 0.0, 4.0, 0.0]], np.float32)
+    result = instance_results(cls, np.ones((2, 5, 7), np.float32), num_things=1, max_per_image=2)
+    expected = {"scores": ((0,), np.float32), "labels": ((0,), np.int64),
+                "query_indices": ((0,), np.int64), "masks": ((0, 5, 7), bool),
+                "boxes": ((0, 4), np.float32)}
+    for name, (shape, dtype) in expected.items():
+        value = getattr(result, name)
+        assert (value.shape, value.dtype) == (shape, np.dtype(dtype)), name
+    direct = instances_from_masks(np.zeros(0, np.float32), np.zeros(0, np.int64),
+                                  np.zeros(0, np.int64), np.zeros((0, 5, 7), np.float32))
+    assert direct.masks.shape == (0, 5, 7) and direct.boxes.shape == (0, 4)
 
 
 def test_masks_to_boxes_is_exclusive_on_the_far_side():
