@@ -67,13 +67,13 @@ def panoptic_result(
     # Only non-void queries above the threshold can paint: resizing just those is exact.
     kept = np.flatnonzero((labels != k) & (scores > np.float32(post.object_mask_threshold)))
     full = full_resolution(session, mask_logits[kept])
-    thresholds = dict(object_mask_thr=post.object_mask_threshold, iou_thr=post.overlap_threshold)
+    object_thr, iou_thr = post.object_mask_threshold, post.overlap_threshold
     if video_ids:
         result = vps_results(
-            cls[kept], [full], vocabulary.num_things, query_ids=kept, **thresholds
+            cls[kept], [full], vocabulary.num_things, object_thr, iou_thr, query_ids=kept
         )[0]
     else:
-        result = panoptic_results(cls[kept], full, vocabulary.num_things, **thresholds)
+        result = panoptic_results(cls[kept], full, vocabulary.num_things, object_thr, iou_thr)
     return _from_panoptic(result, vocabulary, task, frame_index, void=k)
 
 

@@ -447,7 +447,8 @@ class Segmenter:
             raise InvalidInputError(f"clip_size: expected an int >= 1, got {clip_size!r}")
         if self._fixed_clip_size is not None:
             clip_size = self._fixed_clip_size
-        masks, ids = None, ()
+        masks: np.ndarray | None = None
+        ids: tuple[int, ...] = ()
         if task == "vos":
             if first_mask is None:
                 raise InvalidInputError("first_mask: required for task='vos', got None")

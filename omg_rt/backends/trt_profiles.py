@@ -110,7 +110,7 @@ def profile_shapes(
                 lo = opt = hi = dim
             else:
                 meaning = axis_meaning(name, dim) if isinstance(dim, str) else None
-                if meaning is None or meaning not in ranges:
+                if dim is None or meaning is None or meaning not in ranges:
                     raise BundleError(
                         f"tensorrt: no profile rule for {graph}.{name} axis {axis} ({dim!r})"
                     )

@@ -185,7 +185,7 @@ def mask_pooled_clip_features(
     weights /= weights.sum(1, keepdims=True) + np.float32(1e-8)
     feats = clip_features.transpose(1, 0, 2, 3).reshape(clip_features.shape[1], -1)  # (C, T*hc*wc)
     pooled = (weights @ feats.T).astype(np.float32)  # (Q, C)
-    return pooled, masks.reshape(q, -1).any(1)
+    return pooled, np.asarray(masks.reshape(q, -1).any(1))
 
 
 def clip_class_logits(
