@@ -34,12 +34,15 @@ def bench_preset(name: str, size: int, runs: int) -> list[Row]:
         rows.append(
             Row("pixel decoder", case, time_cpu(lambda: model.decode_pixels(features), runs=runs))
         )
-        out = model.decode_queries(memories, mask_features, bank)[-1]
+        queries = model.learned_queries(1)
+        out = model.decode_queries(memories, mask_features, bank, *queries)[-1]
         rows.append(
             Row(
                 "query decoder",
                 case,
-                time_cpu(lambda: model.decode_queries(memories, mask_features, bank), runs=runs),
+                time_cpu(
+                    lambda: model.decode_queries(memories, mask_features, bank, *queries), runs=runs
+                ),
             )
         )
     logits = out.mask_logits[0, :, 0].numpy().astype(np.float32)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernel_testing import assert_parity
+
+from tests.kernels.kernel_testing import assert_parity
 
 REPO = Path(__file__).resolve().parents[2]
 C_API = ["omg_kernels_init", "omg_kernels_last_error", "omg_kernels_num_variants",

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import DEVICE, assert_parity
 
 import kernels
 from kernels.masked_attention_triton import masked_attention_triton
 from kernels.reference import masked_attention_reference
+from tests.kernels.kernel_testing import DEVICE, assert_parity
 
 # (name, B, M, Q, K, d, heads in the mask)
 SHAPES = [

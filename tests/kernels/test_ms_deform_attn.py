@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import DEVICE, assert_parity
 
 import kernels
 from kernels.ms_deform_attn_triton import ms_deform_attn_triton
 from kernels.reference import ms_deform_attn_reference
+from tests.kernels.kernel_testing import DEVICE, assert_parity
 
 # (name, batch N, queries Lq, heads M, head dim D, levels (H, W), points P)
 SHAPES = [

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernel_testing import assert_parity
 
 from kernels.reference import ms_deform_attn_reference
 from kernels.trt_plugin import PLUGIN_NAME, ms_deform_attn_onnx, strip_scratch_params
+from tests.kernels.kernel_testing import assert_parity
 
 REPO = Path(__file__).resolve().parents[2]
 OMG_CONSTANTS = dict(M=8, D=32, L=3, P=4, BLOCK_Q=64, BLOCK_D=32)

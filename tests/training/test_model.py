@@ -16,6 +16,7 @@ from training.model import build_model
 from training.model.checkpoint import load_checkpoint, remap_official_keys, save_checkpoint
 from training.model.query_decoder import Mask2FormerQueryDecoder
 
+
 @pytest.fixture(autouse=True)
 def _inference_mode():
     with torch.no_grad():
