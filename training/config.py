@@ -276,11 +276,15 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         num_val_videos=16,
         image_scale_range=(0.7, 1.3),
         video_frames=3,
-        steps=2500,
+        ratios={"panoptic": 0.35, "video": 0.35, "prompt": 0.3},
+        steps=6000,
         lr=5e-4,
-        warmup_steps=100,
+        warmup_steps=200,
         num_points=512,
-        eval_every=500,
+        eval_every=1000,
+        # one thread: these tensors are too small for two to pay off, and on a shared machine
+        # a second thread mostly spins
+        threads=1,
     ),
 }
 
