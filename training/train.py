@@ -137,7 +137,20 @@ def train(
         other ranks get ``{}``).
     """
     dist_info = dist_info or DistInfo(rank=0, world_size=1, device=torch.device("cpu"))
-    out = Path(out_dir)
+    # process-wide torch settings are restored afterwards (train() may run inside a test or demo)
+    threads = torch.get_num_threads()
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        return _train(config, Path(out_dir), resume, dist_info, progress, max_seconds, stop_at)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        _close_logging()
+
+
+def _train(config: TrainConfig, out: Path, resume: bool, dist_info: DistInfo, progress: bool,
+           max_seconds: float | None, stop_at: int | None) -> TrainResult:
     _check_run_dir(config, out, resume)
     if dist_info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -610,14 +623,18 @@ def _barrier() -> None:
 
 def _setup_logging(path: Path) -> None:
     LOG.setLevel(logging.INFO)
-    for handler in list(LOG.handlers):
-        if getattr(handler, "_omg_train", False):
-            LOG.removeHandler(handler)
-            handler.close()
+    _close_logging()
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     handler._omg_train = True  # type: ignore[attr-defined]
     LOG.addHandler(handler)
+
+
+def _close_logging() -> None:
+    for handler in list(LOG.handlers):
+        if getattr(handler, "_omg_train", False):
+            LOG.removeHandler(handler)
+            handler.close()
 
 
 def _sha256(path: Path) -> str:
