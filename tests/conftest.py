@@ -51,3 +51,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "tensorrt" in item.keywords and not trt:
             item.add_marker(skip_trt)
+
+
+@pytest.fixture(autouse=True)
+def _grad_mode_starts_enabled():
+    """Every test starts with autograd on, whatever another module switched at import time."""
+    import torch
+
+    with torch.enable_grad():
+        yield

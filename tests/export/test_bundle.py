@@ -23,7 +23,11 @@ from omg_rt.spec import GRAPHS
 from tests.conftest import OFFICIAL_FIXTURES
 from training.model import build_model
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
 SIZE = 128
 
 

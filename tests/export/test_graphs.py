@@ -17,10 +17,14 @@ from export.onnx_export import export_graph, op_types
 from export.vocab import resolve_vocabulary
 from export.vocabularies import VOCABULARIES
 from omg_rt.errors import InvalidInputError
+from omg_rt.vocabulary import split_label
 from training.model import build_model
-from training.vocabulary import split_label
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
 
 
 @pytest.fixture(scope="module")
