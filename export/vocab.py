@@ -12,7 +12,8 @@
   else from the one shipped vocabulary with K classes;
 - in Python, any object with ``names``, ``num_things`` and optionally ``bank`` and ``seen``.
 
-Banks built from names use the model's CLIP text tower (``training.vocabulary``).
+Banks built from names use the model's CLIP text tower (``training.vocabulary``, whose rules are
+``omg_rt.vocabulary``'s).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from tqdm import tqdm
 
 from export.vocabularies import VOCABULARIES
 from omg_rt.errors import InvalidInputError
+from omg_rt.vocabulary import VILD_TEMPLATES, class_overlap, split_label
 from training.model import OMGSeg
-from training.vocabulary import VILD_TEMPLATES, build_class_bank, class_overlap, split_label
+from training.vocabulary import build_class_bank
 
 BANK_SUFFIXES = (".pth", ".pt", ".npy")
 NAME_SUFFIXES = (".txt", ".json")

@@ -1,7 +1,7 @@
 """Class-name vocabularies of the datasets OMG-Seg is evaluated on, as data.
 
 Facts from the official datasets, in the form the official code feeds its text encoder: one string
-per class, synonyms separated by ``,`` (``training.vocabulary.split_label`` also splits ``_or_`` and
+per class, synonyms separated by ``,`` (``omg_rt.vocabulary.split_label`` also splits ``_or_`` and
 ``/`` and turns ``_`` into spaces). Things first, then stuff: classes ``[0, num_things)`` are
 things. COCO and ADE20K carry the open-vocabulary synonym lists of the official
 ``CocoPanopticOVDataset`` and ``ADEPanopticOVDataset``; VIPSeg and YouTube-VIS 2019 use the raw

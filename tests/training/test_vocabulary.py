@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from omg_rt.vocabulary import VILD_TEMPLATES, class_overlap, split_label
 from training.model import build_model
-from training.vocabulary import VILD_TEMPLATES, build_class_bank, class_overlap, split_label
+from training.vocabulary import build_class_bank
 
 torch.set_grad_enabled(False)
 
