@@ -10,7 +10,11 @@ from omg_rt.vocabulary import VILD_TEMPLATES, class_overlap, split_label
 from training.model import build_model
 from training.vocabulary import build_class_bank
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
 
 
 @pytest.fixture(scope="module")
