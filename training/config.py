@@ -267,7 +267,7 @@ def _describe(hint: Any) -> str:
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     # The embedded default: a small model learns the shapes world on the 2-core CPU in at most
-    # 15 minutes (measured recipe and curve: see ``training/synthetic.py``).
+    # 15 minutes (the measured curve and what it reaches: ``training/synthetic.py``).
     "synthetic-tiny": TrainConfig(
         model="synthetic-tiny",
         num_train_images=2000,
