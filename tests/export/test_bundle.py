@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from export import ParityError, build_bundle
 from export.manifest import check_hashes
-from export.verify import TOLERANCES
+from export.verify import SENSITIVITY_FACTOR, TOLERANCES
 from omg_rt.errors import InvalidInputError
 from omg_rt.preprocess import prepare_image
 from omg_rt.spec import GRAPHS
@@ -130,6 +130,10 @@ def test_fp32_parity_report_is_within_tolerance_for_every_task(report):
     for outputs in fp32["graphs"].values():
         for err in outputs.values():
             assert err["max_abs"] <= 1e-4 * max(1.0, err["ref_max_abs"])
+    # the tiny model is continuous at float32 level: its query decoder keeps the plain tolerance
+    assert report["sensitivity"]["factor"] == SENSITIVITY_FACTOR
+    qd = fp32["logit_bounds"]["query_decoder.class_logits"]
+    assert qd["rule"] == "tolerance" and qd["passed"] and qd["sensitivity"] > 0
 
 
 def test_real_image_end_to_end_matches_pytorch(bundle, manifest, model):
