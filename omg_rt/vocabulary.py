@@ -13,11 +13,24 @@ tower) and ``Segmenter.set_vocabulary`` (text-encoder graph) only supply the tex
 
 One deliberate difference from the official ``split_label``: empty parts (``"cat,"``) are dropped
 instead of being embedded as the empty synonym ``"a photo of a ."``. No shipped vocabulary has any.
+
+On-disk cache (opt-in; the official ``~/.cache/embd`` is exactly the hidden path we avoid): a bank
+is stored as ``<cache_dir>/vocab/<key>.npy``, ``cache_dir`` given by the caller or by the
+``OMG_RT_CACHE`` environment variable, never a default. The key (``class_bank_key``) is the sha256
+of the model's name, the sha256 of its text-encoder weights, the exact names and the templates.
+Files are written atomically; a file that does not hold a bank of the expected shape is rebuilt
+with a warning, never used.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
+import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -41,6 +54,9 @@ VILD_TEMPLATES: tuple[str, ...] = (
     "There is a large {} in the scene.",
 )
 TEXT_BATCH = 256  # texts per text-encoder call (the official NUM_BATCH)
+CACHE_ENV = "OMG_RT_CACHE"
+# Part of every cache key: bump it when the bank a key names changes (split, aggregation, padding).
+CACHE_FORMAT = 1
 
 
 def split_label(name: str) -> list[str]:
@@ -176,6 +192,98 @@ def build_class_bank(
     chunks = [embed_texts(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
     embeddings = np.concatenate(chunks, axis=0)  # (sum S_k * T, D)
     return aggregate_class_bank(embeddings, synonym_counts, len(templates))
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path | None:
+    """``cache_dir`` if given, else ``$OMG_RT_CACHE`` if set and non-empty, else None (no cache;
+    there is no default location)."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get(CACHE_ENV, "")
+    return Path(env) if env else None
+
+
+def class_bank_key(
+    model_name: str,
+    weights_sha256: str,
+    names: Sequence[str],
+    templates: Sequence[str] = VILD_TEMPLATES,
+) -> str:
+    """The cache key of a bank: hex sha256 of a canonical JSON document holding the cache format,
+    the model's spec name, the sha256 of its text-encoder weights, the exact names (order and
+    spelling as given) and the templates."""
+    document = {
+        "format": CACHE_FORMAT,
+        "model": model_name,
+        "text_encoder_sha256": weights_sha256,
+        "names": list(names),
+        "templates": list(templates),
+    }
+    text = json.dumps(document, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def class_bank_path(cache_dir: Path, key: str) -> Path:
+    """``<cache_dir>/vocab/<key>.npy``."""
+    return Path(cache_dir) / "vocab" / f"{key}.npy"
+
+
+def read_cached_bank(path: Path, names: Sequence[str]) -> np.ndarray | None:
+    """The bank cached at ``path`` for ``names``, or None when there is none.
+
+    A file that cannot be read as a (K, S, D) float32 array of finite unit rows with K = len(names)
+    and S = the names' largest synonym count is reported with a ``RuntimeWarning`` and ignored
+    (the caller rebuilds and overwrites it).
+    """
+    try:
+        bank = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, EOFError) as exc:  # truncated, not .npy, or unreadable
+        _warn_corrupt(path, f"unreadable ({exc})")
+        return None
+    expected = (len(names), max(len(split_label(n)) for n in names))
+    if not isinstance(bank, np.ndarray) or bank.dtype != np.float32 or bank.ndim != 3:
+        _warn_corrupt(path, f"expected a float32 (K, S, D) array, got {bank.dtype} {bank.shape}")
+        return None
+    if bank.shape[:2] != expected:
+        _warn_corrupt(path, f"expected shape {expected + ('D',)}, got {bank.shape}")
+        return None
+    norms = np.linalg.norm(bank, axis=-1)
+    if not np.all(np.isfinite(bank)) or not np.allclose(norms, 1.0, atol=1e-3):
+        _warn_corrupt(path, "expected finite unit-norm rows")
+        return None
+    return bank
+
+
+def write_cached_bank(path: Path, bank: np.ndarray) -> None:
+    """Store ``bank`` at ``path`` atomically (a temporary file in the same folder, then a rename:
+    readers see the old file or the whole new one). An OSError (read-only or full disk) is
+    reported with a ``RuntimeWarning``: the bank is still returned to the caller, only not cached.
+    """
+    path = Path(path)
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.ascontiguousarray(bank, dtype=np.float32))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared like a bundle
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        warnings.warn(f"class bank cache {path}: not written ({exc})", RuntimeWarning,
+                      stacklevel=2)
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _warn_corrupt(path: Path, reason: str) -> None:
+    warnings.warn(f"class bank cache {path}: {reason}; rebuilding it", RuntimeWarning,
+                  stacklevel=3)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

@@ -1,14 +1,19 @@
-"""Text banks as the official gen_cls builds them: synonyms, templates, aggregation, padding."""
+"""Text banks as the official gen_cls builds them: synonyms, templates, aggregation, padding; the
+on-disk bank cache."""
 
 from __future__ import annotations
 
+import copy
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from omg_rt.vocabulary import VILD_TEMPLATES, class_overlap, split_label
+from omg_rt.vocabulary import VILD_TEMPLATES, class_bank_key, class_overlap, split_label
 from training.model import build_model
-from training.vocabulary import build_class_bank
+from training.vocabulary import build_class_bank, text_encoder_sha256
 
 
 @pytest.fixture(autouse=True)
@@ -70,3 +75,78 @@ def test_class_overlap_is_the_official_word_rule():
     train = ["person,child", "car,cars", "sky"]
     assert class_overlap(train, ["child,kid", "truck", "sky,clouds", "cars"]) == [
         True, False, True, True]
+
+
+class CountingEncoder:
+    """The real text encoder, counting its forward calls (every other attribute delegated)."""
+
+    def __init__(self, encoder):
+        self.encoder, self.calls = encoder, 0
+
+    def __call__(self, token_ids):
+        self.calls += 1
+        return self.encoder(token_ids)
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+
+def counting(model):
+    return SimpleNamespace(config=model.config, text_encoder=CountingEncoder(model.text_encoder))
+
+
+def cached_files(cache_dir):
+    return sorted((cache_dir / "vocab").glob("*.npy"))
+
+
+NAMES = ["cat,kitten", "dog"]
+
+
+def test_a_cache_hit_returns_the_identical_bank_without_running_the_text_encoder(tiny, tmp_path):
+    model = counting(tiny)
+    first = build_class_bank(model, NAMES, cache_dir=tmp_path)
+    assert model.text_encoder.calls > 0
+    [path] = cached_files(tmp_path)
+    assert path.name == f"{class_bank_key('tiny', text_encoder_sha256(tiny.text_encoder), NAMES)}.npy"
+    model.text_encoder.calls = 0
+    second = build_class_bank(model, NAMES, cache_dir=tmp_path)
+    assert model.text_encoder.calls == 0
+    assert second.dtype == torch.float32 and torch.equal(second, first)
+    assert torch.equal(first, build_class_bank(tiny, NAMES))  # the cache changes nothing
+
+
+def test_without_a_cache_dir_nothing_is_written_and_the_environment_can_name_one(
+        tiny, tmp_path, monkeypatch):
+    monkeypatch.delenv("OMG_RT_CACHE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    build_class_bank(tiny, NAMES)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("OMG_RT_CACHE", str(tmp_path / "env"))
+    model = counting(tiny)
+    build_class_bank(model, NAMES)
+    build_class_bank(model, NAMES)
+    assert len(cached_files(tmp_path / "env")) == 1 and model.text_encoder.calls == 1
+
+
+def test_a_changed_name_or_text_encoder_weight_changes_the_key(tiny, tmp_path):
+    build_class_bank(tiny, NAMES, cache_dir=tmp_path)
+    build_class_bank(tiny, ["cat,kitten", "dogs"], cache_dir=tmp_path)
+    assert len(cached_files(tmp_path)) == 2
+    changed = copy.deepcopy(tiny)
+    changed.text_encoder.tower.text_projection.data[0, 0] += 1e-3
+    assert text_encoder_sha256(changed.text_encoder) != text_encoder_sha256(tiny.text_encoder)
+    model = counting(changed)
+    bank = build_class_bank(model, NAMES, cache_dir=tmp_path)
+    assert model.text_encoder.calls > 0 and len(cached_files(tmp_path)) == 3
+    assert not torch.equal(bank, build_class_bank(tiny, NAMES, cache_dir=tmp_path))
+
+
+def test_a_corrupt_cache_file_is_rebuilt_with_a_warning_not_used(tiny, tmp_path):
+    first = build_class_bank(tiny, NAMES, cache_dir=tmp_path)
+    [path] = cached_files(tmp_path)
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    model = counting(tiny)
+    with pytest.warns(RuntimeWarning, match="class bank cache .*rebuilding"):
+        rebuilt = build_class_bank(model, NAMES, cache_dir=tmp_path)
+    assert model.text_encoder.calls > 0 and torch.equal(rebuilt, first)
+    assert np.array_equal(np.load(path), first.numpy())  # the file was rewritten whole
