@@ -26,7 +26,6 @@ from export.verify import (
 from omg_rt.spec import QUERY_DECODER
 from training.model import build_model
 
-torch.set_grad_enabled(False)
 SIZE = 64
 NUM_THINGS = 20
 QD = QUERY_DECODER.name
@@ -35,7 +34,7 @@ QD = QUERY_DECODER.name
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return build_model("tiny").eval()
+    return build_model("tiny").eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")
