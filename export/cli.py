@@ -50,8 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(offline use)")
     parser.add_argument("--image-size", type=int, default=1024,
                         help="side of the square encoder input, a multiple of 32 (default 1024)")
-    parser.add_argument("--vocab", default="coco",
-                        help="coco|ade|vipseg|ytvis|NAMES_FILE|BANK_FILE (default coco)")
+    parser.add_argument("--vocab", default=None,
+                        help="coco|ade|vipseg|ytvis|NAMES_FILE|BANK_FILE (default: the training "
+                             "vocabulary of an omg-train run directory, else coco)")
     parser.add_argument("--precision", default="fp32",
                         help=f"comma-separated subset of {','.join(PRECISIONS)} (fp32 is always "
                              "exported; default fp32)")
@@ -69,8 +70,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def default_vocab(checkpoint: str) -> str:
+    """The vocabulary a checkpoint was trained with (``vocabulary.json`` of an ``omg-train`` run
+    directory), else COCO (the official model's evaluation vocabulary)."""
+    run = Path(checkpoint)
+    run = run if run.is_dir() else run.parent
+    trained = run / "vocabulary.json"
+    return str(trained) if trained.is_file() else "coco"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.vocab is None:
+        args.vocab = default_vocab(args.checkpoint)
     output = Path(args.output) if args.output else Path.cwd() / (
         Path(args.checkpoint).name.split(".")[0] + ".bundle")
     start = time.perf_counter()

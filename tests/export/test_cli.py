@@ -66,3 +66,18 @@ def test_help_documents_the_exit_codes(capsys):
         main(["--help"])
     text = capsys.readouterr().out
     assert "exit codes" in text and "--engine" in text and str(EXIT_NO_TENSORRT) in text
+
+
+def test_a_training_run_exports_with_its_own_vocabulary_by_default(checkpoint, tmp_path):
+    from export.cli import default_vocab
+
+    assert default_vocab(str(checkpoint)) == "coco"  # no training vocabulary: COCO
+    names = {"names": ["circle", "square", "sky"], "num_things": 2}
+    (checkpoint / "vocabulary.json").write_text(json.dumps(names))
+    try:
+        out = tmp_path / "bundle"
+        assert main([str(checkpoint), "-o", str(out), "--image-size", "64", "--no-verify"]) == 0
+        vocabulary = json.loads((out / "manifest.json").read_text())["vocabulary"]
+        assert vocabulary["names"] == names["names"] and vocabulary["num_things"] == 2
+    finally:
+        (checkpoint / "vocabulary.json").unlink()
