@@ -66,7 +66,7 @@ class OMGSeg(nn.Module):
 
         Args:
             prompt_boxes: (B, P, 4) xyxy in resized-image pixels (clicks already turned into
-                boxes, see ``prompt_encoder.points_to_boxes``).
+                boxes [x - 3, y - 3, x + 3, y + 3] by the caller).
             image_size: (B, 2) or (2,) (height, width) of the resized, unpadded image.
         """
         if self.prompt_encoder is None:

@@ -15,18 +15,12 @@ from torch import nn
 
 from training.model.position_encoding import coordinate_to_encoding
 
-BOX_TYPE = 0
-POINT_TYPE = 1
+BOX_TYPE = 0  # pb_embedding row 0; row 1 (point) is unused at inference, as officially
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     x = x.clamp(min=0, max=1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
-
-
-def points_to_boxes(points: torch.Tensor, radius: float) -> torch.Tensor:
-    """(..., 2) clicks (x, y) -> (..., 4) pseudo boxes [x - r, y - r, x + r, y + r]."""
-    return torch.cat([points - radius, points + radius], dim=-1)
 
 
 class BoxPromptEncoder(nn.Module):
