@@ -34,7 +34,10 @@ class TrainConfig:
 
     Model: ``model`` names a ``omg_rt.spec.PRESETS`` entry. The backbone trains unless the preset
     freezes it; the CLIP text tower is always frozen (its embeddings of the class names are the
-    classifier's fixed bank).
+    classifier's fixed bank). ``position_init_gain`` > 0 starts the cross-attention heads
+    looking where their query's position code points (prompts see their box from step 0; the
+    official Xavier init, 0, leaves clicks to a slow DETR-like search: one-click mIoU 0.155 vs
+    0.68 on the synthetic preset).
 
     Data: the procedural shapes world (``training.data``) is generated under ``data_root``
     (default ``RUN/data``) unless it is already there: ``train`` and ``val`` splits of
@@ -56,6 +59,10 @@ class TrainConfig:
 
     # model
     model: str = "synthetic-tiny"
+    # From-scratch init: cross-attention heads start attending where their query's position
+    # code points, at this gain (0 = the official Xavier init; see
+    # ``Mask2FormerQueryDecoder.init_position_attention``).
+    position_init_gain: float = 2.0
     # data
     data_root: str | None = None
     data_seed: int = 0
@@ -130,6 +137,7 @@ class TrainConfig:
             if not 0 < lo <= hi:
                 problems.append(f"{name}: expected 0 < lo <= hi, got {getattr(self, name)}")
         for name in ("lr", "grad_clip", "weight_decay", "backbone_lr_mult", "class_weight",
+                     "position_init_gain",
                      "prompt_class_weight",
                      "mask_weight", "dice_weight", "iou_weight", "void_weight"):
             if getattr(self, name) < 0:

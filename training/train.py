@@ -164,6 +164,10 @@ def _train(config: TrainConfig, out: Path, resume: bool, dist_info: DistInfo, pr
 
     data = prepare_data(config, out, dist_info)
     model = build_model(config.model).to(dist_info.device)
+    if config.position_init_gain:
+        model.query_decoder.init_position_attention(config.position_init_gain)
+        if model.prompt_encoder is not None:
+            model.prompt_encoder.init_position_identity()
     if model.text_encoder is not None:
         model.text_encoder.requires_grad_(False)
     class_bank = build_class_bank_for(model, data.names).to(dist_info.device)

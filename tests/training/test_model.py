@@ -124,6 +124,33 @@ def test_fully_masked_query_attends_to_every_key():
     assert not torch.allclose(out[:, :, 1], plain[:, :, 1])
 
 
+@pytest.mark.parametrize("preset", ["synthetic-tiny", "tiny"])
+def test_position_init_points_every_prompt_head_at_its_box(preset):
+    # From-scratch init: a prompt's cross-attention (position terms alone) peaks at the key
+    # whose sine code is the box centre's, in every head of every layer and on every level.
+    from training.model.position_encoding import sine_encoding_3d
+
+    torch.manual_seed(0)
+    model = build_model(preset, with_text_encoder=False)
+    model.query_decoder.init_position_attention(2.0)
+    model.prompt_encoder.init_position_identity()
+    c = model.query_decoder.embed_dim
+    for layer in model.query_decoder.layers:
+        attn = layer.cross_attn
+        for h, w in ((2, 3), (4, 4), (8, 8)):
+            cells = [(i, j) for i in range(h) for j in range(w)]
+            # key (i, j) sits at ((j + 1) / w, (i + 1) / h) of a 64 x 96 image (mmdet's code)
+            boxes = torch.tensor([[96 * (j + 1) / w - 3, 64 * (i + 1) / h - 3,
+                                   96 * (j + 1) / w + 3, 64 * (i + 1) / h + 3]
+                                  for i, j in cells])
+            _, pos = model.prompt_encoder(boxes[None], torch.tensor([64.0, 96.0]))
+            keys = sine_encoding_3d(1, h, w, c // 2)[None]
+            logits = attn._project(pos, 0) @ attn._project(keys, 1).transpose(-1, -2)
+            best = logits[0].argmax(-1)  # (heads, cells)
+            expected = torch.arange(len(cells)).expand_as(best)
+            assert torch.equal(best, expected), (preset, h, w)
+
+
 def test_prompt_results_do_not_depend_on_other_prompts(tiny):
     images, bank = _images(1), _bank()
     size = torch.tensor([64.0, 96.0])

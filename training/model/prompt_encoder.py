@@ -33,6 +33,18 @@ class BoxPromptEncoder(nn.Module):
         self.pb_embedding = nn.Embedding(2, embed_dim)  # 0 = box, 1 = point
         self.pos_linear = nn.Linear(2 * embed_dim, embed_dim)
 
+    @torch.no_grad()
+    def init_position_identity(self) -> None:
+        """Make the position a box's centre code: ``pos_linear`` copies the [cy | cx] half of
+        the box code and drops [w | h]. The centre code has the layout and frequencies of the
+        query decoder's key code at that point, so with
+        ``Mask2FormerQueryDecoder.init_position_attention`` a prompt's first cross-attention
+        already looks at its box (a from-scratch training init)."""
+        c = self.embed_dim
+        self.pos_linear.weight.zero_()
+        self.pos_linear.weight[:, :c] = torch.eye(c)
+        self.pos_linear.bias.zero_()
+
     def forward(
         self,
         boxes: torch.Tensor,
