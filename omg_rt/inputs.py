@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from omg_rt.errors import InvalidInputError
+from omg_rt.preprocess import check_rgb_image
 
 
 def read_image(image: Any, name: str) -> np.ndarray:
@@ -36,13 +37,7 @@ def read_image(image: Any, name: str) -> np.ndarray:
         raise InvalidInputError(
             f"{name}: expected uint8 (H, W, 3) RGB array or a path, got {type(image).__name__}"
         )
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise InvalidInputError(
-            f"{name}: expected uint8 (H, W, 3) RGB, got {image.dtype} {tuple(image.shape)}"
-        )
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise InvalidInputError(f"{name}: expected a non-empty image, got {tuple(image.shape)}")
-    return image
+    return check_rgb_image(image, name)
 
 
 def prompt_boxes(

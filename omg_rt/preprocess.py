@@ -52,7 +52,9 @@ def _describe(array: np.ndarray) -> str:
     return f"{array.dtype} {tuple(array.shape)}"
 
 
-def _check_rgb_uint8(image: object, name: str) -> np.ndarray:
+def check_rgb_image(image: object, name: str) -> np.ndarray:
+    """``image`` if it is a non-empty uint8 (H, W, 3) array, else InvalidInputError naming
+    ``name``."""
     if not isinstance(image, np.ndarray):
         raise InvalidInputError(
             f"{name}: expected uint8 (H, W, 3) numpy array, got {type(image).__name__}"
@@ -103,7 +105,7 @@ def resize_keep_ratio(image: np.ndarray, scale: Sequence[int] = IMAGE_DEMO_SCALE
     Returns:
         (Hr, Wr, 3) uint8 RGB, OpenCV bilinear (``cv2.INTER_LINEAR``) on the uint8 pixels.
     """
-    image = _check_rgb_uint8(image, "image")
+    image = check_rgb_image(image, "image")
     new_h, new_w = keep_ratio_size(image.shape[:2], scale)
     return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
 
@@ -128,7 +130,7 @@ def normalize_and_pad(
     Returns:
         (1, 3, Hp, Wp) float32, C-contiguous.
     """
-    image = _check_rgb_uint8(image, "image")
+    image = check_rgb_image(image, "image")
     if len(mean) != 3:
         raise InvalidInputError(f"mean: expected 3 floats, got {len(mean)}")
     if len(std) != 3 or any(float(s) <= 0 for s in std):
@@ -163,7 +165,7 @@ def prepare_image(
     Returns:
         A :class:`PreparedImage` whose ``tensor`` is (1, 3, Hp, Wp) float32.
     """
-    image = _check_rgb_uint8(image, "image")
+    image = check_rgb_image(image, "image")
     resized = resize_keep_ratio(image, scale)
     tensor = normalize_and_pad(resized, mean, std, size_divisor)
     return PreparedImage(

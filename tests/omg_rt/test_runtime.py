@@ -335,7 +335,7 @@ def test_bad_input_raises_typed_errors_and_the_segmenter_keeps_serving(ort, tmp_
     image = scene(9)
     cases = [
         (lambda: ort.panoptic(str(tmp_path / "missing.png")), "cannot read an image"),
-        (lambda: ort.panoptic(image.astype(np.float32)), r"expected uint8 \(H, W, 3\) RGB, got float32"),
+        (lambda: ort.panoptic(image.astype(np.float32)), r"expected uint8 \(H, W, 3\), got float32"),
         (lambda: ort.panoptic(image[..., :2]), r"got uint8 \(96, 120, 2\)"),
         (lambda: ort.prompt(image, points=[[130, 5]]), r"points: x coordinates must lie in \[0, 120\]"),
         (lambda: ort.prompt(image, boxes=[[0, 0, 50, 200]]), r"boxes: y coordinates must lie in \[0, 96\]"),
