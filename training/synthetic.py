@@ -46,6 +46,7 @@ import os
 import shutil
 from pathlib import Path
 
+from omg_rt.spec import ModelSpec, get_preset
 from training.config import TrainConfig, get_train_preset
 
 __all__ = ["PRESET", "default_cache_dir", "ensure_checkpoint", "is_complete_run"]
@@ -70,11 +71,15 @@ def is_complete_run(run: str | os.PathLike, config: TrainConfig | None = None) -
     if not all((run / name).is_file() for name in needed):
         return False
     try:
-        saved = TrainConfig.from_json((run / "train_config.json").read_text())
+        saved = json.loads((run / "train_config.json").read_text())
+        spec = ModelSpec.from_json((run / "config.json").read_text())
         metrics = json.loads((run / "metrics.json").read_text())
     except (ValueError, OSError):
         return False
-    return _comparable(saved) == _comparable(config) and metrics.get("step") == config.steps
+    # compared as written, so a run from before a config field existed (its default may have
+    # changed since) or from an older model preset does not pass for the current recipe
+    return (isinstance(saved, dict) and _comparable(saved) == _comparable(config.to_dict())
+            and spec == get_preset(config.model) and metrics.get("step") == config.steps)
 
 
 def ensure_checkpoint(cache_dir: str | os.PathLike | None = None, *,
@@ -122,8 +127,8 @@ def _same_config(run: Path, config: TrainConfig) -> bool:
     return saved == config
 
 
-def _comparable(config: TrainConfig) -> dict:
-    """The config without where its data lives (a cache may be moved)."""
-    data = config.to_dict()
-    data.pop("data_root")
+def _comparable(config: dict) -> dict:
+    """A config's fields without where its data lives (a cache may be moved), JSON-typed."""
+    data = json.loads(json.dumps(config))
+    data.pop("data_root", None)
     return data

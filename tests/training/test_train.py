@@ -4,6 +4,7 @@ run repeats the uninterrupted one bit for bit, bad configs and run directories f
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,19 @@ def test_run_directory_holds_a_loadable_checkpoint_and_metrics(data_root, tmp_pa
     assert not is_complete_run(run, config.replace(steps=4))
     assert not is_complete_run(run)  # not the synthetic-tiny preset
     assert not is_complete_run(tmp_path / "missing", config)
+    # a run written before a config field existed, or by an older model preset, is stale
+    older = tmp_path / "older"
+    shutil.copytree(run, older)
+    saved = json.loads((older / "train_config.json").read_text())
+    del saved["position_init_gain"]
+    (older / "train_config.json").write_text(json.dumps(saved))
+    assert not is_complete_run(older, config)
+    shutil.rmtree(older)
+    shutil.copytree(run, older)
+    spec = json.loads((older / "config.json").read_text())
+    spec["query_decoder"]["num_layers"] += 1
+    (older / "config.json").write_text(json.dumps(spec))
+    assert not is_complete_run(older, config)
 
 
 def test_resume_repeats_the_uninterrupted_run_bit_for_bit(data_root, tmp_path):
