@@ -24,6 +24,8 @@ from tqdm import tqdm
 from omg_rt import Segmenter
 from omg_rt.metrics import PQAccumulator, id_consistency, mask_ious
 
+MIN_SCORE = 0.5  # VIS tracks drawn and scored (``omg-rt video --min-score``'s default)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -167,6 +169,8 @@ def _video(seg, data, num_things, out: Path, timings) -> dict:
     for frame in tqdm(video.frames, desc="video", unit="frame"):
         results.extend(session.step(frame))
     results.extend(session.finish())
+    # the confident tracks (the CLI's --min-score default), not the official top-100 pairs
+    results = [result.keep(MIN_SCORE) for result in results]
     timings["video_ms_per_frame"] = 1e3 * (time.perf_counter() - start) / len(video.frames)
     h, w = video.frames[0].shape[:2]
     writer = cv2.VideoWriter(str(out / "vis_overlay.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 4,
@@ -176,8 +180,8 @@ def _video(seg, data, num_things, out: Path, timings) -> dict:
         frame = result.overlay(video.frames[t])
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         _save_rgb(out / f"{t:03d}_overlay.png", frame)
-        for mask, identity in zip(result.masks, result.ids):
-            pred[t][mask] = int(identity)
+        for i in np.argsort(result.scores, kind="stable"):  # the most confident on top
+            pred[t][result.masks[i]] = int(result.ids[i])
     writer.release()
     things = np.flatnonzero(video.labels < num_things)
     gt = np.zeros(pred.shape, np.int64)

@@ -47,9 +47,17 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--num-things", type=int, help="the first N vocabulary names are things")
 
+    def min_score(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--min-score", type=float, default=0.5,
+            help="instance / vis: write masks scoring at least this (default 0.5; 0 = the "
+                 "official top-100 for COCO / YouTube-VIS AP)",
+        )
+
     seg = sub.add_parser("segment", help="panoptic / instance / semantic segmentation of images")
     seg.add_argument("images", nargs="+")
     seg.add_argument("--task", default="panoptic", choices=["panoptic", "instance", "semantic"])
+    min_score(seg)
     common(seg)
 
     prm = sub.add_parser("prompt", help="masks from clicks and boxes")
@@ -64,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     vid.add_argument("--first-mask", help="VOS: PNG of frame 0's objects (index or colour)")
     vid.add_argument("--clip-size", type=int, help="frames decoded together")
     vid.add_argument("--max-frames", type=int, help="stop after this many frames")
+    min_score(vid)
     common(vid)
     return parser
 
@@ -142,8 +151,13 @@ def _segment(args: argparse.Namespace) -> int:
         list(zip(args.images, images, stems, strict=True)), args.quiet, "img"
     ):
         del path
-        _save(seg.segment(image, args.task), image, out, stem)
+        _save(_confident(seg.segment(image, args.task), args.min_score), image, out, stem)
     return EXIT_OK
+
+
+def _confident(result, min_score: float):
+    """Instance and VIS results above ``--min-score``; other tasks as they are."""
+    return result.keep(min_score) if result.task in ("instance", "vis") else result
 
 
 def _unique_stems(paths: Sequence[str]) -> list[str]:
@@ -229,6 +243,7 @@ def _video(args: argparse.Namespace) -> int:
         def emit(results) -> None:
             nonlocal writer
             for result in results:
+                result = _confident(result, args.min_score)
                 frame = frames.pop(result.frame_index)
                 if writer is None:
                     h, w = frame.shape[:2]

@@ -3,6 +3,7 @@ and IDs, and conversions to COCO RLE, a COCO panoptic PNG + segments JSON, and o
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,32 @@ class SegmentationResult:
     def names(self) -> list[str]:
         """Class name of each mask ('' where it has none)."""
         return [self.class_names[i] if 0 <= i < len(self.class_names) else "" for i in self.labels]
+
+    def keep(self, min_score: float) -> SegmentationResult:
+        """The masks scoring at least ``min_score`` (same order), as a new result.
+
+        Instance and VIS results hold the official top-100 (query, class) pairs, scored for
+        COCO / YouTube-VIS AP, most of them near zero; what a viewer or a tracker wants is the
+        confident ones (Detectron2's demo default is 0.5). Results with an ``id_map``
+        (panoptic, semantic, VOS) are already one label per pixel and cannot be filtered.
+        """
+        if self.id_map is not None:
+            raise InvalidInputError(
+                f"keep: a {self.task} result is a per-pixel map; filter instance, vis or prompt "
+                f"results"
+            )
+        if not 0.0 <= min_score <= 1.0:
+            raise InvalidInputError(f"min_score: expected a float in [0, 1], got {min_score!r}")
+        kept = self.scores >= np.float32(min_score)
+        return dataclasses.replace(
+            self,
+            masks=self.masks[kept],
+            scores=self.scores[kept],
+            labels=self.labels[kept],
+            ids=self.ids[kept],
+            boxes=self.boxes[kept] if len(self.boxes) == len(kept) else self.boxes,
+            is_thing=self.is_thing[kept] if len(self.is_thing) == len(kept) else self.is_thing,
+        )
 
     def to_rle(self) -> list[dict[str, Any]]:
         """COCO run-length encodings (pycocotools), ``counts`` as str, one per mask."""

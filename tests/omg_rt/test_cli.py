@@ -41,10 +41,27 @@ def test_segment_with_a_vocabulary(tmp_path):
     a = _write(tmp_path / "a.png", scene(1))
     code = main(["segment", a, "--bundle", str(tiny_bundle()), "--task", "instance",
                  "--vocab", "zebra", "person,people", "--num-things", "2", "--out",
-                 str(tmp_path / "o"), "--quiet"])
+                 str(tmp_path / "o"), "--quiet", "--min-score", "0"])
     assert code == EXIT_OK
-    names = {o["name"] for o in json.loads((tmp_path / "o" / "a.json").read_text())["objects"]}
-    assert names <= {"zebra", "person,people"}
+    objects = json.loads((tmp_path / "o" / "a.json").read_text())["objects"]
+    assert objects and {o["name"] for o in objects} <= {"zebra", "person,people"}
+
+
+def test_min_score_keeps_the_confident_instances(tmp_path):
+    a = _write(tmp_path / "a.png", scene(1))
+
+    def scores(min_score: str) -> list[float]:
+        out = tmp_path / min_score
+        code = main(["segment", a, "--bundle", str(tiny_bundle()), "--task", "instance",
+                     "--min-score", min_score, "--out", str(out), "--quiet"])
+        assert code == EXIT_OK
+        return [o["score"] for o in json.loads((out / "a.json").read_text())["objects"]]
+
+    everything = scores("0")  # the official top-100 (query, class) pairs
+    threshold = float(np.median(everything))
+    confident = scores(repr(threshold))
+    assert 0 < len(confident) < len(everything)
+    assert sorted(confident) == sorted(s for s in everything if s >= np.float32(threshold))
 
 
 def test_prompt_writes_one_mask_per_prompt(tmp_path):

@@ -427,6 +427,23 @@ def test_results_convert_to_rle_panoptic_png_and_overlay(ort):
         instances.overlay(image[:10])
 
 
+def test_keep_filters_instances_by_score_and_refuses_per_pixel_maps(ort):
+    image = scene(11)
+    instances = ort.instances(image)
+    threshold = float(np.median(instances.scores))
+    kept = instances.keep(threshold)
+    chosen = instances.scores >= np.float32(threshold)
+    assert 0 < len(kept) == chosen.sum() < len(instances)
+    np.testing.assert_array_equal(kept.masks, instances.masks[chosen])
+    np.testing.assert_array_equal(kept.ids, instances.ids[chosen])
+    np.testing.assert_array_equal(kept.boxes, instances.boxes[chosen])
+    assert len(instances.keep(0.0)) == len(instances)
+    with pytest.raises(InvalidInputError, match="min_score: expected a float in"):
+        instances.keep(1.5)
+    with pytest.raises(InvalidInputError, match="keep: a panoptic result is a per-pixel map"):
+        ort.panoptic(image).keep(0.5)
+
+
 # ---------------------------------------------------------------- torch-free import
 
 
