@@ -10,6 +10,8 @@
 - :mod:`.coldstart`: load + first call, peak RSS and GPU memory, in a fresh subprocess.
 - :mod:`.accuracy`: PQ / mask AP / mIoU / interactive mIoU / J&F on one dataset, deltas against
   FP32 PyTorch.
+- :mod:`.photos`: ``--dataset photos``, real photos and a clip from package wheels, scored as
+  agreement with the reference target.
 - :mod:`.output`: ``report.json``, ``report.md``, ``plot.png`` and the ``RESULTS.md`` summary.
 """
 

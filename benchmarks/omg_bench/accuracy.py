@@ -30,11 +30,19 @@ GENERATED_SPLIT = "bench"  # not a training split name: generated scenes never o
 
 @dataclass
 class Dataset:
+    """What every target is scored on.
+
+    Attributes:
+        ground_truth_from_reference: the records carry no annotations yet (``photos``);
+            ``photos.reference_ground_truth`` fills them from the reference target's outputs.
+    """
+
     source: str
     categories: Any  # training.data.formats.Categories
     images: list[Any]  # ImageRecord
     videos: list[Any]  # VideoRecord
     note: str = ""
+    ground_truth_from_reference: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.source, "images": len(self.images), "videos": len(self.videos),
@@ -44,11 +52,16 @@ class Dataset:
 
 
 def load_dataset(options: BenchOptions, work: Path, progress: bool) -> Dataset:
-    """``generated``: a seeded held-out split written by ``generate_dataset``; a directory:
-    COCO (``annotations/panoptic_<split>.json``) or the generated layout (``--split``)."""
+    """``generated``: a seeded held-out split written by ``generate_dataset``; ``photos``: real
+    photos and a clip from package wheels, no annotations (:mod:`.photos`); a directory: COCO
+    (``annotations/panoptic_<split>.json``) or the generated layout (``--split``)."""
     from training.data import dataset_paths, generate_dataset, read_coco_panoptic, read_ytvis
 
     note = ""
+    if options.dataset == "photos":
+        from benchmarks.omg_bench.photos import load_photos
+
+        return load_photos(options)
     if options.dataset == "generated":
         paths = generate_dataset(work / "data", GENERATED_SPLIT, num_images=options.num_images,
                                  num_videos=options.num_videos,
@@ -61,7 +74,8 @@ def load_dataset(options: BenchOptions, work: Path, progress: bool) -> Dataset:
     else:
         root = Path(options.dataset)
         if not root.is_dir():
-            raise OptionError(f"--dataset: expected 'generated' or a directory, got {root}")
+            raise OptionError(
+                f"--dataset: expected 'generated', 'photos' or a directory, got {root}")
         coco_split = options.split or "val2017"
         coco_json = root / "annotations" / f"panoptic_{coco_split}.json"
         if coco_json.is_file():

