@@ -202,11 +202,16 @@ def evaluate_video(
     ``id_consistency`` counts the frames where a track shows at least ``min_visible_area``
     pixels (an object entering, leaving or hidden behind another may show a handful, below what
     a stride-4 mask can draw); ``id_consistency_all`` counts every frame where it shows at all.
+    ``id_consistency_distinct`` / ``_lookalike`` split ``id_consistency`` by whether a track is
+    the only thing of its class in its video (things of one class look alike in the shapes
+    world, and the model separates look-alikes far less well).
     """
     spec = model.config
     clip_size = spec.postprocess.clip_size
     per_track: list[float] = []
     per_track_all: list[float] = []
+    per_track_distinct: list[float] = []  # the only thing of its class in the video
+    per_track_lookalike: list[float] = []  # shares its class (its look) with another thing
     track_ious: list[float] = []
     for index in range(count):
         video = videos[index]
@@ -245,6 +250,9 @@ def evaluate_video(
         per_track_all.extend(id_consistency(pred, gt_all)["per_track"].values())
         result = id_consistency(pred, gt_visible)
         per_track.extend(result["per_track"].values())
+        for gt_id, value in result["per_track"].items():
+            alone = int((video.labels[things] == video.labels[gt_id - 1]).sum()) == 1
+            (per_track_distinct if alone else per_track_lookalike).append(value)
         visible = [masks & (gt_visible == gt_id) for masks, gt_id
                    in zip(video.masks[things], things + 1)]
         track_ious.extend(_track_ious(pred, np.stack(visible), result["majority_id"],
@@ -252,9 +260,12 @@ def evaluate_video(
     return {
         "id_consistency": _mean(np.asarray(per_track)),
         "id_consistency_all": _mean(np.asarray(per_track_all)),
+        "id_consistency_distinct": _mean(np.asarray(per_track_distinct)),
+        "id_consistency_lookalike": _mean(np.asarray(per_track_lookalike)),
         "video_track_iou": _mean(np.asarray(track_ious)),
         "num_videos": count,
         "num_tracks": len(per_track),
+        "num_tracks_lookalike": len(per_track_lookalike),
     }
 
 

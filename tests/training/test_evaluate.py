@@ -132,6 +132,12 @@ def test_video_ids_survive_a_query_reordering_that_the_embeddings_follow(held_ou
     forgetful = evaluate(Oracle(images, videos, "forgetful"), _bank(), None, videos,
                          num_things=NUM_THINGS)
     assert forgetful["id_consistency"] < 0.9
+    # distinct / look-alike tracks split the tracks: their weighted mean is the whole
+    n, n_alike = forgetful["num_tracks"], forgetful["num_tracks_lookalike"]
+    assert 0 < n_alike < n  # the held-out videos have both kinds
+    parts = [(forgetful["id_consistency_distinct"], n - n_alike),
+             (forgetful["id_consistency_lookalike"], n_alike)]
+    assert sum(v * k for v, k in parts if k) / n == pytest.approx(forgetful["id_consistency"])
     assert "pq" not in forgetful  # no image split given
 
 
