@@ -163,12 +163,8 @@ def _prompts(seg, data, out: Path, timings) -> dict:
 def _video(seg, data, num_things, out: Path, timings) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     video = data.video
-    session = seg.open_video(task="vis")
-    results = []
     start = time.perf_counter()
-    for frame in tqdm(video.frames, desc="video", unit="frame"):
-        results.extend(session.step(frame))
-    results.extend(session.finish())
+    results = seg.open_video(task="vis").run(tqdm(video.frames, desc="video", unit="frame"))
     # the confident tracks (the CLI's --min-score default), not the official top-100 pairs
     results = [result.keep(MIN_SCORE) for result in results]
     timings["video_ms_per_frame"] = 1e3 * (time.perf_counter() - start) / len(video.frames)

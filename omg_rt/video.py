@@ -12,6 +12,7 @@ features, whatever the stream's length.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -115,6 +116,11 @@ class VideoSession:
         results = self._decode_pending() if self.pending else []
         self.closed = True
         return results
+
+    def run(self, frames: Iterable[np.ndarray]) -> list[SegmentationResult]:
+        """Every frame's result, in frame order: ``step`` each frame, then ``finish``."""
+        results = [result for frame in frames for result in self.step(frame)]
+        return results + self.finish()
 
     @property
     def memory_bytes(self) -> int:

@@ -213,13 +213,8 @@ def evaluate(target: Target, data: Dataset, tasks: tuple[str, ...], progress: bo
             if maps is None:
                 continue
             with target.context():
-                session = seg.open_video("vos", first_mask=maps[0])
-                results = []
-                for frame in video.frames:
-                    results.extend(session.step(frame))
-                results.extend(session.finish())
-            pred = np.stack([np.maximum(r.id_map, 0) for r in
-                             sorted(results, key=lambda r: r.frame_index)])
+                results = seg.open_video("vos", first_mask=maps[0]).run(video.frames)
+            pred = np.stack([np.maximum(r.id_map, 0) for r in results])
             jf.update(pred.astype(np.int32), maps)
             scored += 1
         summary = jf.compute()

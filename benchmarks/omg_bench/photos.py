@@ -118,10 +118,7 @@ def _followed_tracks(reference: Target, video: Any) -> Any:
     its VOS of them (frame 0 is the id map VOS was given)."""
     seg = reference.segmenter
     with reference.context():
-        session = seg.open_video("vis")
-        results = [r for frame in video.frames for r in session.step(frame)]
-        results.extend(session.finish())
-    first = next(r for r in results if r.frame_index == 0).keep(MIN_TRACK_SCORE)
+        first = seg.open_video("vis").run(video.frames)[0].keep(MIN_TRACK_SCORE)
     first_map = np.zeros(video.frames.shape[1:3], np.int32)  # (H, W) object ids, 0 background
     for k, mask in enumerate(first.masks):
         first_map[mask] = k + 1
@@ -135,11 +132,8 @@ def _followed_tracks(reference: Target, video: Any) -> Any:
     for obj, k in enumerate(shown, start=1):
         objects[first_map == k + 1] = obj
     with reference.context():
-        session = seg.open_video("vos", first_mask=objects)
-        results = [r for frame in video.frames for r in session.step(frame)]
-        results.extend(session.finish())
-    maps = np.stack([objects] + [r.id_map for r in sorted(results, key=lambda r: r.frame_index)
-                                 if r.frame_index > 0])  # (T, H, W)
+        results = seg.open_video("vos", first_mask=objects).run(video.frames)
+    maps = np.stack([objects] + [r.id_map for r in results[1:]])  # (T, H, W)
     ids = np.arange(1, len(shown) + 1)
     return dataclasses.replace(
         video, masks=maps[None] == ids[:, None, None, None],  # (K, T, H, W) bool

@@ -123,6 +123,11 @@ def test_vos_matches_the_pytorch_reference(ort, ref):
     for seg in (ort, ref):
         session = seg.open_video("vos", first_mask=first, clip_size=3)
         outs.append([r for frame in clip for r in session.step(frame)] + session.finish())
+    # run() is the same stream in one call, frame by frame in order
+    again = ort.open_video("vos", first_mask=first, clip_size=3).run(clip)
+    assert [r.frame_index for r in again] == list(range(len(clip)))
+    for a, b in zip(again, outs[0], strict=True):
+        np.testing.assert_array_equal(a.id_map, b.id_map)
     for a, b in zip(*outs, strict=True):
         _assert_same(a, b, f"vos frame {a.frame_index}")
         assert set(a.ids.tolist()) <= {7, 9}
