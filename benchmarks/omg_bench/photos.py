@@ -96,16 +96,11 @@ def reference_ground_truth(reference: Target, data: Dataset, tasks: tuple[str, .
                        disable=not progress, leave=False):
         with reference.context():
             pred = seg.panoptic(seg.set_image(record.image))
-        id_map = np.zeros(record.image.shape[:2], np.int32)
-        for j, mask in enumerate(pred.masks):
-            id_map[mask] = j + 1
-        kept = [j for j in range(len(pred)) if (id_map == j + 1).any()]
-        masks = np.stack([id_map == j + 1 for j in kept]) if kept else \
-            np.zeros((0, *id_map.shape), bool)  # (N, H, W) bool
-        labels = pred.labels[kept].astype(np.int64)
+        kept = pred.masks.any(axis=(1, 2))  # panoptic masks are disjoint already
         images.append(dataclasses.replace(
-            record, masks=masks, labels=labels, iscrowd=np.zeros(len(kept), bool),
-            segment_ids=np.arange(1, len(kept) + 1, dtype=np.int64)))
+            record, masks=pred.masks[kept], labels=pred.labels[kept].astype(np.int64),
+            iscrowd=np.zeros(int(kept.sum()), bool),
+            segment_ids=np.arange(1, int(kept.sum()) + 1, dtype=np.int64)))
     videos = [_followed_tracks(reference, video) for video in data.videos] \
         if "video" in tasks else list(data.videos)
     note = NOTE.format(reference=reference.label, score=MIN_TRACK_SCORE)
