@@ -239,7 +239,11 @@ PRESETS: dict[str, ModelSpec] = {
             embed_dim=64, num_layers=6, num_heads=4, ffn_dim=256, num_queries=20
         ),
         preprocess=PreprocessSpec(image_scale=(64, 64), video_scale=(64, 64)),
-        postprocess=PostprocessSpec(clip_size=3, clip_size_small=3),
+        # Overlap threshold 0.5 instead of the official 0.8: this small model's masks of two
+        # same-class shapes overlap more, and at 0.8 the merge drops the second one. Chosen on
+        # 100 generated videos and 200 images no run trains or is scored on: video ID
+        # consistency 0.811 -> 0.831, PQ 82.8 -> 82.5 (training/synthetic.py).
+        postprocess=PostprocessSpec(clip_size=3, clip_size_small=3, overlap_threshold=0.5),
     ),
 }
 

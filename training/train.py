@@ -35,7 +35,7 @@ import random
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -585,6 +585,7 @@ def _generate(config: TrainConfig, root: Path) -> None:
         "seed": config.data_seed, "image_size": config.image_size,
         "train": [config.num_train_images, config.num_train_videos, config.train_video_length],
         "val": [config.num_val_images, config.num_val_videos, config.val_video_length],
+        "train_things": list(config.train_things),
     }
     stamp = root / "generated.json"
     if stamp.exists():
@@ -594,9 +595,12 @@ def _generate(config: TrainConfig, root: Path) -> None:
         raise TrainConfigError(
             f"data_root: {root} holds data generated with {have}, the config asks for {wanted}; "
             f"use another data_root (or delete it)")
-    scene = SceneConfig(image_size=config.image_size)
+    held_out = SceneConfig(image_size=config.image_size)
+    fewest, most = config.train_things
+    scenes = {"train": replace(held_out, min_things=fewest, max_things=most),
+              "val": held_out}
     workers = max(1, min(4, os.cpu_count() or 1))
-    for split in ("train", "val"):
+    for split, scene in scenes.items():
         images, videos, length = wanted[split]
         generate_dataset(root, split, num_images=images, num_videos=videos,
                          frames_per_video=length, seed=config.data_seed, config=scene,

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from training.cli import main as cli_main
 from training.config import TrainConfig, TrainConfigError
+from training.data import SceneConfig
 from training.data.dataset import collate_samples
 from training.model import build_model
 from training.model.checkpoint import load_checkpoint
@@ -45,6 +46,19 @@ def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train_data")
     prepare_data(tiny_config(root), root)
     return root
+
+
+def test_training_scenes_may_be_busier_than_the_held_out_ones(tmp_path):
+    config = tiny_config(tmp_path, num_train_images=24, num_train_videos=0, num_val_images=24,
+                         num_val_videos=0, train_things=(3, 7), ratios={"panoptic": 1.0})
+    data = prepare_data(config, tmp_path)
+    things = {split: [int((reader[i].labels < data.num_things).sum()) for i in range(24)]
+              for split, reader in (("train", data.parts[0].reader), ("val", data.val_images))}
+    assert max(things["val"]) <= SceneConfig().max_things < max(things["train"]) <= 7
+    assert min(things["train"]) >= 3 > min(things["val"])
+    # the data root remembers its recipe: another one is refused, not silently reused
+    with pytest.raises(TrainConfigError, match="data_root"):
+        prepare_data(config.replace(train_things=(1, 4)), tmp_path)
 
 
 @pytest.mark.parametrize("task", ["panoptic", "video", "prompt"])
@@ -179,6 +193,7 @@ def test_resume_refuses_weights_that_do_not_match_the_state(data_root, tmp_path)
         ({"image_scale_range": (1.5, 0.5)}, "image_scale_range"),
         ({"video_frames": 9, "train_video_length": 8}, "video_frames"),
         ({"batch_size": "4"}, "batch_size"),
+        ({"train_things": (3, 2)}, "train_things"),
         ({"deterministic": 1}, "deterministic"),
     ],
 )
