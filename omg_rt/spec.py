@@ -240,9 +240,9 @@ PRESETS: dict[str, ModelSpec] = {
         ),
         preprocess=PreprocessSpec(image_scale=(64, 64), video_scale=(64, 64)),
         # Overlap threshold 0.5 instead of the official 0.8: this small model's masks of two
-        # same-class shapes overlap more, and at 0.8 the merge drops the second one. Chosen on
+        # same-class shapes overlap more, and at 0.8 the merge drops the second one. Swept on
         # 100 generated videos and 200 images no run trains or is scored on: video ID
-        # consistency 0.811 -> 0.831, PQ 82.8 -> 82.5 (training/synthetic.py).
+        # consistency 0.794 -> 0.820, PQ 81.1 -> 81.4 (training/synthetic.py).
         postprocess=PostprocessSpec(clip_size=3, clip_size_small=3, overlap_threshold=0.5),
     ),
 }

@@ -42,10 +42,11 @@ class TrainConfig:
     Data: the procedural shapes world (``training.data``) is generated under ``data_root``
     (default ``RUN/data``) unless it is already there: ``train`` and ``val`` splits of
     ``image_size`` px scenes, training scenes holding ``train_things`` (fewest, most) things
-    (busier scenes hold more same-class pairs, the hard case of the held-out metrics). Images train as ``image_frames``-frame clips (2 = OMG-Seg's
-    pseudo-video), videos as ``video_frames``-frame clips, prompts as ``num_prompts`` clicks or
-    boxes per image; all are cropped to ``input_size`` after a random rescale in
-    ``*_scale_range``. ``ratios`` weighs the tasks of the joint sampler.
+    (busier scenes hold more same-class pairs, the hard case of the held-out metrics). Images
+    train as ``image_frames``-frame clips (2 = OMG-Seg's pseudo-video), videos as
+    ``video_frames``-frame clips, prompts as ``num_prompts`` clicks or boxes per image; all are
+    cropped to ``input_size`` after a random rescale in ``*_scale_range``. ``ratios`` weighs the
+    tasks of the joint sampler.
 
     Optimisation: AdamW (``lr``, ``weight_decay``; the backbone at ``lr * backbone_lr_mult``),
     linear warm-up over ``warmup_steps`` then cosine decay to ``lr * min_lr_ratio`` at ``steps``;
