@@ -24,8 +24,6 @@ from tqdm import tqdm
 from omg_rt import Segmenter
 from omg_rt.metrics import PQAccumulator, id_consistency, mask_ious
 
-MIN_SCORE = 0.5  # VIS tracks drawn and scored (``omg-rt video --min-score``'s default)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -166,7 +164,7 @@ def _video(seg, data, num_things, out: Path, timings) -> dict:
     start = time.perf_counter()
     results = seg.open_video(task="vis").run(tqdm(video.frames, desc="video", unit="frame"))
     # the confident tracks (the CLI's --min-score default), not the official top-100 pairs
-    results = [result.keep(MIN_SCORE) for result in results]
+    results = [result.keep() for result in results]
     timings["video_ms_per_frame"] = 1e3 * (time.perf_counter() - start) / len(video.frames)
     h, w = video.frames[0].shape[:2]
     writer = cv2.VideoWriter(str(out / "vis_overlay.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 4,

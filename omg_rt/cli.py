@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from omg_rt.errors import BackendUnavailableError, BundleError, InvalidInputError, OmgRtError
+from omg_rt.results import DEFAULT_MIN_SCORE
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_BUNDLE, EXIT_BACKEND = 0, 1, 2, 3, 4, 5
 
@@ -49,8 +50,9 @@ def _parser() -> argparse.ArgumentParser:
 
     def min_score(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "--min-score", type=float, default=0.5,
-            help="instance / vis: write masks scoring at least this (default 0.5; 0 = the "
+            "--min-score", type=float, default=DEFAULT_MIN_SCORE,
+            help=f"instance / vis: write masks scoring at least this (default "
+                 f"{DEFAULT_MIN_SCORE}; 0 = the "
                  "official top-100 for COCO / YouTube-VIS AP)",
         )
 

@@ -13,6 +13,9 @@ import numpy as np
 from omg_rt.errors import InvalidInputError
 
 TASKS = ("panoptic", "instance", "semantic", "prompt", "vis", "vps", "vss", "vos")
+# Instance / VIS masks scoring at least this are the confident ones (``keep``; the CLI's
+# ``--min-score`` default; Detectron2's demo uses the same).
+DEFAULT_MIN_SCORE = 0.5
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class SegmentationResult:
         """Class name of each mask ('' where it has none)."""
         return [self.class_names[i] if 0 <= i < len(self.class_names) else "" for i in self.labels]
 
-    def keep(self, min_score: float) -> SegmentationResult:
+    def keep(self, min_score: float = DEFAULT_MIN_SCORE) -> SegmentationResult:
         """The masks scoring at least ``min_score`` (same order), as a new result.
 
         Instance and VIS results hold the official top-100 (query, class) pairs, scored for

@@ -27,13 +27,12 @@ from tqdm import tqdm
 from benchmarks.omg_bench.accuracy import Dataset
 from benchmarks.omg_bench.options import BenchOptions, OptionError
 from benchmarks.omg_bench.targets import Target
+from omg_rt.results import DEFAULT_MIN_SCORE
 
 # RGB photos inside the scikit-image wheel (others, e.g. ``skimage.data.cat``'s siblings fetched
 # with pooch, need a download); everyday COCO scenes: person, cup, cat, rocket, motorcycle.
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png")
 CLIP = "bikes.mp4"  # 640x272 with scene cuts: tracks must end and start
-# VIS tracks scoring below this are not objects (the runtime's --min-score default).
-MIN_TRACK_SCORE = 0.5
 NOTE = ("no annotations: accuracy is agreement with {reference} (pseudo ground truth: its "
         "panoptic segments; video: its VIS tracks in frame 0 with score >= {score}, followed by "
         "its VOS)")
@@ -78,7 +77,7 @@ def load_photos(options: BenchOptions) -> Dataset:
     coco = VOCABULARIES["coco"]
     categories = Categories(tuple(coco.names), tuple(range(1, len(coco.names) + 1)),
                             int(coco.num_things))
-    note = NOTE.format(reference="the reference target", score=MIN_TRACK_SCORE)
+    note = NOTE.format(reference="the reference target", score=DEFAULT_MIN_SCORE)
     return Dataset(source, categories, images, videos, note, ground_truth_from_reference=True)
 
 
@@ -86,9 +85,9 @@ def reference_ground_truth(reference: Target, data: Dataset, tasks: tuple[str, .
                            progress: bool) -> Dataset:
     """``data`` with every record's annotations replaced by ``reference``'s outputs.
 
-    Images: its panoptic segments (disjoint, non-empty, not crowd). Video: the tracks of its VIS
-    stream (``keep(MIN_TRACK_SCORE)``) that show in frame 0, as frame 0's id map, followed to the
-    end by its VOS; ``evaluate`` then gives every target the same first frame.
+    Images: its panoptic segments (disjoint, non-empty, not crowd). Video: the confident tracks
+    of its VIS stream (``keep()``) that show in frame 0, as frame 0's id map, followed to the end
+    by its VOS; ``evaluate`` then gives every target the same first frame.
     """
     seg = reference.segmenter
     images = []
@@ -103,7 +102,7 @@ def reference_ground_truth(reference: Target, data: Dataset, tasks: tuple[str, .
             segment_ids=np.arange(1, int(kept.sum()) + 1, dtype=np.int64)))
     videos = [_followed_tracks(reference, video) for video in data.videos] \
         if "video" in tasks else list(data.videos)
-    note = NOTE.format(reference=reference.label, score=MIN_TRACK_SCORE)
+    note = NOTE.format(reference=reference.label, score=DEFAULT_MIN_SCORE)
     return dataclasses.replace(data, images=images, videos=videos, note=note,
                                ground_truth_from_reference=False)
 
@@ -113,7 +112,7 @@ def _followed_tracks(reference: Target, video: Any) -> Any:
     its VOS of them (frame 0 is the id map VOS was given)."""
     seg = reference.segmenter
     with reference.context():
-        first = seg.open_video("vis").run(video.frames)[0].keep(MIN_TRACK_SCORE)
+        first = seg.open_video("vis").run(video.frames)[0].keep()
     first_map = np.zeros(video.frames.shape[1:3], np.int32)  # (H, W) object ids, 0 background
     for k, mask in enumerate(first.masks):
         first_map[mask] = k + 1

@@ -39,20 +39,13 @@ Closing words.
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    import torch
-
-    from training.model import build_model
-    from training.model.checkpoint import save_checkpoint
-
+def bench(tmp_path_factory, tiny_checkpoint):
     root = tmp_path_factory.mktemp("omg-bench")
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(build_model("tiny").eval(), root / "tiny")
     results = root / "RESULTS.md"
     results.write_text(RESULTS_BEFORE)
     out = root / "report"
     command = [
-        sys.executable, "-m", "benchmarks.cli", str(checkpoint),
+        sys.executable, "-m", "benchmarks.cli", str(tiny_checkpoint),
         "--backends", "torch,onnxruntime,tensorrt", "--precisions", "fp32,int8",
         "--batch", "1,2", "--prompts", "1,4", "--num-images", "3", "--num-videos", "1",
         "--frames", "6", "--runs", "3", "--warmup", "1", "--video-passes", "1", "--threads", "1",

@@ -77,18 +77,11 @@ def test_a_missing_scikit_video_is_an_option_error_naming_it(tmp_path, monkeypat
 
 
 @pytest.fixture(scope="module")
-def photos_report(tmp_path_factory):
-    import torch
-
-    from training.model import build_model
-    from training.model.checkpoint import save_checkpoint
-
+def photos_report(tmp_path_factory, tiny_checkpoint):
     root = tmp_path_factory.mktemp("omg-bench-photos")
-    torch.manual_seed(0)
-    checkpoint = save_checkpoint(build_model("tiny").eval(), root / "tiny")
     out = root / "report"
     command = [
-        sys.executable, "-m", "benchmarks.cli", str(checkpoint), "--dataset", "photos",
+        sys.executable, "-m", "benchmarks.cli", str(tiny_checkpoint), "--dataset", "photos",
         "--backends", "torch,onnxruntime", "--precisions", "fp32,int8", "--batch", "1",
         "--prompts", "1", "--num-images", "3", "--num-videos", "1", "--frames", "5",
         "--runs", "1", "--warmup", "0", "--video-passes", "1", "--threads", "1",
