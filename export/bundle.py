@@ -22,6 +22,7 @@ from export.onnx_export import OPSET, describe_io, export_graph
 from export.verify import ParityError, Verifier, prepare_scene, synthetic_scenes
 from export.verify import verify as run_verification
 from export.vocab import Vocabulary, resolve_vocabulary, save_vocabulary
+from omg_rt.bundle import InputContract
 from omg_rt.errors import BackendUnavailableError, InvalidInputError
 from omg_rt.spec import PIXEL_DECODER
 from training.model import OMGSeg
@@ -56,7 +57,11 @@ def build_bundle(
         out_dir: the bundle directory (replaced if it holds a bundle; refused if it holds
             anything else).
         backbone_weights: local OpenCLIP weights for the official decoder-only checkpoint.
-        image_size: side of the square encoder input (multiple of 32).
+        image_size: the long edge images are resized to, keeping their ratio (the official
+            demo's (1024, 1024) scale box at 1024); each image is then zero-padded only to a
+            multiple of 32, and the graphs take any such size. Video frames use the spec's video
+            scale, scaled by ``image_size`` / the spec's image scale
+            (``omg_rt.bundle.InputContract.at_image_size``).
         vocab: ``coco`` | ``ade`` | ``vipseg`` | ``ytvis``, a names or bank file, or an object
             with ``names``, ``num_things`` (and optionally ``bank``, ``seen``); see
             ``export.vocab``.
@@ -84,7 +89,8 @@ def build_bundle(
     work.mkdir(parents=True)
 
     vocabulary = resolve_vocabulary(vocab, model, progress=show)
-    defs = graph_defs(model, image_size)
+    contract = InputContract.at_image_size(spec.preprocess, image_size)
+    defs = graph_defs(model)
     graphs: dict[str, dict[str, Any]] = {}
     flavour_jobs = [(name, "portable") for name in defs]
     if target != "cpu":
@@ -147,7 +153,7 @@ def build_bundle(
             f"export outside tolerance ({len(failures)} failures; report in "
             f"{failed / 'verify.json'}): " + "; ".join(failures[:8]), report)
 
-    manifest = _manifest(spec, image_size, target, precisions, graphs, vocabulary, content,
+    manifest = _manifest(spec, contract, target, precisions, graphs, vocabulary, content,
                          tokenizer, report)
     missing_trt: BackendUnavailableError | None = None
     if engine:
@@ -246,18 +252,17 @@ def _quantize(work: Path, images: list[np.ndarray], target: str, show: bool) -> 
                                 symmetric_activations=symmetric)
 
 
-def _manifest(spec, image_size, target, precisions, graphs, vocabulary: Vocabulary, content,
-              tokenizer, report) -> dict[str, Any]:
+def _manifest(spec, contract: InputContract, target, precisions, graphs, vocabulary: Vocabulary,
+              content, tokenizer, report) -> dict[str, Any]:
     import onnx
     import onnxruntime
     import onnxslim
 
     return {
         "model": spec.to_dict(),
-        "input_size": [image_size, image_size],
+        "input": contract.to_dict(),
         "preprocess": {"mean": list(spec.preprocess.mean), "std": list(spec.preprocess.std),
-                       "size_divisor": spec.preprocess.size_divisor,
-                       "image_scale": [image_size, image_size], "pad_value": 0.0},
+                       "size_divisor": spec.preprocess.size_divisor, "pad_value": 0.0},
         "target": target,
         "deform_attn": "grid_sample" if target == "cpu" else "trt_plugin",
         "graphs": graphs,

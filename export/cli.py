@@ -127,7 +127,8 @@ def summary(bundle: Path, seconds: float) -> str:
         rows.append(cells)
     lines = [f"bundle {bundle}  ({seconds:.0f} s, target {manifest['target']}, "
              f"{len(manifest['vocabulary']['names'])} classes, input "
-             f"{manifest['input_size'][0]}x{manifest['input_size'][1]})", _table(rows)]
+             f"scale {manifest['input']['image_scale'][0]}, any HxW up to "
+             f"{manifest['input']['max_hw'][0]}x{manifest['input']['max_hw'][1]})", _table(rows)]
     if report.get("skipped"):
         lines.append("verification: skipped (--no-verify)")
     else:

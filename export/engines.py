@@ -68,12 +68,14 @@ def current_gpu() -> tuple[str, tuple[int, int]]:
 Shape = tuple[int, ...]
 
 
-def profile_shapes(io: Mapping[str, Any], target: str, defaults: Mapping[str, int]
-                   ) -> dict[str, tuple[Shape, Shape, Shape]]:
+def profile_shapes(io: Mapping[str, Any], target: str, defaults: Mapping[str, int],
+                   contract: Mapping[str, Any]) -> dict[str, tuple[Shape, Shape, Shape]]:
     """(min, opt, max) shapes of every input of a manifest graph entry with symbolic dimensions,
-    for an export target (``defaults``: the bundle's ``Q``, ``K``, ``S``)."""
+    for an export target (``defaults``: the bundle's ``Q``, ``K``, ``S``; ``contract``: the
+    manifest's ``input`` section, which gives the height and width ranges)."""
     inputs = {name: tensor["shape"] for name, tensor in io["inputs"].items()}
-    return trt_profiles.profile_shapes(inputs, TARGET_RANGES[target], defaults)
+    ranges = {**TARGET_RANGES[target], **trt_profiles.spatial_ranges(contract)}
+    return trt_profiles.profile_shapes(inputs, ranges, defaults)
 
 
 def build_engines(bundle: Path, manifest: Mapping[str, Any], *, target: str,
@@ -121,7 +123,7 @@ def build_engines(bundle: Path, manifest: Mapping[str, Any], *, target: str,
             _pin_fp32_islands(trt, network)
         if precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)
-        shapes = profile_shapes(entry, target, defaults)
+        shapes = profile_shapes(entry, target, defaults, manifest["input"])
         if shapes:
             profile = builder.create_optimization_profile()
             for name, (lo, opt, hi) in shapes.items():

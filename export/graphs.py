@@ -7,15 +7,17 @@ Dynamic axes (symbolic dimension names, as they appear in the manifest):
 
 | graph | axes |
 |---|---|
-| encoder | ``N`` = images (batch x frames) |
-| pixel_decoder | ``N`` |
+| encoder | ``N`` = images (batch x frames), ``H``, ``W`` and ``H/s``, ``W/s`` at stride s |
+| pixel_decoder | ``N``, ``H/s``, ``W/s`` |
 | prompt_encoder | ``B`` batch, ``P`` prompts |
-| query_decoder | ``N`` = B x T (memories), ``B``, ``Q`` queries, ``K`` classes, ``S``, ``T`` |
+| query_decoder | ``N`` = B x T (memories), ``H/s``, ``W/s``, ``B``, ``Q`` queries, ``K`` classes, |
+| | ``S``, ``T`` |
 | text_encoder | ``N`` texts |
 | clip_head | ``B``, ``Q`` |
 
 (``Q`` counts learned queries or prompts, ``S`` synonyms per class, ``T`` frames per clip.)
-Spatial sizes are fixed per bundle (the ``--image-size`` square the runtime pads into).
+Height and width are dynamic: the runtime feeds each image at its own keep-ratio size padded to a
+multiple of 32, as the official model (the manifest's ``input`` says which range was checked).
 
 Two flavours of the pixel decoder's deformable attention, chosen by the export target: ``portable``
 (``grid_sample`` -> ONNX GridSample, runs in ONNX Runtime everywhere) and ``tensorrt`` (a
@@ -50,7 +52,7 @@ FLAVOURS = ("portable", "tensorrt")
 
 
 class EncoderGraph(nn.Module):
-    """image (N, 3, S, S) -> features_s4 .. features_s32 (``OMGSeg.encode``)."""
+    """image (N, 3, H, W) -> features_s4 .. features_s32 (``OMGSeg.encode``)."""
 
     def __init__(self, model: OMGSeg) -> None:
         super().__init__()
@@ -140,23 +142,47 @@ class GraphDef:
     example_outputs: tuple[torch.Tensor, ...] = ()
 
 
-def graph_defs(model: OMGSeg, image_size: int) -> dict[str, GraphDef]:
+# Example input for tracing: small, non-square, H != W at every stride, and batch 2, so that no
+# size is traced as a constant (the graphs are dynamic in batch, height and width).
+EXAMPLE_HW = (96, 128)
+
+
+def spatial_axes(stride: int) -> dict[int, str]:
+    """The symbolic (height, width) axes of an (N, C, H/s, W/s) map: ``H/s`` and ``W/s``, or
+    ``H`` and ``W`` for the image itself (the manifest's names; TensorRT profiles parse them)."""
+    if stride == 1:
+        return {2: "H", 3: "W"}
+    return {2: f"H/{stride}", 3: f"W/{stride}"}
+
+
+FEATURE_STRIDES = {"features_s4": 4, "features_s8": 8, "features_s16": 16, "features_s32": 32,
+                   "mask_features": 4, "memory_s32": 32, "memory_s16": 16, "memory_s8": 8}
+
+
+def graph_defs(model: OMGSeg, example_hw: tuple[int, int] = EXAMPLE_HW) -> dict[str, GraphDef]:
     """Every graph this model can export (the prompt encoder only with prompts, the text encoder
-    only with a text tower), with small example inputs (batch 2 so no axis is traced as 1)."""
+    only with a text tower), with small example inputs (batch 2 so no axis is traced as 1).
+
+    The encoder, pixel decoder and query decoder take any height and width that are multiples of
+    32 (``example_hw`` only shapes the trace)."""
     spec = model.config
     c = spec.query_decoder.embed_dim
     g = torch.Generator().manual_seed(0)
-    image = torch.randn(2, 3, image_size, image_size, generator=g)
+    image = torch.randn(2, 3, *example_hw, generator=g)
     with torch.no_grad():
         features = model.encode(image)
         mask_features, memories = model.decode_pixels(features)
-    n = {0: "N"}
+
+    def frames(name: str) -> dict[int, str]:  # (N, C, H/s, W/s)
+        return {0: "N", **spatial_axes(FEATURE_STRIDES.get(name, 1))}
+
     defs = {
         ENCODER.name: GraphDef(ENCODER, EncoderGraph(model), (image,),
-                               {name: n for name in (*ENCODER.inputs, *ENCODER.outputs)}),
+                               {name: frames(name) for name in (*ENCODER.inputs,
+                                                                *ENCODER.outputs)}),
         PIXEL_DECODER.name: GraphDef(
             PIXEL_DECODER, PixelDecoderGraph(model), tuple(features),
-            {name: n for name in (*PIXEL_DECODER.inputs, *PIXEL_DECODER.outputs)}),
+            {name: frames(name) for name in (*PIXEL_DECODER.inputs, *PIXEL_DECODER.outputs)}),
     }
     bank = F.normalize(torch.randn(5, 2, spec.backbone.embed_dim, generator=g), dim=-1)
     queries = torch.randn(1, 3, c, generator=g), torch.randn(1, 3, c, generator=g)
@@ -165,9 +191,10 @@ def graph_defs(model: OMGSeg, image_size: int) -> dict[str, GraphDef]:
     bq = {0: "B", 1: "Q"}
     defs[QUERY_DECODER.name] = GraphDef(
         QUERY_DECODER, QueryDecoderGraph(model), qd_inputs,
-        {"memory_s32": n, "memory_s16": n, "memory_s8": n, "mask_features": n,
+        {**{name: frames(name) for name in QUERY_DECODER.inputs[:4]},
          "class_bank": {0: "K", 1: "S"}, "query_content": bq, "query_position": bq,
-         "class_logits": {0: "B", 1: "Q", 2: "K+1"}, "mask_logits": {0: "B", 1: "Q", 2: "T"},
+         "class_logits": {0: "B", 1: "Q", 2: "K+1"},
+         "mask_logits": {0: "B", 1: "Q", 2: "T", 3: "H/4", 4: "W/4"},
          "iou_logits": bq, "query_embeddings": bq})
     if model.prompt_encoder is not None:
         boxes = torch.tensor([[[4.0, 6.0, 40.0, 50.0], [10.0, 10.0, 16.0, 16.0],
@@ -181,7 +208,7 @@ def graph_defs(model: OMGSeg, image_size: int) -> dict[str, GraphDef]:
     if model.text_encoder is not None:
         tokens = model.text_encoder.tokenize(["a photo of a cat.", "There is a dog"])
         defs[TEXT_ENCODER.name] = GraphDef(TEXT_ENCODER, TextEncoderGraph(model), (tokens,),
-                                           {"token_ids": n, "text_embeddings": n})
+                                           {"token_ids": {0: "N"}, "text_embeddings": {0: "N"}})
     pooled = torch.randn(2, 3, spec.backbone.widths[-1], generator=g)
     defs[CLIP_HEAD.name] = GraphDef(CLIP_HEAD, ClipHeadGraph(model), (pooled,),
                                     {"pooled_features": bq, "clip_embeddings": bq})

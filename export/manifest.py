@@ -21,14 +21,19 @@ Bundle layout::
       engines/<key>/           TensorRT plans (``--engine``), key = GPU name, compute capability
                                and TensorRT version; ``engines/<key>/engines.json`` lists them
 
-Manifest keys (``schema_version`` 1):
+Manifest keys (``format_version`` 2):
 
-- ``schema_version``: int.
+- ``format_version``: int, the layout's version (``omg_rt.bundle.FORMAT_VERSION``); the runtime
+  refuses others with a message saying whether to re-export or to upgrade.
+- ``schema_version``: int, the ``ModelSpec``'s version.
 - ``model``: the ``ModelSpec`` as a dict (``omg_rt.spec.ModelSpec.from_dict`` reads it).
-- ``input_size``: [H, W] of the encoder input (the square the runtime resizes keep-ratio into and
-  zero-pads to; padding is applied after normalisation).
-- ``preprocess``: ``mean``, ``std`` (RGB, 0-255 scale), ``size_divisor``, ``image_scale`` [H, W]
-  (= ``input_size``), ``pad_value`` 0.
+- ``input``: the sizes the graphs take (``omg_rt.bundle.InputContract``): ``image_scale`` and
+  ``video_scale`` [long, short] — images and video frames are resized keeping their ratio into
+  that box, then zero-padded bottom/right (after normalisation) to a multiple of
+  ``size_divisor`` (32), as the official model; ``min_hw`` / ``max_hw`` [H, W], the padded range
+  exported and checked (TensorRT profiles span it; ONNX Runtime takes any multiple of 32);
+  ``fixed_hw`` null (dynamic height and width) or the one padded size of a fixed-shape build.
+- ``preprocess``: ``mean``, ``std`` (RGB, 0-255 scale), ``size_divisor``, ``pad_value`` 0.
 - ``target``: ``cpu`` | ``h100`` | ``jetson-orin``; ``deform_attn``: ``grid_sample`` (portable)
   or ``trt_plugin`` (TensorRT targets: ``tensorrt/pixel_decoder.onnx`` holds
   ``MultiscaleDeformableAttnPlugin_TRT`` nodes, the ``files`` entries stay portable).
@@ -36,7 +41,8 @@ Manifest keys (``schema_version`` 1):
   (optional), "inputs": {name: {"shape": [...], "dtype": str}}, "outputs": {...},
   "dynamic_axes": {tensor: {axis index (str): symbol}}}}``; symbolic dimensions are strings
   (``N`` images, ``B`` batch, ``T`` frames with N = B x T, ``Q`` queries or prompts, ``P`` prompts,
-  ``K`` classes, ``K+1`` classes and void, ``S`` synonyms).
+  ``K`` classes, ``K+1`` classes and void, ``S`` synonyms, ``H`` / ``W`` the padded input's height
+  and width, ``H/s`` / ``W/s`` a map at stride s).
 - ``prompts``: how prompt queries are padded: any P; padded prompts (SAM's label -1) are
   independent of the others (diagonal self-attention), their outputs are dropped by the host.
 - ``precisions``: the precisions present, ``["fp32", ...]``.
@@ -60,8 +66,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
+from omg_rt.bundle import FORMAT_VERSION, MANIFEST
+from omg_rt.spec import SCHEMA_VERSION
 
 
 def sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -83,7 +89,8 @@ def file_hashes(bundle: Path) -> dict[str, str]:
 
 def write_manifest(bundle: Path, manifest: dict[str, Any]) -> Path:
     """Add ``files`` (hashes) and write ``manifest.json`` atomically."""
-    manifest = {**manifest, "schema_version": SCHEMA_VERSION, "files": file_hashes(bundle)}
+    manifest = {**manifest, "format_version": FORMAT_VERSION, "schema_version": SCHEMA_VERSION,
+                "files": file_hashes(bundle)}
     fd, tmp = tempfile.mkstemp(dir=bundle, prefix=".manifest.")
     with os.fdopen(fd, "w") as f:
         json.dump(manifest, f, indent=1)  # insertion order: graph I/O stays in call order

@@ -132,21 +132,23 @@ def ort_runner(files: Mapping[str, Path]) -> Runner:
 class Scene:
     """A preprocessed real image with what post-processing and prompts need."""
 
-    tensor: np.ndarray  # (1, 3, S, S)
+    tensor: np.ndarray  # (1, 3, Hp, Wp), padded to a multiple of 32 as the runtime does
     original_hw: tuple[int, int]
     resized_hw: tuple[int, int]
     masks: np.ndarray  # (N, H, W) bool ground-truth segments
     boxes: np.ndarray  # (N, 4) xyxy in resized-image pixels
 
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        return int(self.tensor.shape[2]), int(self.tensor.shape[3])
+
 
 def prepare_scene(image: np.ndarray, masks: np.ndarray, image_size: int,
                   mean: Sequence[float], std: Sequence[float]) -> Scene:
-    """Keep-ratio resize into the bundle's square, normalise, zero-pad to (S, S)."""
+    """Keep-ratio resize into the (S, S) scale box, normalise, zero-pad to a multiple of 32 (the
+    official preprocessing, as the runtime does it)."""
     prepared = prepare_image(image, scale=(image_size, image_size), mean=mean, std=std)
-    tensor = np.zeros((1, 3, image_size, image_size), np.float32)
-    hp, wp = prepared.padded_hw
-    tensor[..., : min(hp, image_size), : min(wp, image_size)] = \
-        prepared.tensor[..., :image_size, :image_size]
+    tensor = prepared.tensor
     scale_y = prepared.resized_hw[0] / image.shape[0]
     scale_x = prepared.resized_hw[1] / image.shape[1]
     masks = masks[masks.reshape(len(masks), -1).any(1)]  # objects out of this frame have none
@@ -167,7 +169,13 @@ def synthetic_scenes(count: int, image_size: int, mean, std, seed: int) -> list[
     scenes = []
     for i in range(count):
         drawn = generator.image(i)
-        scenes.append(prepare_scene(drawn.image, drawn.masks, image_size, mean, std))
+        # photos are rarely square: every other scene is cropped to 3:4, portrait or landscape
+        image, masks = drawn.image, drawn.masks
+        if i % 2:
+            keep = size * 3 // 4
+            image, masks = ((image[:keep], masks[:, :keep]) if i % 4 == 1
+                            else (image[:, :keep], masks[:, :, :keep]))
+        scenes.append(prepare_scene(np.ascontiguousarray(image), masks, image_size, mean, std))
     return scenes
 
 
@@ -194,9 +202,8 @@ def output_errors(test: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray])
     return out
 
 
-def _binary(mask_logits: np.ndarray, scene: Scene, image_size: int) -> np.ndarray:
-    full = upsample_masks(mask_logits, (image_size, image_size), scene.resized_hw,
-                          scene.original_hw)
+def _binary(mask_logits: np.ndarray, scene: Scene) -> np.ndarray:
+    full = upsample_masks(mask_logits, scene.padded_hw, scene.resized_hw, scene.original_hw)
     return full > 0  # sigmoid(x) > 0.5
 
 
@@ -243,7 +250,8 @@ class Verifier:
     def graph_inputs(self) -> dict[str, list[dict[str, np.ndarray]]]:
         rng = np.random.default_rng(7)
         s = self.image_size
-        image = rng.standard_normal((2, 3, s, s)).astype(np.float32)
+        # landscape 3:4 as a photo (height and width are dynamic axes)
+        image = rng.standard_normal((2, 3, -(-s * 3 // 4 // 32) * 32, s)).astype(np.float32)
         features = self._ref("features", lambda: self.reference("encoder", {"image": image}))
         pixels = self._ref("pixels", lambda: self.reference(PIXEL_DECODER.name, features))
         c = self.learned[0].shape[-1]
@@ -340,8 +348,8 @@ class Verifier:
         errors = output_errors({k: test[k] for k in ref}, ref)
         ious = []
         for t in range(frames):
-            ious.append(_mask_iou(_binary(test["mask_logits"][0, :, t], scene, self.image_size),
-                                  _binary(ref["mask_logits"][0, :, t], scene, self.image_size)))
+            ious.append(_mask_iou(_binary(test["mask_logits"][0, :, t], scene),
+                                  _binary(ref["mask_logits"][0, :, t], scene)))
         top = float((test["class_logits"][0].argmax(-1) == ref["class_logits"][0].argmax(-1))
                     .mean())
         return {"class_logits_max_abs": errors["class_logits"]["max_abs"],
@@ -352,8 +360,8 @@ class Verifier:
                 "mask_iou": min(ious), "top_class_agreement": top}
 
     def _full(self, out, scene):
-        return upsample_masks(out["mask_logits"][0, :, 0], (self.image_size, self.image_size),
-                              scene.resized_hw, scene.original_hw)
+        return upsample_masks(out["mask_logits"][0, :, 0], scene.padded_hw, scene.resized_hw,
+                              scene.original_hw)
 
     def _panoptic(self, test, ref, scene) -> dict[str, Any]:
         maps = []
@@ -401,7 +409,7 @@ class Verifier:
                         lambda: decode(self.reference, ref_q, ref_pixels))
         test = decode(run, test_q, pixels)
         common = self._compare_queries(test, ref, scene)
-        args = ((self.image_size, self.image_size), scene.resized_hw, scene.original_hw)
+        args = (scene.padded_hw, scene.resized_hw, scene.original_hw)
         a = prompt_results(test["mask_logits"][0, :, 0], test["iou_logits"][0], *args)
         b = prompt_results(ref["mask_logits"][0, :, 0], ref["iou_logits"][0], *args)
         common["prompt_mask_iou"] = _mask_iou(a.masks, b.masks)
@@ -421,8 +429,7 @@ class Verifier:
                                                           queries["query_position"]),
                                       self.bank, True)
             result = prompt_results(out["mask_logits"][0, :, 0], out["iou_logits"][0],
-                                    (self.image_size, self.image_size), scene.resized_hw,
-                                    scene.original_hw)
+                                    scene.padded_hw, scene.resized_hw, scene.original_hw)
             values.append(interactive_miou(result.masks, scene.masks))
         return float(np.mean(values))
 

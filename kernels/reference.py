@@ -13,8 +13,12 @@ import torch.nn.functional as F
 
 
 def level_sizes(spatial_shapes: torch.Tensor | Sequence[Sequence[int]]) -> list[tuple[int, int]]:
-    """``spatial_shapes`` (L, 2) as a list of python ``(H, W)`` pairs (constants when tracing)."""
+    """``spatial_shapes`` (L, 2) as a list of ``(H, W)`` pairs: python ints, or, while tracing for
+    ONNX, 0-d tensors read from ``spatial_shapes`` so the graph keeps dynamic spatial sizes."""
     if isinstance(spatial_shapes, torch.Tensor):
+        if torch.jit.is_tracing():
+            return [(spatial_shapes[i, 0], spatial_shapes[i, 1])  # type: ignore[misc]
+                    for i in range(spatial_shapes.shape[0])]
         return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
     return [(int(h), int(w)) for h, w in spatial_shapes]
 

@@ -3,7 +3,8 @@
 
 A bundle is a directory written by ``omg-export`` (``export.build_bundle``)::
 
-    manifest.json        schema_version, model (ModelSpec), input_size [H, W], preprocess,
+    manifest.json        format_version, schema_version, model (ModelSpec), input (the sizes
+                         the graphs take: :class:`InputContract`), preprocess,
                          graphs {name: {files per precision, inputs, outputs}}, precisions,
                          vocabulary {names, num_things, seen, file}, tokenizer {file,
                          context_length}, files {relative path: sha256}
@@ -31,12 +32,119 @@ import numpy as np
 
 from omg_rt.backends.base import TensorSpec
 from omg_rt.errors import BundleError
-from omg_rt.spec import GRAPHS, SCHEMA_VERSION, ModelSpec
+from omg_rt.spec import GRAPHS, SCHEMA_VERSION, ModelSpec, PreprocessSpec
 from omg_rt.tokenizer import ClipTokenizer
 
 MANIFEST = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
+# The bundle layout's version (the model spec inside has its own ``schema_version``).
+# 2: the encoder side takes any padded height and width (the ``input`` section); 1 had one
+# fixed square ``input_size``.
+FORMAT_VERSION = 2
 _HASH_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """The input sizes of a bundle's encoder, pixel decoder and query decoder, and how the
+    runtime sizes an image for them — the official rule: resize keeping the aspect ratio into a
+    (long, short) box, then zero-pad bottom/right to a multiple of ``size_divisor``.
+
+    Attributes:
+        image_scale: (long, short) resize box for images (official demo: (1024, 1024)).
+        video_scale: (long, short) resize box for video frames (official: (1280, 736)).
+        size_divisor: padded height and width are multiples of this (32).
+        min_hw, max_hw: the padded (H, W) range the graphs were exported and checked for
+            (TensorRT optimisation profiles span it; ONNX Runtime takes any multiple of 32).
+        fixed_hw: None when height and width are dynamic; else the one padded size every
+            input is padded into (fixed-shape engines).
+    """
+
+    image_scale: tuple[int, int]
+    video_scale: tuple[int, int]
+    size_divisor: int = 32
+    min_hw: tuple[int, int] = (32, 32)
+    max_hw: tuple[int, int] = (1024, 1024)
+    fixed_hw: tuple[int, int] | None = None
+
+    @classmethod
+    def for_scales(
+        cls, image_scale: tuple[int, int], video_scale: tuple[int, int], size_divisor: int = 32
+    ) -> InputContract:
+        """Dynamic sizes up to the largest padded size either scale gives, in both
+        orientations (a portrait photo's height is a landscape photo's width)."""
+        longest = max(*image_scale, *video_scale)
+        side = -(-longest // size_divisor) * size_divisor
+        return cls(
+            image_scale=(int(image_scale[0]), int(image_scale[1])),
+            video_scale=(int(video_scale[0]), int(video_scale[1])),
+            size_divisor=size_divisor,
+            min_hw=(size_divisor, size_divisor),
+            max_hw=(side, side),
+        )
+
+    @classmethod
+    def at_image_size(cls, preprocess: PreprocessSpec, image_size: int | None = None
+                      ) -> InputContract:
+        """The contract of a model whose images are resized into the (image_size, image_size)
+        box (default: the spec's image scale). Video frames use the spec's video scale, scaled
+        by ``image_size / max(image scale)``: the official ConvNeXt-L at 1024 keeps
+        (1280, 736); at 512 it gets (640, 368)."""
+        if image_size is None:
+            return cls.for_scales(preprocess.image_scale, preprocess.video_scale,
+                                  preprocess.size_divisor)
+        factor = image_size / max(preprocess.image_scale)
+        long_edge, short_edge = (max(1, round(e * factor)) for e in preprocess.video_scale)
+        return cls.for_scales((image_size, image_size), (long_edge, short_edge),
+                              preprocess.size_divisor)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image_scale": list(self.image_scale),
+            "video_scale": list(self.video_scale),
+            "size_divisor": self.size_divisor,
+            "min_hw": list(self.min_hw),
+            "max_hw": list(self.max_hw),
+            "fixed_hw": None if self.fixed_hw is None else list(self.fixed_hw),
+        }
+
+    @classmethod
+    def from_dict(cls, value: Any, where: str) -> InputContract:
+        if not isinstance(value, dict):
+            raise BundleError(f"{where}: input: expected an object, got {value!r}")
+        known = {"image_scale", "video_scale", "size_divisor", "min_hw", "max_hw", "fixed_hw"}
+        unknown = set(value) - known
+        if unknown:
+            raise BundleError(f"{where}: input: unknown keys {sorted(unknown)}")
+
+        def pair(key: str, optional: bool = False) -> tuple[int, int] | None:
+            v = value.get(key)
+            if v is None and optional:
+                return None
+            if not (
+                isinstance(v, list)
+                and len(v) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+            ):
+                raise BundleError(f"{where}: input.{key}: expected [int, int] > 0, got {v!r}")
+            return int(v[0]), int(v[1])
+
+        divisor = value.get("size_divisor")
+        if not isinstance(divisor, int) or isinstance(divisor, bool) or divisor < 1:
+            raise BundleError(f"{where}: input.size_divisor: expected an int >= 1, got {divisor!r}")
+        contract = cls(
+            image_scale=pair("image_scale"),  # type: ignore[arg-type]
+            video_scale=pair("video_scale"),  # type: ignore[arg-type]
+            size_divisor=divisor,
+            min_hw=pair("min_hw"),  # type: ignore[arg-type]
+            max_hw=pair("max_hw"),  # type: ignore[arg-type]
+            fixed_hw=pair("fixed_hw", optional=True),
+        )
+        if any(lo > hi for lo, hi in zip(contract.min_hw, contract.max_hw)):
+            raise BundleError(
+                f"{where}: input: min_hw {contract.min_hw} exceeds max_hw {contract.max_hw}"
+            )
+        return contract
 
 
 @dataclass(frozen=True)
@@ -76,7 +184,7 @@ class Bundle:
         spec: the model spec it was exported from.
         identity: sha256 (hex, 16 chars) of ``manifest.json``, which lists every file's sha256:
             the encoder cache keys include it, so two bundles never share entries.
-        input_size: (H, W) fixed padded input of the encoder and pixel decoder.
+        input: the sizes the graphs take and how images are sized for them.
         graphs: name -> :class:`GraphEntry`.
         precisions: the precisions exported.
         vocabulary: the default vocabulary (``vocab.npz``).
@@ -89,7 +197,7 @@ class Bundle:
     manifest: dict[str, Any]
     spec: ModelSpec
     identity: str
-    input_size: tuple[int, int]
+    input: InputContract
     graphs: dict[str, GraphEntry]
     precisions: tuple[str, ...]
     vocabulary: Vocabulary
@@ -130,7 +238,7 @@ class ModelAssets:
     Attributes:
         spec: the model spec.
         identity: bundle identity (cache keys include it).
-        input_size: (H, W) fixed padded encoder input.
+        input: the sizes the graphs take and how images are sized for them.
         query_content, query_position: (Q, C) float32 learned queries.
         vocabulary: the default vocabulary.
         tokenizer: CLIP tokenizer for ``set_vocabulary`` (None if the bundle has none).
@@ -138,7 +246,7 @@ class ModelAssets:
 
     spec: ModelSpec
     identity: str
-    input_size: tuple[int, int]
+    input: InputContract
     query_content: np.ndarray
     query_position: np.ndarray
     vocabulary: Vocabulary
@@ -152,7 +260,7 @@ class ModelAssets:
         return cls(
             spec=bundle.spec,
             identity=bundle.identity,
-            input_size=bundle.input_size,
+            input=bundle.input,
             query_content=bundle.query_content,
             query_position=bundle.query_position,
             vocabulary=bundle.vocabulary,
@@ -184,6 +292,14 @@ def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
         raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
     if not isinstance(manifest, dict):
         raise BundleError(f"{manifest_path}: expected a JSON object, got {type(manifest).__name__}")
+    layout = manifest.get("format_version", 1)
+    if layout != FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest_path}: format_version {layout!r} is not supported (this runtime reads "
+            f"{FORMAT_VERSION}: " + ("an older bundle with a fixed square input; re-export it "
+            "with omg-export)" if isinstance(layout, int) and layout < FORMAT_VERSION
+            else "a newer bundle; upgrade omg-rt)")
+        )
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise BundleError(
@@ -199,13 +315,7 @@ def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
     if verify:
         _verify_files(root, files)
 
-    input_size = manifest.get("input_size")
-    if not (
-        isinstance(input_size, list | tuple)
-        and len(input_size) == 2
-        and all(isinstance(v, int) and v > 0 for v in input_size)
-    ):
-        raise BundleError(f"{manifest_path}: input_size: expected [H, W], got {input_size!r}")
+    contract = InputContract.from_dict(manifest.get("input"), str(manifest_path))
 
     graphs = {
         name: _graph_entry(name, entry, manifest_path)
@@ -241,7 +351,7 @@ def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
         manifest=manifest,
         spec=spec,
         identity=hashlib.sha256(raw).hexdigest()[:16],
-        input_size=(int(input_size[0]), int(input_size[1])),
+        input=contract,
         graphs=graphs,
         precisions=precisions,
         vocabulary=vocabulary,

@@ -1,9 +1,12 @@
 """Image encoding: user images -> :class:`~omg_rt.sessions.ImageSession`, with the encoder
 cache in front of the encoder and pixel decoder graphs.
 
-An image is resized keeping its ratio to the bundle's fixed input, hashed (the cache key is the
-bundle identity, the precision and the resized pixels' hash), and only cache misses are
-normalised, zero padded and run through the encoder and the pixel decoder, batched.
+An image is resized keeping its ratio into the bundle's image scale (video frames: its video
+scale) and hashed (the cache key is the bundle identity, the precision and the resized pixels'
+hash); only cache misses are normalised, zero padded to a multiple of 32 — the official model's
+own shape, no square — and run through the encoder and the pixel decoder, batched per padded
+size. A backend whose graphs take one fixed size (a fixed-shape engine) gets every image fitted
+and padded into that size instead.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from omg_rt.bundle import InputContract
 from omg_rt.cache import EncodedImage, EncoderCache
 from omg_rt.inputs import read_image
 from omg_rt.preprocess import keep_ratio_size, normalize_and_pad
@@ -30,11 +34,13 @@ class ResizedImage:
         key: encoder-cache key (bundle identity, precision, content hash).
         original_hw: (H, W) of the user's image.
         resized: (Hr, Wr, 3) uint8 after the keep-ratio resize.
+        padded_hw: (Hp, Wp) the encoder input it is zero-padded to.
     """
 
     key: tuple
     original_hw: tuple[int, int]
     resized: np.ndarray
+    padded_hw: tuple[int, int]
 
     @property
     def resized_hw(self) -> tuple[int, int]:
@@ -46,8 +52,8 @@ class ImageEncoder:
 
     Args:
         runners: the opened graphs by name (``encoder`` and ``pixel_decoder`` are used).
-        input_size: (H, W) fixed padded encoder input.
-        preprocess: normalisation constants and size divisor.
+        contract: the bundle's input sizes (scales, size divisor, fixed size if any).
+        preprocess: normalisation constants.
         cache_prefix: (bundle identity, precision), the first part of every cache key.
         cache: the encoder cache.
         max_batch: images per encoder call when the encoder's batch axis is dynamic.
@@ -57,7 +63,7 @@ class ImageEncoder:
         self,
         runners: dict[str, Any],
         *,
-        input_size: tuple[int, int],
+        contract: InputContract,
         preprocess: PreprocessSpec,
         cache_prefix: tuple[str, str],
         cache: EncoderCache,
@@ -65,65 +71,87 @@ class ImageEncoder:
     ) -> None:
         self._encoder = runners[ENCODER.name]
         self._pixel_decoder = runners[PIXEL_DECODER.name]
-        self.input_size = input_size
+        self.contract = contract
         self.cache = cache
         self._preprocess = preprocess
         self._cache_prefix = cache_prefix
-        batch_axis = self._encoder.inputs()["image"].shape[0]
-        self._fixed_batch = isinstance(batch_axis, int)
-        self.max_batch = batch_axis if self._fixed_batch else max(1, int(max_batch))
+        shape = self._encoder.inputs()["image"].shape
+        self._fixed_batch = isinstance(shape[0], int)
+        self.max_batch = shape[0] if self._fixed_batch else max(1, int(max_batch))
+        # a graph or engine built for one spatial size takes exactly that size
+        graph_hw = tuple(shape[2:4]) if all(isinstance(d, int) for d in shape[2:4]) else None
+        self.fixed_hw: tuple[int, int] | None = contract.fixed_hw or graph_hw  # type: ignore[assignment]
 
-    def prepare(self, image: Any, name: str) -> ResizedImage:
-        """Check and resize an image (array or path; ``name`` for error messages)."""
+    def prepare(self, image: Any, name: str, *, video: bool = False) -> ResizedImage:
+        """Check and resize an image (array or path; ``name`` for error messages) into the
+        image scale, or the video scale for a video frame."""
         image = read_image(image, name)
-        hin, win = self.input_size
-        long_edge, short_edge = max(hin, win), min(hin, win)
-        hr, wr = keep_ratio_size(image.shape[:2], (long_edge, short_edge))
-        if hr > hin or wr > win:  # a portrait image in a landscape input: fit it instead
-            factor = min(hin / image.shape[0], win / image.shape[1])
-            hr, wr = int(image.shape[0] * factor + 0.5), int(image.shape[1] * factor + 0.5)
+        contract = self.contract
+        hr, wr = keep_ratio_size(image.shape[:2], contract.video_scale if video
+                                 else contract.image_scale)
+        if self.fixed_hw is not None:
+            hin, win = self.fixed_hw
+            if hr > hin or wr > win:  # does not fit the fixed input: fit it instead
+                factor = min(hin / image.shape[0], win / image.shape[1])
+                hr = min(hin, int(image.shape[0] * factor + 0.5))
+                wr = min(win, int(image.shape[1] * factor + 0.5))
+            padded = (hin, win)
+        else:
+            d = contract.size_divisor
+            padded = (-(-hr // d) * d, -(-wr // d) * d)
         resized = cv2.resize(image, (wr, hr), interpolation=cv2.INTER_LINEAR)
         digest = hashlib.blake2b(resized.tobytes(), digest_size=16)
-        digest.update(np.asarray(resized.shape, np.int64).tobytes())
+        digest.update(np.asarray((*resized.shape, *padded), np.int64).tobytes())
         key = (*self._cache_prefix, digest.hexdigest())
-        return ResizedImage(key=key, original_hw=image.shape[:2], resized=resized)
+        return ResizedImage(
+            key=key, original_hw=image.shape[:2], resized=resized, padded_hw=padded
+        )
 
     def tensor(self, prepared: ResizedImage) -> np.ndarray:
-        """(1, 3, Hin, Win) float32: normalised, zero padded to the fixed input size."""
+        """(1, 3, Hp, Wp) float32: normalised, zero padded to ``prepared.padded_hw``."""
         pre = self._preprocess
-        tensor = normalize_and_pad(prepared.resized, pre.mean, pre.std, pre.size_divisor)
-        hin, win = self.input_size
-        out = np.zeros((1, 3, hin, win), np.float32)
-        h, w = min(tensor.shape[2], hin), min(tensor.shape[3], win)
-        out[:, :, :h, :w] = tensor[:, :, :h, :w]
+        tensor = normalize_and_pad(prepared.resized, pre.mean, pre.std, self.contract.size_divisor)
+        hp, wp = prepared.padded_hw
+        if tensor.shape[2:] == (hp, wp):
+            return tensor
+        out = np.zeros((1, 3, hp, wp), np.float32)
+        out[:, :, : tensor.shape[2], : tensor.shape[3]] = tensor[:, :, :hp, :wp]
         return out
 
     def encode(self, prepared: list[ResizedImage]) -> list[EncodedImage]:
-        """Encoder + pixel decoder, batched up to ``max_batch`` (no cache)."""
-        encoded: list[EncodedImage] = []
+        """Encoder + pixel decoder, images of one padded size batched up to ``max_batch``
+        (no cache); results in the order given."""
+        encoded: list[EncodedImage | None] = [None] * len(prepared)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, p in enumerate(prepared):
+            by_size.setdefault(p.padded_hw, []).append(i)
         step = self.max_batch
-        for start in range(0, len(prepared), step):
-            chunk = prepared[start : start + step]
-            images = np.concatenate([self.tensor(p) for p in chunk], axis=0)
-            n = images.shape[0]
-            if self._fixed_batch and n < step:  # pad a fixed-batch engine with zeros
-                images = np.concatenate(
-                    [images, np.zeros((step - n, *images.shape[1:]), np.float32)], axis=0
-                )
-            features = self._encoder({"image": images})
-            pixels = self._pixel_decoder({name: features[name] for name in PIXEL_DECODER.inputs})
-            for i in range(n):
-                encoded.append(
-                    EncodedImage(
-                        mask_features=_row(pixels["mask_features"], i),
-                        memory_s32=_row(pixels["memory_s32"], i),
-                        memory_s16=_row(pixels["memory_s16"], i),
-                        memory_s8=_row(pixels["memory_s8"], i),
-                        clip_features=_row(features["features_s32"], i),
-                    )
-                )
-        return encoded
+        for indices in by_size.values():
+            for start in range(0, len(indices), step):
+                chunk = indices[start : start + step]
+                for i, value in zip(chunk, self._encode_batch([prepared[i] for i in chunk])):
+                    encoded[i] = value
+        return encoded  # type: ignore[return-value]
 
+    def _encode_batch(self, chunk: list[ResizedImage]) -> list[EncodedImage]:
+        images = np.concatenate([self.tensor(p) for p in chunk], axis=0)
+        n = images.shape[0]
+        if self._fixed_batch and n < self.max_batch:  # pad a fixed-batch engine with zeros
+            images = np.concatenate(
+                [images, np.zeros((self.max_batch - n, *images.shape[1:]), np.float32)], axis=0
+            )
+        features = self._encoder({"image": images})
+        pixels = self._pixel_decoder({name: features[name] for name in PIXEL_DECODER.inputs})
+        return [
+            EncodedImage(
+                mask_features=_row(pixels["mask_features"], i),
+                memory_s32=_row(pixels["memory_s32"], i),
+                memory_s16=_row(pixels["memory_s16"], i),
+                memory_s8=_row(pixels["memory_s8"], i),
+                clip_features=_row(features["features_s32"], i),
+            )
+            for i in range(n)
+        ]
     def sessions(self, prepared: list[ResizedImage], *, store: bool = True) -> list[ImageSession]:
         """Sessions for prepared images: cache hits reused, misses encoded together (each
         distinct image once) and, with ``store``, added to the cache."""
@@ -144,7 +172,7 @@ class ImageEncoder:
                 key=p.key,
                 original_hw=(int(p.original_hw[0]), int(p.original_hw[1])),
                 resized_hw=p.resized_hw,
-                padded_hw=self.input_size,
+                padded_hw=p.padded_hw,
                 encoded=value,  # type: ignore[arg-type]
             )
             for p, value in zip(prepared, found, strict=True)

@@ -24,7 +24,7 @@ import numpy as np
 
 from omg_rt.assembly import instance_result, panoptic_result, prompt_result, semantic_result
 from omg_rt.backends import BackendChoice, open_backends
-from omg_rt.bundle import ModelAssets, Vocabulary, load_bundle
+from omg_rt.bundle import InputContract, ModelAssets, Vocabulary, load_bundle
 from omg_rt.cache import DEFAULT_CACHE_BYTES, EncodedImage, EncoderCache
 from omg_rt.encoding import ImageEncoder, ResizedImage
 from omg_rt.errors import BundleError, InvalidInputError
@@ -34,6 +34,7 @@ from omg_rt.postprocess.open_vocab import (
     mask_pooled_clip_features,
     open_vocab_ensemble,
 )
+from omg_rt.postprocess.video import video_split
 from omg_rt.results import SegmentationResult
 from omg_rt.sessions import ImageSession
 from omg_rt.spec import (
@@ -108,7 +109,7 @@ class Segmenter:
                 raise BundleError(f"backend {backend.name} has no {graph.name!r} graph")
         self.image_encoder = ImageEncoder(
             self._runners,
-            input_size=assets.input_size,
+            contract=assets.input,
             preprocess=self.spec.preprocess,
             cache_prefix=(assets.identity, precision),
             cache=self.cache,
@@ -205,7 +206,8 @@ class Segmenter:
             vocabulary: class names (comma-separated synonyms); the class bank comes from the
                 model's text encoder. Required.
             num_things: classes ``[0, num_things)`` are things (default: all).
-            image_size: padded square input size (default: the spec's image scale).
+            image_size: images are resized keeping their ratio into (image_size, image_size)
+                and padded to a multiple of 32 (default: the spec's image scale).
         """
         if backend != "torch":
             raise InvalidInputError(
@@ -220,8 +222,6 @@ class Segmenter:
             model, spec = path, path.config
         names = check_names(vocabulary)
         choice = open_backends("torch", model=model, device=device)
-        size = image_size or max(spec.preprocess.image_scale)
-        size = -(-int(size) // spec.preprocess.size_divisor) * spec.preprocess.size_divisor
         content, position = learned_queries(model)
         placeholder = Vocabulary(
             names=tuple(names),
@@ -236,7 +236,7 @@ class Segmenter:
             identity="torch-"
             + hashlib.sha256(spec.to_json().encode()).hexdigest()[:8]
             + f"-{id(model):x}",
-            input_size=(size, size),
+            input=InputContract.at_image_size(spec.preprocess, image_size),
             query_content=content,
             query_position=position,
             vocabulary=placeholder,
@@ -275,8 +275,9 @@ class Segmenter:
         return self._vocabulary
 
     @property
-    def input_size(self) -> tuple[int, int]:
-        return self.assets.input_size
+    def input_contract(self) -> InputContract:
+        """The sizes the graphs take and how images and frames are resized for them."""
+        return self.assets.input
 
     def graph_calls(self) -> dict[str, int]:
         """How often each graph ran (the cache's effect, measurable)."""
@@ -324,6 +325,62 @@ class Segmenter:
         with self._lock:
             self._vocabulary = vocabulary
             self._ensemble = bool((~seen).any()) if ensemble is None else bool(ensemble)
+        return vocabulary
+
+    def set_class_bank(
+        self,
+        names: Sequence[str],
+        class_bank: np.ndarray,
+        *,
+        num_things: int | None = None,
+        seen: np.ndarray | Sequence[bool] | None = None,
+        ensemble: bool | None = None,
+    ) -> Vocabulary:
+        """Use precomputed text embeddings as the vocabulary (an official ``gen_cls`` bank, or
+        a bank built elsewhere); no text encoder needed.
+
+        Args:
+            names: K class names.
+            class_bank: (K, S, D) float32 unit-norm text embeddings, D = the model's CLIP width.
+            num_things: classes ``[0, num_things)`` are things (default: all).
+            seen: (K,) bool, classes seen in training (open-vocabulary ensemble weights);
+                default: matched by name against the bundle's vocabulary.
+            ensemble: use the open-vocabulary CLIP ensemble (default: when a class is unseen).
+        """
+        names = check_names(names)
+        num_things = check_num_things(num_things, len(names))
+        bank = np.asarray(class_bank)
+        dim = self.spec.backbone.embed_dim
+        if bank.dtype != np.float32 or bank.ndim != 3 or bank.shape[0] != len(names) \
+                or bank.shape[2] != dim or bank.shape[1] < 1:
+            raise InvalidInputError(
+                f"class_bank: expected float32 ({len(names)}, S, {dim}), got {bank.dtype} "
+                f"{bank.shape}"
+            )
+        norms = np.linalg.norm(bank, axis=-1)
+        if not np.allclose(norms, 1.0, atol=1e-3):
+            raise InvalidInputError(
+                f"class_bank: expected unit-norm rows, got norms in [{norms.min():.3g}, "
+                f"{norms.max():.3g}]"
+            )
+        base = self.assets.vocabulary
+        if seen is None:
+            seen_mask = seen_classes(names, base.names, base.seen)
+        else:
+            seen_mask = np.asarray(seen, dtype=bool)
+            if seen_mask.shape != (len(names),):
+                raise InvalidInputError(
+                    f"seen: expected ({len(names)},) bool, got {seen_mask.shape}"
+                )
+        vocabulary = Vocabulary(
+            names=tuple(names),
+            num_things=num_things,
+            seen=seen_mask,
+            class_bank=np.ascontiguousarray(bank),
+        )
+        with self._lock:
+            self._vocabulary = vocabulary
+            self._ensemble = bool((~seen_mask).any()) if ensemble is None else bool(ensemble)
         return vocabulary
 
     # ------------------------------------------------------------------ images
@@ -428,6 +485,8 @@ class Segmenter:
         *,
         first_mask: np.ndarray | None = None,
         clip_size: int | None = None,
+        num_frames: int | None = None,
+        whole_video: bool = False,
     ) -> VideoSession:
         """Start a streaming video session.
 
@@ -438,15 +497,33 @@ class Segmenter:
                 bool masks (ids 1..M).
             clip_size: frames decoded together (default: the spec's ``clip_size``; 1 when the
                 query decoder takes a single frame).
+            num_frames: the video's frame count, when known (a file): clips are then cut as
+                the official ``video_split`` cuts tubes (the spec's small clip size for videos
+                of at most ``small_clip_threshold`` frames; 7 frames in tubes of 3 -> 3 + 2 + 2).
+            whole_video: the official offline evaluation: results come from ``finish()`` with
+                the class and IoU logits averaged over every clip (the stream's results use the
+                clips seen so far). Memory grows with the video (stride-4 masks per frame).
         """
         if task not in VIDEO_TASKS:
             raise InvalidInputError(f"task: expected one of {VIDEO_TASKS}, got {task!r}")
-        if clip_size is None:
-            clip_size = self._post.clip_size
-        if isinstance(clip_size, bool) or not isinstance(clip_size, int) or clip_size < 1:
+        if clip_size is not None and (
+            isinstance(clip_size, bool) or not isinstance(clip_size, int) or clip_size < 1
+        ):
             raise InvalidInputError(f"clip_size: expected an int >= 1, got {clip_size!r}")
-        if self._fixed_clip_size is not None:
-            clip_size = self._fixed_clip_size
+        # a decoder exported with a fixed frame axis takes exactly that many frames per clip
+        explicit = self._fixed_clip_size or clip_size
+        clip_size = explicit or self._post.clip_size
+        clip_sizes: tuple[int, ...] = ()
+        if num_frames is not None:
+            if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+                raise InvalidInputError(f"num_frames: expected an int >= 1, got {num_frames!r}")
+            tubes = video_split(
+                num_frames,
+                clip_size=explicit or self._post.clip_size,
+                clip_size_small=explicit or self._post.clip_size_small,
+                small_clip_thr=self._post.small_clip_threshold,
+            )
+            clip_sizes = tuple(end - start for start, end in tubes)
         masks: np.ndarray | None = None
         ids: tuple[int, ...] = ()
         if task == "vos":
@@ -456,7 +533,13 @@ class Segmenter:
         elif first_mask is not None:
             raise InvalidInputError(f"first_mask: only used by task='vos', got task={task!r}")
         return VideoSession(
-            runtime=self, task=task, clip_size=clip_size, first_mask=masks, object_ids=ids
+            runtime=self,
+            task=task,
+            clip_size=clip_size,
+            first_mask=masks,
+            object_ids=ids,
+            clip_sizes=clip_sizes,
+            whole_video=bool(whole_video),
         )
 
     # ------------------------------------------------------------------ internals: sessions
@@ -474,7 +557,7 @@ class Segmenter:
         """Video frames use the cache for repeated content but are not stored in it: a long
         stream would evict every image entry. The session drops them after their clip."""
         encoder = self.image_encoder
-        return encoder.sessions([encoder.prepare(frame, name)], store=False)[0]
+        return encoder.sessions([encoder.prepare(frame, name, video=True)], store=False)[0]
 
     # ------------------------------------------------------------------ internals: decoding
 
@@ -529,9 +612,9 @@ class Segmenter:
         if not ensemble:
             return cls
         clip_features = np.concatenate([f.clip_features for f in frames], axis=0)  # (T, C, hc, wc)
-        pooled, valid = mask_pooled_clip_features(
-            outputs["mask_logits"][0].astype(np.float32, copy=False), clip_features, self.input_size
-        )
+        h4, w4 = frames[0].mask_features.shape[-2:]  # stride 4 of the padded input
+        mask_logits = outputs["mask_logits"][0].astype(np.float32, copy=False)
+        pooled, valid = mask_pooled_clip_features(mask_logits, clip_features, (4 * h4, 4 * w4))
         embeddings = self._runners[CLIP_HEAD.name]({"pooled_features": pooled[None]})
         clip_logits = clip_class_logits(
             embeddings["clip_embeddings"][0], vocabulary.class_bank, self._logit_scale

@@ -19,21 +19,10 @@ def runners(seg: Any) -> dict[str, Any]:
 
 
 def preprocess(seg: Any, image: np.ndarray) -> np.ndarray:
-    """(1, 3, H, W) float32 encoder input, as the runtime prepares it."""
-    if hasattr(seg, "_prepare") and hasattr(seg, "_tensor"):
-        return seg._tensor(seg._prepare(image, "image"))
-    import cv2
-
-    from omg_rt.preprocess import keep_ratio_size, normalize_and_pad
-
-    hin, win = seg.input_size
-    hr, wr = keep_ratio_size(image.shape[:2], (max(hin, win), min(hin, win)))
-    resized = cv2.resize(image, (wr, hr), interpolation=cv2.INTER_LINEAR)
-    spec = seg.spec.preprocess
-    tensor = normalize_and_pad(resized, spec.mean, spec.std, spec.size_divisor)
-    out = np.zeros((1, 3, hin, win), np.float32)
-    out[:, :, : tensor.shape[2], : tensor.shape[3]] = tensor[:, :, :hin, :win]
-    return out
+    """(1, 3, Hp, Wp) float32 encoder input, as the runtime prepares it (keep-ratio resize into
+    the bundle's image scale, zero padding to a multiple of 32)."""
+    encoder = seg.image_encoder
+    return encoder.tensor(encoder.prepare(image, "image"))
 
 
 def query_decoder_feeds(seg: Any, session: Any) -> dict[str, np.ndarray]:

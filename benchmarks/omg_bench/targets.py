@@ -89,7 +89,7 @@ def _is_bundle(path: Path) -> bool:
 
 def _bundle_size(path: Path) -> int:
     manifest = json.loads((path / "manifest.json").read_text())
-    return int(manifest["input_size"][0])
+    return int(manifest["input"]["image_scale"][0])
 
 
 def check_model(options: BenchOptions) -> None:

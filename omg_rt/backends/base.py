@@ -18,6 +18,9 @@ import numpy as np
 from omg_rt.errors import InvalidInputError
 from omg_rt.spec import GraphIO
 
+# Padded image height and width are multiples of the backbone's coarsest stride.
+INPUT_DIVISOR = 32
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -131,6 +134,12 @@ class GraphRunner:
                             f"{spec.describe()}, got {describe(value)}"
                         )
                 elif dim:
+                    if dim in ("H", "W") and size % INPUT_DIVISOR:
+                        raise InvalidInputError(
+                            f"{self.graph.name}.{name}: axis {axis} ({dim}) must be a multiple "
+                            f"of {INPUT_DIVISOR} (the stride of the coarsest map): expected "
+                            f"{spec.describe()}, got {describe(value)}"
+                        )
                     seen = named.setdefault(dim, (size, name))
                     if seen[0] != size:
                         raise InvalidInputError(

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from omg_rt.backends.base import TensorSpec
-from omg_rt.backends.trt_profiles import profile_shapes, runtime_ranges
+from omg_rt.backends.trt_profiles import profile_shapes, runtime_ranges, spatial_ranges
 from omg_rt.errors import BackendUnavailableError, BundleError, InvalidInputError
 from omg_rt.spec import PIXEL_DECODER
 
@@ -223,6 +223,7 @@ def _profile_shapes(
         max_texts=opts.max_texts,
         counts=counts,
     )
+    ranges.update(spatial_ranges(bundle.input.to_dict()))
     return profile_shapes(dims, ranges, counts, graph=graph)
 
 

@@ -3,10 +3,12 @@ axes, from what each axis counts. One rule set for the exporter (``export.engine
 target) and the runtime (engines built on first use, from ``TensorRTOptions``); stdlib only, so
 the runtime imports it without torch.
 
-A dynamic axis is named in the manifest (``N``, ``B``, ``Q``, ``P``, ``K``, ``S``; see
-``export.graphs``); :func:`axis_meaning` says what it counts, and a table of ranges per meaning
-gives its (min, opt, max). ``N`` counts different things per graph: encoder images, frames of
-the pixel and query decoders, texts of the text encoder.
+A dynamic axis is named in the manifest (``N``, ``B``, ``Q``, ``P``, ``K``, ``S``, ``H``, ``W``,
+``H/s``, ``W/s``; see ``export.graphs``); :func:`axis_meaning` says what it counts, and a table of
+ranges per meaning gives its (min, opt, max). ``N`` counts different things per graph: encoder
+images, frames of the pixel and query decoders, texts of the text encoder. Height and width are
+in padded input pixels (:func:`spatial_ranges`, from the bundle's ``input`` contract); a map at
+stride s gets the range divided by s.
 """
 
 from __future__ import annotations
@@ -38,6 +40,30 @@ TARGET_RANGES: dict[str, dict[str, Range]] = {
 TARGET_RANGES["cpu"] = TARGET_RANGES["h100"]
 
 
+def spatial_ranges(contract: Mapping[str, object]) -> dict[str, Range]:
+    """``height`` and ``width`` (min, opt, max) in padded pixels from a manifest ``input``
+    section: min_hw to max_hw, opt = a 3:4 landscape photo at the image scale (768 x 1024 for
+    the official 1024 scale), or the fixed size of a fixed-shape bundle."""
+    fixed = contract.get("fixed_hw")
+    if fixed:
+        h, w = (int(v) for v in fixed)  # type: ignore[union-attr]
+        return {"height": (h, h, h), "width": (w, w, w)}
+    lo = [int(v) for v in contract["min_hw"]]  # type: ignore[union-attr]
+    hi = [int(v) for v in contract["max_hw"]]  # type: ignore[union-attr]
+    divisor = int(contract.get("size_divisor", 32))  # type: ignore[call-overload]
+    long_edge, short_edge = (int(v) for v in contract["image_scale"])  # type: ignore[union-attr]
+    factor = min(max(long_edge, short_edge) / 4, min(long_edge, short_edge) / 3)
+    opt = [-(-int(3 * factor + 0.5) // divisor) * divisor,
+           -(-int(4 * factor + 0.5) // divisor) * divisor]
+    return {name: (lo[i], min(max(opt[i], lo[i]), hi[i]), hi[i])
+            for i, name in enumerate(("height", "width"))}
+
+
+def _stride(symbol: str) -> int:
+    """``H`` -> 1, ``H/8`` -> 8."""
+    return int(symbol.split("/", 1)[1]) if "/" in symbol else 1
+
+
 def axis_meaning(input_name: str, symbol: str) -> str | None:
     """What the dynamic axis ``symbol`` of input ``input_name`` counts (None: unknown).
 
@@ -46,6 +72,8 @@ def axis_meaning(input_name: str, symbol: str) -> str | None:
     """
     if symbol == "N":
         return {"image": "images", "token_ids": "texts"}.get(input_name, "frames")
+    if symbol.split("/", 1)[0] in ("H", "W"):
+        return "height" if symbol[0] == "H" else "width"
     return _MEANINGS.get(symbol)
 
 
@@ -116,6 +144,9 @@ def profile_shapes(
                     )
                 lo, wanted, hi = ranges[meaning]
                 opt = min(max(counts.get(dim, 1) if wanted is None else wanted, lo), hi)
+                if meaning in ("height", "width"):  # pixels -> this map's stride
+                    stride = _stride(dim)  # type: ignore[arg-type]
+                    lo, opt, hi = (-(-v // stride) for v in (lo, opt, hi))
             lo_shape.append(lo)
             opt_shape.append(opt)
             hi_shape.append(hi)

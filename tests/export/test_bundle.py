@@ -71,7 +71,11 @@ def test_bundle_holds_every_graph_and_the_manifest_hashes_every_file(bundle, man
         assert name in manifest["files"]
     assert check_hashes(bundle) == []
     assert manifest["precisions"] == ["fp32", "fp16", "int8"]
-    assert manifest["input_size"] == [SIZE, SIZE]
+    assert manifest["format_version"] == 2
+    # images resized into the (SIZE, SIZE) box, padded to 32 only: any H x W up to max_hw
+    assert manifest["input"]["image_scale"] == [SIZE, SIZE]
+    assert manifest["input"]["fixed_hw"] is None
+    assert manifest["input"]["max_hw"][0] >= SIZE
     assert manifest["opset"] >= 17
     assert set(manifest["tools"]) >= {"torch", "onnx", "onnxruntime", "onnxslim"}
 
@@ -101,8 +105,9 @@ def test_graphs_pass_the_checker_and_keep_the_spec_names_shapes_and_dtypes(bundl
     assert qd["inputs"]["class_bank"]["shape"][:2] == ["K", "S"]
     assert qd["inputs"]["query_content"]["shape"][:2] == ["B", "Q"]
     assert qd["inputs"]["prompt_mode"] == {"shape": [], "dtype": "bool"}
-    assert qd["outputs"]["mask_logits"]["shape"] == ["B", "Q", "T", SIZE // 4, SIZE // 4]
-    assert manifest["graphs"]["encoder"]["inputs"]["image"]["shape"] == ["N", 3, SIZE, SIZE]
+    assert qd["outputs"]["mask_logits"]["shape"] == ["B", "Q", "T", "H/4", "W/4"]
+    assert qd["inputs"]["memory_s32"]["shape"][2:] == ["H/32", "W/32"]
+    assert manifest["graphs"]["encoder"]["inputs"]["image"]["shape"] == ["N", 3, "H", "W"]
     assert manifest["graphs"]["text_encoder"]["inputs"]["token_ids"]["dtype"] == "int64"
 
 

@@ -35,7 +35,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def defs(model):
-    return graph_defs(model, 64)
+    return graph_defs(model)
 
 
 def test_tensorrt_flavour_replaces_grid_sample_by_the_plugin_node(defs, model, tmp_path):
@@ -48,15 +48,16 @@ def test_tensorrt_flavour_replaces_grid_sample_by_the_plugin_node(defs, model, t
     assert plugin["trt::MultiscaleDeformableAttnPlugin_TRT"] == layers
     onnx.checker.check_model(str(tmp_path / "t.onnx"))
     graph = onnx.load(str(tmp_path / "t.onnx")).graph
-    constants = {n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant"}
-    constants.update({t.name: t for t in graph.initializer})
+    producers = {out: n for n in graph.node for out in n.output}
+    initializers = {t.name for t in graph.initializer}
     for node in (n for n in graph.node if n.op_type == "MultiscaleDeformableAttnPlugin_TRT"):
-        shapes, starts = (constants[name] for name in node.input[1:3])
-        # spatial shapes and level starts are int32 constants, as TensorRT's plugin reads them
-        assert shapes.data_type == starts.data_type == onnx.TensorProto.INT32
-        np.testing.assert_array_equal(onnx.numpy_helper.to_array(shapes),
-                                      [[2, 2], [4, 4], [8, 8]])
-        np.testing.assert_array_equal(onnx.numpy_helper.to_array(starts), [0, 4, 20])
+        for name in node.input[1:3]:
+            # spatial shapes and level starts are int32, as TensorRT's plugin reads them, and
+            # computed from the input's shape (dynamic height and width), not frozen constants
+            cast = producers[name]
+            assert cast.op_type == "Cast" and name not in initializers
+            assert cast.attribute[0].i == onnx.TensorProto.INT32
+            assert producers[cast.input[0]].op_type != "Constant"
 
 
 def test_the_flavour_is_restored_after_export(defs, tmp_path):
@@ -142,8 +143,14 @@ def test_engine_profiles_cover_every_dynamic_axis():
     io = {"inputs": {"class_bank": {"shape": ["K", "S", 64]},
                      "query_content": {"shape": ["B", "Q", 64]},
                      "prompt_mode": {"shape": []}}}
-    shapes = profile_shapes(io, "h100", {"K": 133, "S": 17, "Q": 300})
-    assert set(shapes) == {"class_bank", "query_content"}
+    io["inputs"]["mask_features"] = {"shape": ["N", 64, "H/4", "W/4"]}
+    contract = {"image_scale": [1024, 1024], "video_scale": [1280, 736], "size_divisor": 32,
+                "min_hw": [32, 32], "max_hw": [1280, 1280], "fixed_hw": None}
+    shapes = profile_shapes(io, "h100", {"K": 133, "S": 17, "Q": 300}, contract)
+    assert set(shapes) == {"class_bank", "query_content", "mask_features"}
+    # height and width in padded pixels divided by the map's stride; opt = a 3:4 photo
+    lo, opt, hi = shapes["mask_features"]
+    assert lo[2:] == (8, 8) and opt[2:] == (192, 256) and hi[2:] == (320, 320)
     lo, opt, hi = shapes["class_bank"]
     assert lo == (1, 1, 64) and opt == (133, 17, 64) and hi[0] >= 1000
     assert shapes["query_content"][1] == (1, 300, 64)

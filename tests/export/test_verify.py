@@ -39,7 +39,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def defs(model):
-    return graph_defs(model, SIZE)
+    return graph_defs(model)
 
 
 @pytest.fixture(scope="module")

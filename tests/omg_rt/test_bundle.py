@@ -15,7 +15,10 @@ from tests.omg_rt.test_runtime_support import IMAGE_SIZE, NAMES, copy_bundle, ti
 
 def test_a_bundle_loads_with_its_spec_graphs_queries_and_vocabulary():
     bundle = load_bundle(tiny_bundle())
-    assert bundle.input_size == (IMAGE_SIZE, IMAGE_SIZE)
+    # images resized into the (S, S) box and padded to 32 only; graphs take any such size
+    assert bundle.input.image_scale == (IMAGE_SIZE, IMAGE_SIZE)
+    assert bundle.input.fixed_hw is None and bundle.input.size_divisor == 32
+    assert bundle.input.max_hw[0] >= max(*bundle.input.image_scale, *bundle.input.video_scale)
     assert set(bundle.graphs) == {g.name for g in GRAPHS}
     assert set(bundle.graphs[QUERY_DECODER.name].inputs) == set(QUERY_DECODER.inputs)
     q, c = bundle.spec.query_decoder.num_queries, bundle.spec.query_decoder.embed_dim
@@ -69,7 +72,11 @@ def test_missing_and_unlisted_files_are_errors(tmp_path):
     ("edit", "message"),
     [
         (lambda m: m.update(schema_version=99), "schema_version 99 is not supported"),
-        (lambda m: m.update(input_size=[128]), r"input_size: expected \[H, W\]"),
+        (lambda m: m["input"].update(max_hw=[128]), r"input.max_hw: expected \[int, int\]"),
+        (lambda m: m["input"].update(min_hw=[4096, 4096]), "min_hw .* exceeds max_hw"),
+        (lambda m: m["input"].update(crop=True), r"unknown keys \['crop'\]"),
+        (lambda m: m.update(format_version=1), "format_version 1 .* re-export"),
+        (lambda m: m.update(format_version=3), "format_version 3 .* upgrade omg-rt"),
         (lambda m: m.update(graphs={"mystery": {"files": {"fp32": "x.onnx"}}}), "not listed"),
         (lambda m: m["model"].update(name=3, bogus=1), "invalid model spec"),
     ],

@@ -159,6 +159,67 @@ def test_torch_backend_runtime_equals_the_model_called_directly(ref):
     np.testing.assert_array_equal(np.where(expected.id_map == void, -1, expected.id_map), got.id_map)
 
 
+@pytest.mark.parametrize("hw", [(60, 120), (150, 70), (33, 200), (128, 128), (20, 24)])
+def test_images_are_encoded_at_their_own_shape_as_the_official_preprocessing(ort, ref, hw):
+    """Keep-ratio resize into the image scale, zero padding only to a multiple of 32 (no square):
+    the encoder input equals ``omg_rt.preprocess.prepare_image`` (the official pipeline), and
+    ONNX Runtime matches PyTorch at that shape."""
+    from omg_rt.preprocess import prepare_image
+
+    image = scene(11, hw=(max(hw[0], 24), max(hw[1], 24)))[: hw[0], : hw[1]].copy()
+    contract = ort.input_contract
+    official = prepare_image(image, contract.image_scale)
+    session = ort.set_image(image)
+    assert session.resized_hw == official.resized_hw
+    assert session.padded_hw == official.padded_hw
+    assert session.encoded.mask_features.shape[-2:] == (official.padded_hw[0] // 4,
+                                                         official.padded_hw[1] // 4)
+    tensor = ort.image_encoder.tensor(ort.image_encoder.prepare(image, "image"))
+    np.testing.assert_array_equal(tensor, official.tensor)
+    _assert_same(ort.panoptic(session), ref.panoptic(image), f"panoptic {hw}")
+    box = [[2, 2, hw[1] - 3, hw[0] - 3]]
+    _assert_same(ort.prompt(session, boxes=box), ref.prompt(image, boxes=box), f"prompt {hw}")
+
+
+def test_video_frames_use_the_video_scale_and_one_size_per_stream(ort):
+    from omg_rt.preprocess import keep_ratio_size
+
+    clip = moving_clip(2, hw=(90, 160))
+    session = ort.open_video("vis", clip_size=2)
+    results = session.run(clip)
+    frame = session.runtime._frame_session(clip[0], "frame")
+    assert frame.resized_hw == keep_ratio_size((90, 160), ort.input_contract.video_scale)
+    assert results[0].masks.shape[1:] == (90, 160)
+    stream = ort.open_video("vis", clip_size=2)
+    stream.step(clip[0])
+    with pytest.raises(InvalidInputError, match=r"frame 1: expected the stream's frame size"):
+        stream.step(np.zeros((64, 64, 3), np.uint8))
+    assert len(stream.step(clip[1])) == 2  # the session keeps serving
+
+
+def test_a_known_frame_count_cuts_tubes_as_the_official_video_split(ort):
+    session = ort.open_video("vis", clip_size=3, num_frames=7)
+    assert session.clip_sizes == (3, 2, 2)
+    results = [len(session.step(f)) for f in moving_clip(7)]
+    assert results == [0, 0, 3, 0, 2, 0, 2]
+    with pytest.raises(InvalidInputError, match="opened for 7 frames"):
+        session.step(moving_clip(1)[0])
+    assert session.finish() == []
+
+
+def test_whole_video_results_average_every_clip_and_come_at_finish(ort):
+    clip = moving_clip(6)
+    stream = ort.open_video("vss", clip_size=3).run(clip)
+    session = ort.open_video("vss", clip_size=3, whole_video=True)
+    assert [len(session.step(f)) for f in clip] == [0] * 6
+    whole = session.finish()
+    assert [r.frame_index for r in whole] == list(range(6))
+    # the last clip's frames see the same average in both modes; the first clip's do not
+    for a, b in zip(whole[3:], stream[3:], strict=True):
+        np.testing.assert_array_equal(a.id_map, b.id_map)
+    assert session.decoded == [] and session.memory_bytes < 1000  # released at finish
+
+
 # ---------------------------------------------------------------- encoder cache
 
 
@@ -395,8 +456,8 @@ def test_the_runner_validates_feeds_before_the_backend_runs(ort):
     calls = runner.calls
     with pytest.raises(InvalidInputError, match=r"encoder.image: expected float32 .*got float64"):
         runner({"image": np.zeros((1, 3, 128, 128))})
-    with pytest.raises(InvalidInputError, match="axis 2 must be 128"):
-        runner({"image": np.zeros((1, 3, 64, 128), np.float32)})
+    with pytest.raises(InvalidInputError, match=r"axis 2 \(H\) must be a multiple of 32"):
+        runner({"image": np.zeros((1, 3, 80, 128), np.float32)})
     with pytest.raises(InvalidInputError, match=r"expected inputs \['image'\]"):
         runner({"images": np.zeros((1, 3, 128, 128), np.float32)})
     assert runner.calls == calls
@@ -474,14 +535,20 @@ def test_import_and_onnxruntime_inference_do_not_import_torch():
 
 
 def test_tensorrt_profiles_cover_every_dynamic_axis_of_the_bundle():
-    from omg_rt.backends.trt_profiles import TARGET_RANGES, profile_shapes, runtime_ranges
+    from omg_rt.backends.trt_profiles import (
+        TARGET_RANGES,
+        profile_shapes,
+        runtime_ranges,
+        spatial_ranges,
+    )
     from omg_rt.bundle import load_bundle
 
     bundle = load_bundle(tiny_bundle())
     counts = {"Q": 7, "K": len(NAMES), "S": 2}
     limits = dict(max_batch=4, max_frames=5, max_prompts=64, max_classes=256, max_synonyms=20)
-    runtime = runtime_ranges(**limits, max_texts=256, counts=counts)
-    for ranges in (runtime, *TARGET_RANGES.values()):
+    spatial = spatial_ranges(bundle.input.to_dict())
+    runtime = {**runtime_ranges(**limits, max_texts=256, counts=counts), **spatial}
+    for ranges in (runtime, *({**r, **spatial} for r in TARGET_RANGES.values())):
         for graph, entry in bundle.graphs.items():
             inputs = {name: spec.shape for name, spec in entry.inputs.items()}
             shapes = profile_shapes(inputs, ranges, counts, graph=graph)

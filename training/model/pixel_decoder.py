@@ -8,6 +8,8 @@ features the query decoder's masks are dot products with.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -197,6 +199,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         for i in range(self.num_levels):
             level = len(features) - 1 - i
             feat = features[level]
+            # sizes read from the tensor stay symbolic when traced for ONNX (dynamic H, W)
             h, w = feat.shape[-2:]
             stride = self.STRIDES[level]
             inputs.append(self.input_projections[i](feat).flatten(2).transpose(1, 2))  # (N, hw, C)
@@ -204,18 +207,19 @@ class MSDeformAttnPixelDecoder(nn.Module):
             pos = self.level_embed.weight[i].view(-1, 1, 1) + pos
             positions.append(pos.flatten(1).transpose(0, 1))  # (hw, C)
             # pixel centres, computed as mmdet's point generator: ((x + 0.5) * s) / (W * s)
-            xs = (torch.arange(w, device=device) + 0.5) * stride
-            ys = (torch.arange(h, device=device) + 0.5) * stride
+            xs = (torch.arange(w, device=device) + 0.5) * stride / (w * stride)
+            ys = (torch.arange(h, device=device) + 0.5) * stride / (h * stride)
             yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-            factor = torch.tensor([w * stride, h * stride], device=device)
-            references.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], -1) / factor)
+            references.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], -1))
             sizes.append((h, w))
         x = torch.cat(inputs, dim=1)
         pos = torch.cat(positions, dim=0)[None]
         reference_points = torch.cat(references, dim=0)
-        spatial_shapes = torch.tensor(sizes, dtype=torch.int64, device=device)
+        spatial_shapes = _shape_table(sizes, device)
         counts = [h * w for h, w in sizes]
-        level_start_index = torch.tensor([0] + counts[:-1], device=device).cumsum(0)
+        level_start_index = torch.cat(
+            [spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]]
+        )
         for layer in self.encoder:
             x = layer(x, pos, reference_points, spatial_shapes, level_start_index)
         memories = [
@@ -228,3 +232,12 @@ class MSDeformAttnPixelDecoder(nn.Module):
         )
         mask_features = self.mask_projection(self.output_conv(fused))
         return mask_features, memories
+
+
+def _shape_table(sizes: list[tuple[Any, Any]], device: torch.device) -> torch.Tensor:
+    """(L, 2) int64 (H_l, W_l) from python ints, or from 0-d size tensors while tracing (a
+    ``torch.tensor`` of them would freeze the sizes into the graph)."""
+    if torch.jit.is_tracing():
+        rows = [torch.stack([torch.as_tensor(h), torch.as_tensor(w)]) for h, w in sizes]
+        return torch.stack(rows).to(device=device, dtype=torch.int64)
+    return torch.tensor(sizes, dtype=torch.int64, device=device)
