@@ -8,17 +8,25 @@ and mask pooling sum over all pixels), GridSample (deformable attention accumula
 kernels do) and the sine positional codes.
 
 INT8 (``int8/``): ONNX Runtime static quantization, QDQ format, per-channel symmetric INT8
-weights and INT8 activations calibrated (MinMax) on images: the encoder on the calibration images,
-the pixel decoder on the encoder's FP32 features of the same images. Only Conv / MatMul / Gemm are
-quantized. The query decoder stays FP32: its masked attention thresholds mask logits at 0, and
-INT8 flips those masks (TensorRT INT8 recipes also keep transformer decoders in FP16/FP32).
+weights and activations calibrated (MinMax) on images — by default scikit-image's bundled photos
+prepared as the runtime prepares images (:func:`calibration_photos`): the encoder on the photos,
+the pixel decoder on the encoder's FP32 features of the same photos. Activations are asymmetric
+UINT8 for ONNX Runtime's x86 kernels (U8S8), symmetric INT8 for TensorRT. Only Conv / MatMul /
+Gemm are quantized; :func:`integer_op_counts` says which of them ONNX Runtime's CPU provider
+really runs as integer kernels. Graphs with external data work end to end. The query decoder
+stays FP32: its masked attention thresholds mask logits at 0, and INT8 flips those masks
+(TensorRT INT8 recipes also keep transformer decoders in FP16/FP32).
 """
 
 from __future__ import annotations
 
+import tempfile
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -27,13 +35,24 @@ from onnxruntime.quantization import (
     CalibrationMethod,
     QuantFormat,
     QuantType,
-    quant_pre_process,
+    create_calibrator,
     quantize_static,
+    save_tensors_data,
 )
+from onnxruntime.quantization.quant_utils import add_pre_process_metadata
 from onnxruntime.transformers.float16 import convert_float_to_float16
 from tqdm import tqdm
 
-from export.onnx_export import save_model
+from export.onnx_export import EXTERNAL_DATA_BYTES, save_model
+from omg_rt.errors import InvalidInputError
+from omg_rt.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SIZE_DIVISOR,
+    keep_ratio_size,
+    normalize_and_pad,
+    prepare_image,
+)
 
 FP16_KEEP_FP32_OPS = (
     "LayerNormalization", "InstanceNormalization", "GroupNormalization", "Softmax", "ReduceSum",
@@ -43,6 +62,16 @@ FP16_KEEP_FP32_OPS = (
 FP16_GRAPHS = ("encoder", "pixel_decoder", "query_decoder", "clip_head")
 INT8_GRAPHS = ("encoder", "pixel_decoder")
 INT8_OPS = ("Conv", "MatMul", "Gemm")
+# what ONNX Runtime's CPU provider turns QDQ Conv / MatMul / Gemm into when it fuses them
+INTEGER_OPS = (
+    "QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul", "QGemm", "QAttention",
+)
+# scikit-image's bundled photos (in the wheel, no download): scenes, objects, people, textures
+CALIBRATION_PHOTOS = (
+    "astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle", "hubble_deep_field",
+    "immunohistochemistry", "camera", "coins", "clock", "moon", "page",
+)
 
 
 def convert_fp16(source: Path, target: Path) -> Path:
@@ -95,29 +124,213 @@ class _FeedReader(CalibrationDataReader):
 
 
 def quantize_int8(source: Path, target: Path, feeds: Sequence[dict[str, np.ndarray]], *,
-                  desc: str, progress: bool = True, symmetric_activations: bool = False) -> Path:
-    """Static QDQ INT8 quantization of ``source`` calibrated on ``feeds``.
+                  desc: str, progress: bool = True, symmetric_activations: bool = False,
+                  external_data_bytes: int = EXTERNAL_DATA_BYTES) -> Path:
+    """Static QDQ INT8 quantization of ``source`` calibrated on ``feeds``; external data in and out.
 
-    ``symmetric_activations``: zero-point 0 everywhere (TensorRT accepts only symmetric QDQ);
-    asymmetric activations suit ONNX Runtime's CPU kernels better.
+    Weights: per-channel symmetric INT8 (Conv: output channels, MatMul / Gemm: output columns).
+    Activations: asymmetric UINT8 by default — the type ONNX Runtime's x86 kernels run fastest
+    (U8S8: VNNI's ``vpdpbusd`` multiplies unsigned by signed bytes; S8 activations are shifted to
+    U8 at run time); ``symmetric_activations`` gives INT8 with zero-point 0 everywhere, which
+    TensorRT requires. Only :data:`INT8_OPS` are quantized; LayerNorm, GELU, softmax, GridSample
+    and the rest stay FP32.
+
+    ``source`` may keep its weights in ``<source>.data``: the pre-processing (ONNX Runtime's basic
+    graph optimisation + ONNX shape inference), the calibration and the quantizer all work on
+    copies in a temporary directory beside ``target`` (removed afterwards), and the result is
+    written with :func:`export.onnx_export.save_model` (weights in ``<target>.data`` when they
+    exceed ``external_data_bytes``).
+
+    Raises:
+        InvalidInputError: ``feeds`` empty, or a feed whose names, dtypes or shapes do not fit
+            ``source``'s inputs.
     """
+    _check_feeds(source, feeds)
     target.parent.mkdir(parents=True, exist_ok=True)
-    prepared = target.with_name(target.stem + ".prep.onnx")
-    # shape inference + graph optimisation first, as ONNX Runtime's quantization guide asks
-    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-    quantize_static(
-        str(prepared), str(target), _FeedReader(feeds, desc, progress),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(INT8_OPS),
-        per_channel=True,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True},
-    )
-    prepared.unlink()
-    onnx.checker.check_model(str(target))
+    activation = QuantType.QInt8 if symmetric_activations else QuantType.QUInt8
+    with tempfile.TemporaryDirectory(prefix=f".{target.stem}.int8-", dir=target.parent) as tmp:
+        work = Path(tmp)
+        prepared, quantized = work / "prepared.onnx", work / "quantized.onnx"
+        ranges = work / "calibration.json"
+        _pre_process(source, prepared)
+        with _temp_dir(work):  # onnxruntime.quantization's own temporary files land here too
+            # calibrate first and free the calibration session before the quantizer loads the
+            # model again: ConvNeXt-L at 512 peaks at 6 GB instead of 7.2 GB
+            calibrator = create_calibrator(
+                prepared, list(INT8_OPS), augmented_model_path=str(work / "augmented.onnx"),
+                calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True)
+            calibrator.collect_data(_FeedReader(feeds, desc, progress))
+            save_tensors_data(calibrator.compute_data(), ranges)
+            del calibrator
+            quantize_static(
+                str(prepared), str(quantized), None, calibration_cache_path=ranges,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(INT8_OPS),
+                per_channel=True,
+                reduce_range=False,  # 7-bit weights only help CPUs without VNNI
+                activation_type=activation,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                use_external_data_format=True,
+                extra_options=_int8_options(symmetric_activations),
+            )
+        save_model(onnx.load_model(str(quantized)), target,
+                   external_data_bytes=external_data_bytes)
     return target
+
+
+def _int8_options(symmetric_activations: bool) -> dict[str, object]:
+    """``quantize_static``'s extra options, chosen for what ONNX Runtime's CPU provider fuses.
+
+    MatMul / Gemm outputs stay float: ``DQ -> MatMul`` fuses into ``MatMulIntegerToFloat``
+    (integer product, float result), which saves a Quantize + Dequantize pass per product and
+    leaves the GELU after ConvNeXt's first MLP layer with one float producer, so ONNX Runtime
+    still fuses it into ``Gelu`` (a quantized output gets one DequantizeLinear per consumer,
+    which breaks that pattern: 5 elementwise ops per block instead of 1). Conv outputs stay
+    quantized: only ``DQ -> Conv -> Q`` becomes ``QLinearConv``. Only products with a constant
+    B (weights) are quantized.
+    """
+    return {
+        "ActivationSymmetric": symmetric_activations,
+        "WeightSymmetric": True,
+        "MatMulConstBOnly": True,
+        "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
+    }
+
+
+def _check_feeds(source: Path, feeds: Sequence[dict[str, np.ndarray]]) -> None:
+    """Every feed names exactly ``source``'s inputs with float32 arrays of their static dims."""
+    if len(feeds) == 0:
+        raise InvalidInputError(f"calibration feeds for {source.name}: expected at least one, "
+                                "got none")
+    graph = onnx.load_model(str(source), load_external_data=False).graph
+    expected = {i.name: [d.dim_value if d.HasField("dim_value") else None
+                         for d in i.type.tensor_type.shape.dim] for i in graph.input}
+    for k, feed in enumerate(feeds):
+        where = f"calibration feed {k} for {source.name}"
+        if not isinstance(feed, dict) or set(feed) != set(expected):
+            got = sorted(feed) if isinstance(feed, dict) else type(feed).__name__
+            raise InvalidInputError(f"{where}: expected the inputs {sorted(expected)}, got {got}")
+        for name, dims in expected.items():
+            value = feed[name]
+            if not isinstance(value, np.ndarray) or value.dtype != np.float32:
+                raise InvalidInputError(
+                    f"{where}: {name!r} must be a float32 numpy array, got "
+                    f"{getattr(value, 'dtype', type(value).__name__)}")
+            if value.ndim != len(dims) or any(d is not None and d != n
+                                              for d, n in zip(dims, value.shape)):
+                shape = tuple(d if d is not None else "?" for d in dims)
+                raise InvalidInputError(
+                    f"{where}: {name!r} must have shape {shape}, got {value.shape}")
+
+
+def _pre_process(source: Path, prepared: Path) -> None:
+    """ONNX Runtime's quantization pre-processing (``quant_pre_process`` without symbolic shape
+    inference: basic graph optimisation, then ONNX shape inference), for graphs with external
+    data: the optimised model's weights go to ``<prepared stem>.opt.onnx.data`` beside it."""
+    optimized = prepared.with_name(prepared.stem + ".opt.onnx")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(optimized)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                     optimized.name + ".data")
+    options.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    onnx.shape_inference.infer_shapes_path(str(optimized), str(prepared))
+    model = onnx.load_model(str(prepared), load_external_data=False)
+    add_pre_process_metadata(model)  # tells quantize_static that the pre-processing ran
+    onnx.save_model(model, str(prepared))  # the weights stay in the optimised model's data file
+
+
+@contextmanager
+def _temp_dir(path: Path) -> Iterator[None]:
+    """Point :mod:`tempfile` at ``path`` for a while (the quantizer's copies of the model)."""
+    before = tempfile.tempdir
+    tempfile.tempdir = str(path)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
+
+
+def optimized_op_counts(path: Path) -> dict[str, int]:
+    """Op types of the graph ONNX Runtime's CPU provider actually runs for ``path``.
+
+    Builds a CPU session at ``ORT_ENABLE_ALL`` (QDQ fusion, NHWC layout, ...) with
+    ``optimized_model_filepath`` set, and counts the op types of the saved optimised model.
+    """
+    with tempfile.TemporaryDirectory(prefix="omg-ort-opt-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(optimized)
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", "optimized.onnx.data")
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        options.log_severity_level = 3  # the "hardware-specific optimised model" warning
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load_model(str(optimized), load_external_data=False).graph
+        return dict(Counter(node.op_type for node in graph.node))
+
+
+def integer_op_counts(path: Path) -> dict[str, int]:
+    """How many integer convolutions / matrix products (:data:`INTEGER_OPS`) ONNX Runtime's CPU
+    provider runs for ``path`` after its QDQ fusions; empty when every Conv / MatMul ran in float
+    (a QDQ model whose pairs were left unfused computes in FP32 and is only slower)."""
+    counts = optimized_op_counts(path)
+    return {op: counts[op] for op in INTEGER_OPS if counts.get(op)}
+
+
+def calibration_photos(
+    scale: Sequence[int],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    size_divisor: int = SIZE_DIVISOR,
+    *,
+    fixed_hw: tuple[int, int] | None = None,
+    names: Sequence[str] = CALIBRATION_PHOTOS,
+) -> Iterator[np.ndarray]:
+    """The scikit-image bundled photos (offline) as the runtime feeds them to the encoder.
+
+    Each photo (gray ones as three equal channels) is resized keeping its ratio into the
+    (long, short) ``scale`` box, normalised and zero-padded bottom/right to a multiple of
+    ``size_divisor`` (``omg_rt.preprocess.prepare_image``), so the photos keep their own aspect
+    ratio. With ``fixed_hw`` = (H, W) every photo is instead padded into that one size, shrunk to
+    fit it first when the scale box gives more — the runtime's rule for fixed-shape graphs.
+
+    Yields:
+        (1, 3, Hp, Wp) float32 per photo, in the order of ``names``.
+    """
+    import skimage.data
+
+    for name in names:
+        photo = getattr(skimage.data, name)()
+        photo = photo[0] if isinstance(photo, tuple) else photo  # stereo pairs: the left view
+        if photo.ndim == 2:
+            photo = np.repeat(photo[..., None], 3, axis=2)
+        photo = np.ascontiguousarray(photo[..., :3])
+        if fixed_hw is None:
+            yield prepare_image(photo, scale, mean, std, size_divisor).tensor
+            continue
+        hin, win = fixed_hw
+        hr, wr = keep_ratio_size(photo.shape[:2], scale)
+        if hr > hin or wr > win:
+            factor = min(hin / photo.shape[0], win / photo.shape[1])
+            hr = min(hin, int(photo.shape[0] * factor + 0.5))
+            wr = min(win, int(photo.shape[1] * factor + 0.5))
+        resized = cv2.resize(photo, (wr, hr), interpolation=cv2.INTER_LINEAR)
+        tensor = np.zeros((1, 3, hin, win), np.float32)
+        tensor[:, :, :hr, :wr] = normalize_and_pad(resized, mean, std, 1)
+        yield tensor
+
+
+def default_calibration_images(image_size: int, mean: Sequence[float], std: Sequence[float], *,
+                               fixed_hw: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """``omg-export``'s default INT8 calibration set: :func:`calibration_photos` in the
+    (``image_size``, ``image_size``) box, each at its own padded size (or in ``fixed_hw``)."""
+    return list(calibration_photos((image_size, image_size), mean, std, fixed_hw=fixed_hw))
 
 
 def encoder_feeds(session: ort.InferenceSession,
