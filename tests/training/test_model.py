@@ -1,5 +1,5 @@
 """The PyTorch OMG-Seg model on the tiny preset: shapes, ranges, determinism, the masked-attention
-rule, prompt independence, checkpoints and their errors."""
+rule and its low-resolution fast path, prompt independence, checkpoints and their errors."""
 
 from __future__ import annotations
 
@@ -11,10 +11,16 @@ import torch.nn.functional as F
 
 from omg_rt.errors import CheckpointError
 from omg_rt.spec import PRESETS, ModelSpec, PixelDecoderSpec, get_preset
-from tests.conftest import OFFICIAL_FIXTURES
+from tests.conftest import OFFICIAL_FIXTURES, TOLERANCES
 from training.model import build_model
 from training.model.checkpoint import load_checkpoint, remap_official_keys, save_checkpoint
-from training.model.query_decoder import Mask2FormerQueryDecoder
+from training.model.classifier import text_logits
+from training.model.position_encoding import sine_encoding_3d
+from training.model.query_decoder import (
+    Mask2FormerQueryDecoder,
+    QueryPredictions,
+    _stack_frames,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -122,6 +128,153 @@ def test_fully_masked_query_attends_to_every_key():
     plain = kernels.masked_attention(q, k, v, None, impl="reference")
     torch.testing.assert_close(out[:, :, 0], plain[:, :, 0])
     assert not torch.allclose(out[:, :, 1], plain[:, :, 1])
+
+
+def _plain_decode(
+    decoder: Mask2FormerQueryDecoder,
+    memories: list[torch.Tensor],
+    mask_features: torch.Tensor,
+    class_bank: torch.Tensor,
+    queries: torch.Tensor,
+    query_pos: torch.Tensor,
+) -> tuple[list[QueryPredictions], list[torch.Tensor]]:
+    """The straightforward Mask2Former loop (the official order): every head computes the full
+    stride-4 masks, and each layer's attention mask is the previous head's masks resized per frame
+    to the level, then sigmoid >= 0.5. Returns every head's predictions and every attention mask
+    (B, 1, Q, T*h*w) bool."""
+    b, q = queries.shape[:2]
+    bt, c, h4, w4 = mask_features.shape
+    t = bt // b
+    stacked = mask_features.reshape(b, t, c, h4, w4).transpose(1, 2).flatten(2, 3)  # (B,C,T*H,W)
+
+    def head(queries: torch.Tensor) -> QueryPredictions:
+        normed = decoder.post_norm(queries)
+        masks = torch.einsum("bqc,bchw->bqhw", decoder.mask_embed(normed), stacked)
+        embeddings = decoder.classifier(normed, stacked, masks)
+        return QueryPredictions(
+            class_logits=text_logits(embeddings, class_bank, decoder.logit_scale),
+            mask_logits=masks.reshape(b, q, t, h4, w4),
+            iou_logits=decoder.iou_embed(normed)[..., 0],
+            query_embeddings=queries,
+        )
+
+    heads, masks_used = [head(queries)], []
+    for i, layer in enumerate(decoder.layers):
+        level = i % len(memories)
+        h, w = memories[level].shape[-2:]
+        keys = memories[level].flatten(2).transpose(1, 2).reshape(b, -1, c)  # (B, T*h*w, C)
+        keys = keys + decoder.level_embed.weight[level]
+        key_pos = sine_encoding_3d(t, h, w, c // 2)[None]
+        resized = F.interpolate(  # (B, Q*T, h, w): each frame resized on its own
+            heads[-1].mask_logits.flatten(1, 2), size=(h, w), mode="bilinear", align_corners=False
+        )
+        allowed = (resized.sigmoid() >= 0.5).reshape(b, q, -1)[:, None]
+        masks_used.append(allowed)
+        queries = layer(queries, query_pos, keys, key_pos, allowed, False)
+        heads.append(head(queries))
+    return heads, masks_used
+
+
+# (B, T, stride-4 (H, W), level (h, w)): integer ratios, non-integer ones that upsample,
+# 1 x 1 and 3 x 3 levels, clips of 1, 2 and 3 frames
+LEVEL_CASES = [
+    (2, 1, (40, 56), (5, 7)),
+    (1, 2, (24, 24), (3, 3)),
+    (1, 3, (8, 8), (1, 1)),
+    (1, 3, (40, 56), (10, 14)),
+    (2, 2, (13, 5), (5, 7)),
+    (1, 3, (4, 6), (7, 3)),
+]
+
+
+@pytest.mark.parametrize(("b", "t", "hw4", "level"), LEVEL_CASES)
+def test_attention_mask_at_the_level_equals_resizing_the_stride4_mask(b, t, hw4, level):
+    # resize(einsum(e, F)) == einsum(e, resize(F)): the fast path's logits equal the resized
+    # stride-4 logits up to float32 rounding, and its mask is the official one wherever a logit
+    # is not within that rounding of 0.
+    g = torch.Generator().manual_seed(sum(hw4) + t)
+    c, q = 48, 40
+    mask_features = torch.randn(b * t, c, *hw4, generator=g)
+    embeddings = torch.randn(b, q, c, generator=g)
+    full = torch.einsum("bqc,bchw->bqhw", embeddings, _stack_frames(mask_features, b))
+    full = full.reshape(b, q, t, *hw4)  # (B, Q, T, H, W)
+    expected = Mask2FormerQueryDecoder._attention_mask(full, level)
+    expected_logits = F.interpolate(
+        full.flatten(1, 2), size=level, mode="bilinear", align_corners=False
+    ).reshape(b, q, -1)
+
+    level_features = _stack_frames(
+        F.interpolate(mask_features, size=level, mode="bilinear", align_corners=False), b
+    )
+    allowed = Mask2FormerQueryDecoder._level_attention_mask(embeddings, level_features)
+    logits = torch.einsum("bqc,bchw->bqhw", embeddings, level_features).flatten(2)
+
+    assert allowed.shape == expected.shape == (b, 1, q, t * level[0] * level[1])
+    noise = 1e-5 * expected_logits.abs().max()  # float32 rounding of a 48-term sum, generously
+    assert (logits - expected_logits).abs().max() <= noise
+    decided = (expected_logits.abs() > noise)[:, None]
+    assert decided.float().mean() >= 0.99, "almost every key must be decided for a real check"
+    mismatched = (allowed != expected) & decided
+    assert not mismatched.any(), f"{int(mismatched.sum())} keys differ, first at " + str(
+        mismatched.nonzero()[:5].tolist()
+    )
+    assert expected.any() and not expected.all(), "a mask that blocks some keys and not others"
+
+
+# (B, T, stride-4 (H, W), levels s32, s16, s8). The last case upsamples along the stacked
+# height, the one place where resizing a whole clip would differ from resizing each frame.
+DECODER_CASES = [
+    (1, 1, (40, 56), [(5, 7), (10, 14), (20, 28)]),
+    (2, 1, (24, 24), [(3, 3), (6, 6), (12, 12)]),
+    (1, 2, (8, 8), [(1, 1), (2, 2), (4, 4)]),
+    (1, 3, (20, 12), [(3, 3), (5, 7), (10, 6)]),
+    (1, 3, (4, 12), [(3, 3), (5, 7), (10, 6)]),
+]
+
+
+@pytest.fixture(scope="module")
+def six_layer_decoder():
+    # two rounds of the three levels, so every level is attended after a masked layer
+    torch.manual_seed(3)
+    decoder = Mask2FormerQueryDecoder(
+        embed_dim=32, num_layers=6, num_heads=4, ffn_dim=64, num_queries=12, clip_dim=16,
+        logit_scale_log=4.6052,
+    )
+    return decoder.eval()
+
+
+@pytest.mark.parametrize(("b", "t", "hw4", "levels"), DECODER_CASES)
+def test_inference_decoding_equals_the_plain_loop_and_training_is_unchanged(
+    six_layer_decoder, b, t, hw4, levels
+):
+    decoder = six_layer_decoder
+    g = torch.Generator().manual_seed(b * 10 + t)
+    c = decoder.embed_dim
+    mask_features = torch.randn(b * t, c, *hw4, generator=g)
+    memories = [torch.randn(b * t, c, *hw, generator=g) for hw in levels]
+    bank = F.normalize(torch.randn(5, 2, 16, generator=g), dim=-1)
+    queries = decoder.learned_queries(b)
+    plain, masks_used = _plain_decode(decoder, memories, mask_features, bank, *queries)
+    # the attention masks must matter: in most layers some query sees some keys and not others
+    # (a row blocked everywhere attends everywhere, so it does not count)
+    restricting = [bool((m.any(-1) & ~m.all(-1)).any()) for m in masks_used]
+    assert sum(restricting) >= len(restricting) // 2, restricting
+
+    # inference (intermediate masks at the levels' sizes): the last head within float32
+    # tolerance (bitwise equal in practice: outputs see the masks only as booleans)
+    (fast,) = decoder(memories, mask_features, bank, *queries)
+    last = plain[-1]
+    for name in ("class_logits", "mask_logits", "iou_logits", "query_embeddings"):
+        torch.testing.assert_close(
+            getattr(fast, name), getattr(last, name), **TOLERANCES["float32"], msg=name
+        )
+
+    # training (all_layers): every head, bit for bit the straightforward loop
+    heads = decoder(memories, mask_features, bank, *queries, all_layers=True)
+    assert len(heads) == len(plain) == len(decoder.layers) + 1
+    for i, (ours, ref) in enumerate(zip(heads, plain)):
+        for name in ("class_logits", "mask_logits", "iou_logits", "query_embeddings"):
+            assert torch.equal(getattr(ours, name), getattr(ref, name)), (i, name)
 
 
 @pytest.mark.parametrize("preset", ["synthetic-tiny", "tiny"])

@@ -5,8 +5,12 @@ Each of the 9 layers: masked cross-attention to one memory level (cycling stride
 self-attention -> FFN, post-norm. A query may attend only where its previous mask prediction
 (resized to the level) has sigmoid >= 0.5; a query whose mask would block every key attends to
 all keys (Mask2Former's rule). Heads (mask, class, IoU) run on the post-normed queries before the
-first layer and after every layer; at inference only the last class/IoU heads matter, so the
-intermediate ones compute masks only (an exact saving).
+first layer and after every layer. At inference only the last head's outputs matter, so the
+intermediate heads compute just the attention mask, and at the level's size: bilinear resizing
+(no antialias) is a fixed linear map per channel, so resize(einsum(e, F)) = einsum(e, resize(F)),
+and the mask features are resized once per level instead of every head's stride-4 mask (exact up
+to float32 rounding; research/omg_seg.md section 6, item 3). Training (``all_layers``) needs every
+head's stride-4 masks and classes, and keeps the straightforward order.
 
 Video: a clip's T frames share one decoding. Memories join along the token axis (frame-major)
 with the 3-D sine code; mask features are stacked along height, so each query predicts a tube.
@@ -195,12 +199,12 @@ class Mask2FormerQueryDecoder(nn.Module):
             predictions, one per head call (initial + every layer) or just the last.
         """
         b = queries.shape[0]
-        bt, c, h4, w4 = mask_features.shape
+        bt, c = mask_features.shape[:2]
         t = bt // b
         # (B*T, C, H, W) -> (B, C, T*H, W): frames stacked along height. Reshapes, not
         # ``unflatten``, wherever a size is data-dependent: the ONNX tracer loses the dynamic
         # shapes of an ``unflatten`` output (its later ``.shape`` reads become constants).
-        stacked = mask_features.reshape(b, t, c, h4, w4).transpose(1, 2).flatten(2, 3)
+        stacked = _stack_frames(mask_features, b)
         keys, key_pos, sizes = [], [], []
         for i, memory in enumerate(memories):
             h, w = memory.shape[-2:]
@@ -210,19 +214,31 @@ class Mask2FormerQueryDecoder(nn.Module):
             key_pos.append(sine_encoding_3d(t, h, w, c // 2, memory.device)[None])
             sizes.append((h, w))
 
-        outputs = []
-        last = len(self.layers)
-        pred = self._predict(queries, stacked, class_bank, t, with_classes=all_layers or last == 0)
-        outputs.append(pred)
+        if all_layers:  # training: every head in full, attention masks from the stride-4 masks
+            outputs = [self._predict(queries, stacked, class_bank, t)]
+            for i, layer in enumerate(self.layers):
+                level = i % self.num_levels
+                allowed = self._attention_mask(outputs[-1].mask_logits, sizes[level])
+                queries = layer(
+                    queries, query_pos, keys[level], key_pos[level], allowed, prompt_mode
+                )
+                outputs.append(self._predict(queries, stacked, class_bank, t))
+            return outputs
+
+        # inference: the mask features at each level's size, once; (B, C, T*h, w) each
+        level_features = [
+            _stack_frames(
+                F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False), b
+            )
+            for size in sizes
+        ]
         for i, layer in enumerate(self.layers):
             level = i % self.num_levels
-            allowed = self._attention_mask(pred.mask_logits, sizes[level])
-            queries = layer(queries, query_pos, keys[level], key_pos[level], allowed, prompt_mode)
-            pred = self._predict(
-                queries, stacked, class_bank, t, with_classes=all_layers or i == last - 1
+            allowed = self._level_attention_mask(
+                self.mask_embed(self.post_norm(queries)), level_features[level]
             )
-            outputs.append(pred)
-        return outputs if all_layers else outputs[-1:]
+            queries = layer(queries, query_pos, keys[level], key_pos[level], allowed, prompt_mode)
+        return [self._predict(queries, stacked, class_bank, t)]
 
     @torch.no_grad()
     def init_position_attention(self, gain: float) -> None:
@@ -264,21 +280,17 @@ class Mask2FormerQueryDecoder(nn.Module):
         stacked_features: torch.Tensor,
         class_bank: torch.Tensor,
         num_frames: int,
-        with_classes: bool,
     ) -> QueryPredictions:
+        """One full prediction head: stride-4 masks, classes, IoU."""
         normed = self.post_norm(queries)
         mask_logits = torch.einsum("bqc,bchw->bqhw", self.mask_embed(normed), stacked_features)
-        class_logits = iou_logits = None
-        if with_classes:
-            embeddings = self.classifier(normed, stacked_features, mask_logits)
-            class_logits = text_logits(embeddings, class_bank, self.logit_scale)
-            iou_logits = self.iou_embed(normed)[..., 0]
+        embeddings = self.classifier(normed, stacked_features, mask_logits)
         return QueryPredictions(
-            class_logits=class_logits,
+            class_logits=text_logits(embeddings, class_bank, self.logit_scale),
             mask_logits=mask_logits.reshape(
                 mask_logits.shape[0], mask_logits.shape[1], num_frames, -1, mask_logits.shape[3]
             ),
-            iou_logits=iou_logits,
+            iou_logits=self.iou_embed(normed)[..., 0],
             query_embeddings=queries,
         )
 
@@ -294,3 +306,27 @@ class Mask2FormerQueryDecoder(nn.Module):
         )  # (B, Q*T, h, w)
         allowed = resized.sigmoid() >= 0.5
         return allowed.view(b, q, -1)[:, None].detach()
+
+    @staticmethod
+    def _level_attention_mask(
+        mask_embeddings: torch.Tensor, level_features: torch.Tensor
+    ) -> torch.Tensor:
+        """The same mask as ``_attention_mask`` of the stride-4 logits, computed at the level.
+
+        Args:
+            mask_embeddings: (B, Q, C) ``mask_embed`` of the post-normed queries.
+            level_features: (B, C, T*h, w) the mask features resized per frame to the level's
+                (h, w), frames stacked along height.
+
+        Returns:
+            (B, 1, Q, T*h*w) bool, True = may attend (sigmoid(logit) >= 0.5, as the official).
+        """
+        logits = torch.einsum("bqc,bchw->bqhw", mask_embeddings, level_features)
+        allowed = logits.sigmoid() >= 0.5
+        return allowed.flatten(2)[:, None].detach()
+
+
+def _stack_frames(frames: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(B*T, C, H, W) -> (B, C, T*H, W): a clip's frames stacked along height."""
+    bt, c, h, w = frames.shape
+    return frames.reshape(batch_size, -1, c, h, w).transpose(1, 2).flatten(2, 3)
