@@ -81,6 +81,21 @@ def _agreement(ours: np.ndarray, official: np.ndarray) -> float:
     return float((ours == official).mean())
 
 
+def _assert_per_query_close(ours: np.ndarray, official: np.ndarray) -> None:
+    """Per-query relative error (to the tensor's largest magnitude) <= 1e-4, allowing one query
+    in a hundred up to 1e-3. Why: with random weights the mask logits reach ~1e4, and a query
+    whose attention-mask logit sits within float32 noise of 0 (e.g. video tube 0, query 68, last
+    layer: 0.008) flips one key between two implementations that round differently (ours
+    computes the intermediate attention masks at the level's size, the official code resizes
+    the stride-4 masks); that query then differs by ~1e-4."""
+    scale = np.abs(official).max()
+    per_query = np.abs(ours - official).reshape(len(official), -1).max(1) / scale
+    assert per_query.max() <= 10 * RTOL, per_query.max()
+    assert (per_query > RTOL).sum() <= max(1, len(official) // 100), np.flatnonzero(
+        per_query > RTOL
+    )
+
+
 def test_regenerated_weights_match_the_fixture_fingerprints():
     decoder, visual = official_state_dicts()
     assert len(decoder) == 310 and len(visual) == 345
@@ -98,14 +113,13 @@ def test_panoptic_mode_logits_match_the_official_model(golden_image):
     golden = load_npz("golden.npz")
     cls = torch.cat([out.class_logits[0], out.iou_logits[0, :, None]], -1).numpy()
     assert cls.shape == golden["cls_scores"].shape
-    assert _relative_error(cls, golden["cls_scores"]) <= RTOL
+    _assert_per_query_close(cls, golden["cls_scores"])
     masks = out.mask_logits[0, :, 0].numpy()
     n = golden["mask_logits_q16"].shape[0]
     assert _relative_error(masks[:n], golden["mask_logits_q16"]) <= RTOL
-    assert (
-        _relative_error(masks.reshape(masks.shape[0], -1).sum(1), golden["mask_logits_sum"]) <= RTOL
-    )
-    assert _relative_error(out.query_embeddings[0].numpy(), golden["query_feat"]) <= RTOL
+    sums = masks.reshape(masks.shape[0], -1).sum(1)
+    _assert_per_query_close(sums[:, None], golden["mask_logits_sum"][:, None])
+    _assert_per_query_close(out.query_embeddings[0].numpy(), golden["query_feat"])
 
 
 @pytest.mark.parametrize("fixture", ["golden_prompt.npz", "golden_points.npz"])
@@ -160,19 +174,6 @@ def test_open_vocabulary_ensemble_matches_the_official_model(official, golden_im
     masks = _full_size(prepared, out.mask_logits[0, :, 0].numpy())
     result = panoptic_results(ov.astype(np.float32), masks, DEMO_NUM_THINGS)
     assert _agreement(result.id_map, golden["panoptic"]) >= PIXEL_AGREEMENT
-
-
-def _assert_per_query_close(ours: np.ndarray, official: np.ndarray) -> None:
-    """Per-query relative error (to the tensor's largest magnitude) <= 1e-4, allowing one query
-    in a hundred up to 1e-3. Why: with random weights the mask logits reach ~1e4, and a query
-    whose attention-mask logit sits within float32 noise of 0 (tube 0, query 68, last layer:
-    0.008) flips one key between the two implementations; that query then differs by ~1e-4."""
-    scale = np.abs(official).max()
-    per_query = np.abs(ours - official).reshape(len(official), -1).max(1) / scale
-    assert per_query.max() <= 10 * RTOL, per_query.max()
-    assert (per_query > RTOL).sum() <= max(1, len(official) // 100), np.flatnonzero(
-        per_query > RTOL
-    )
 
 
 def test_whole_video_inference_matches_the_official_model(official):
