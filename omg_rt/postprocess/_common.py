@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy.special import expit
 
@@ -44,3 +46,30 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     """float32 logistic function (no overflow warnings for logits of +-1e5)."""
     return expit(logits.astype(np.float32, copy=False))
+
+
+@functools.lru_cache(maxsize=2)
+def sigmoid_threshold(strict: bool = False) -> np.float32:
+    """The smallest float32 logit ``x`` with ``sigmoid(x) >= 0.5`` (``> 0.5`` when ``strict``).
+
+    :func:`sigmoid` is monotone, so for float32 logits ``sigmoid(x) >= 0.5`` holds exactly when
+    ``x >= sigmoid_threshold()``: thresholds on logits decide what thresholds on the float32
+    sigmoid decide, without computing it. Found by bisection over the float32 values in order.
+    """
+
+    def value(key: int) -> np.float32:  # float32 values in ascending order of their key
+        bits = key if key >= 0 else (-key) | 0x80000000
+        return np.array([bits], np.uint32).view(np.float32)[0]
+
+    def passes(x: np.float32) -> bool:
+        y = sigmoid(np.array([x], np.float32))[0]
+        return bool(y > np.float32(0.5)) if strict else bool(y >= np.float32(0.5))
+
+    bad, good = -0x3F800000, 0x3F800000  # keys of -1.0 and 1.0
+    while good - bad > 1:
+        middle = (good + bad) // 2
+        if passes(value(middle)):
+            good = middle
+        else:
+            bad = middle
+    return value(good)

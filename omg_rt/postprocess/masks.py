@@ -206,21 +206,56 @@ def upsample_masks(
         raise InvalidInputError(
             f"resized_hw: expected at most padded_hw {(hp, wp)}, got {(hr, wr)}"
         )
-    q, h4, w4 = mask_logits.shape
+    plan = ResizePlan(mask_logits.shape[1:], (hp, wp), (hr, wr), (h, w))
+    q = mask_logits.shape[0]
     out = np.empty((q, h, w), dtype=np.float32)
-    use_opencv = _opencv_agrees(h4, hp) and _opencv_agrees(w4, wp)
-    rows1 = tuple(t[:hr] for t in linear_taps(h4, hp))
-    cols1 = tuple(t[:wr] for t in linear_taps(w4, wp))
-    rows2, cols2 = linear_taps(hr, h), linear_taps(wr, w)
-    buffer = np.empty((min(q, _QUERY_BLOCK), hp, wp), dtype=np.float32) if use_opencv else None
     for start in range(0, q, _QUERY_BLOCK):
         block = mask_logits[start : start + _QUERY_BLOCK]
-        if buffer is not None:
-            cropped = _resize_opencv(block, (hp, wp), buffer[: block.shape[0]])[:, :hr, :wr]
-        else:
-            cropped = _resize_separable(block, rows1, cols1)  # type: ignore[arg-type]
-        if (hr, wr) == (h, w):
+        cropped = plan.padded_crop(block)
+        if plan.copy:
             out[start : start + block.shape[0]] = cropped
         else:
-            _resize_separable(cropped, rows2, cols2, out=out[start : start + block.shape[0]])
+            _resize_separable(
+                cropped, plan.rows2, plan.cols2, out=out[start : start + block.shape[0]]
+            )
     return out
+
+
+class ResizePlan:
+    """The taps of :func:`upsample_masks` for one set of sizes, and its first stage.
+
+    Shared with :class:`omg_rt.postprocess.tiles.TiledLogits`, which evaluates the same second
+    stage on tiles: both go through :meth:`padded_crop`, so their values agree bit for bit.
+
+    Attributes:
+        rows1, cols1: stride-4 -> padded taps, cut to the crop (``linear_taps(h4, Hp)[:Hr]``).
+        rows2, cols2: crop -> original taps.
+        copy: the crop already has the original size (no second resize).
+    """
+
+    def __init__(
+        self,
+        stride4_hw: tuple[int, int],
+        padded_hw: tuple[int, int],
+        resized_hw: tuple[int, int],
+        original_hw: tuple[int, int],
+    ) -> None:
+        (h4, w4), (hp, wp), (hr, wr), (h, w) = stride4_hw, padded_hw, resized_hw, original_hw
+        self.padded_hw, self.resized_hw = (hp, wp), (hr, wr)
+        self.use_opencv = _opencv_agrees(h4, hp) and _opencv_agrees(w4, wp)
+        self.rows1 = tuple(t[:hr] for t in linear_taps(h4, hp))
+        self.cols1 = tuple(t[:wr] for t in linear_taps(w4, wp))
+        self.rows2, self.cols2 = linear_taps(hr, h), linear_taps(wr, w)
+        self.copy = (hr, wr) == (h, w)
+        self._buffer: np.ndarray | None = None
+
+    def padded_crop(self, block: np.ndarray) -> np.ndarray:
+        """(n <= 16, h4, w4) float32 -> (n, Hr, Wr) logits at the padded size, cropped (a view
+        into a buffer reused by the next call on the OpenCV path)."""
+        hp, wp = self.padded_hw
+        hr, wr = self.resized_hw
+        if not self.use_opencv:
+            return _resize_separable(block, self.rows1, self.cols1)  # type: ignore[arg-type]
+        if self._buffer is None or self._buffer.shape[0] < block.shape[0]:
+            self._buffer = np.empty((max(block.shape[0], 1), hp, wp), dtype=np.float32)
+        return _resize_opencv(block, (hp, wp), self._buffer[: block.shape[0]])[:, :hr, :wr]
