@@ -2,9 +2,12 @@
 :class:`~omg_rt.results.SegmentationResult` per task, with the official post-processing of
 ``omg_rt.postprocess``.
 
-Every function takes the stride-4 mask logits of the padded input and resizes only the queries
-that can appear in its result to the original image (:func:`full_resolution`): each output
-sample of a bilinear resize depends on its own input samples only, so this is exact.
+Every function takes the stride-4 mask logits of the padded input and resizes only what can
+change its result: panoptic, instance and prompt results go through
+:class:`~omg_rt.postprocess.tiles.TiledLogits` (tiles of the original image decided from bounds,
+the undecided ones resized exactly); semantic results resize every query
+(:func:`full_resolution`). Each output sample of a bilinear resize depends on its own input
+samples only, so both give the values of resizing everything, bit for bit.
 """
 
 from __future__ import annotations
@@ -12,13 +15,12 @@ from __future__ import annotations
 import numpy as np
 
 from omg_rt.bundle import Vocabulary
-from omg_rt.postprocess._common import softmax
-from omg_rt.postprocess.instance import instances_from_masks, masks_to_boxes, select_instances
+from omg_rt.postprocess.instance import instances_from_tiles, masks_to_boxes, select_instances
 from omg_rt.postprocess.interactive import prompt_results
 from omg_rt.postprocess.masks import upsample_masks
-from omg_rt.postprocess.panoptic import INSTANCE_OFFSET, PanopticResult, panoptic_results
+from omg_rt.postprocess.panoptic import INSTANCE_OFFSET, PanopticResult, panoptic_from_tiles
 from omg_rt.postprocess.semantic import semantic_with_scores
-from omg_rt.postprocess.video import vps_results
+from omg_rt.postprocess.tiles import TiledLogits
 from omg_rt.results import SegmentationResult
 from omg_rt.sessions import ImageSession
 from omg_rt.spec import PostprocessSpec
@@ -27,6 +29,16 @@ from omg_rt.spec import PostprocessSpec
 def full_resolution(session: ImageSession, mask_logits: np.ndarray) -> np.ndarray:
     """(N, h4, w4) stride-4 logits of the padded input -> (N, H, W) float32 at the original size."""
     return upsample_masks(
+        np.ascontiguousarray(mask_logits, dtype=np.float32),
+        session.padded_hw,
+        session.resized_hw,
+        session.original_hw,
+    )
+
+
+def tiled(session: ImageSession, mask_logits: np.ndarray) -> TiledLogits:
+    """(N, h4, w4) stride-4 logits of the padded input, evaluated lazily at the original size."""
+    return TiledLogits(
         np.ascontiguousarray(mask_logits, dtype=np.float32),
         session.padded_hw,
         session.resized_hw,
@@ -61,19 +73,15 @@ def panoptic_result(
         a result with ``id_map`` (-1 = void) and one mask per segment.
     """
     k = cls.shape[1] - 1
-    probs = softmax(cls)
-    labels = probs.argmax(-1)
-    scores = probs[np.arange(cls.shape[0]), labels]
-    # Only non-void queries above the threshold can paint: resizing just those is exact.
-    kept = np.flatnonzero((labels != k) & (scores > np.float32(post.object_mask_threshold)))
-    full = full_resolution(session, mask_logits[kept])
-    object_thr, iou_thr = post.object_mask_threshold, post.overlap_threshold
-    if video_ids:
-        result = vps_results(
-            cls[kept], [full], vocabulary.num_things, object_thr, iou_thr, query_ids=kept
-        )[0]
-    else:
-        result = panoptic_results(cls[kept], full, vocabulary.num_things, object_thr, iou_thr)
+    thing_ids = np.arange(1, cls.shape[0] + 1, dtype=np.int64) if video_ids else None
+    result = panoptic_from_tiles(
+        np.ascontiguousarray(cls, dtype=np.float32),
+        tiled(session, mask_logits),
+        vocabulary.num_things,
+        post.object_mask_threshold,
+        post.overlap_threshold,
+        thing_ids=thing_ids,
+    )
     return _from_panoptic(result, vocabulary, task, frame_index, void=k)
 
 
@@ -97,9 +105,7 @@ def instance_result(
         task, frame_index: recorded in the result.
     """
     probs, labels, queries = select_instances(cls, vocabulary.num_things, post.max_per_image)
-    inst = instances_from_masks(
-        probs, labels, queries, full_resolution(session, mask_logits[queries])
-    )
+    inst = instances_from_tiles(probs, labels, queries, tiled(session, mask_logits))
     n = inst.scores.shape[0]
     if track_ids:
         identity = inst.labels + (queries + 1) * track_id_offset(cls.shape[1] - 1)

@@ -18,9 +18,12 @@ import numpy as np
 
 from omg_rt.errors import InvalidInputError
 from omg_rt.postprocess._common import check_array, sigmoid, softmax
+from omg_rt.postprocess.tiles import TiledLogits
 from omg_rt.postprocess.topk import topk_indices
 
 MAX_PER_IMAGE = 100  # m2_convl_300q.py test_cfg
+# instances_from_tiles resizes a query whole when it needs this fraction of the tiles.
+_WHOLE_FRACTION = 0.3
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,68 @@ def instances_from_masks(
         inside[i] = sigmoid(selected_mask_logits[i][masks[i]]).sum(dtype=np.float64)
     area = masks.sum(axis=(1, 2)).astype(np.float32)  # not reshape(n, -1): n may be 0
     mask_scores = inside.astype(np.float32) / (area + np.float32(1e-6))
+    return InstanceResult(
+        scores=(class_probs.astype(np.float32) * mask_scores).astype(np.float32),
+        labels=labels.astype(np.int64),
+        query_indices=query_indices.astype(np.int64),
+        masks=masks,
+        boxes=masks_to_boxes(masks),
+    )
+
+
+def instances_from_tiles(
+    class_probs: np.ndarray,
+    labels: np.ndarray,
+    query_indices: np.ndarray,
+    tiles: TiledLogits,
+) -> InstanceResult:
+    """:func:`instances_from_masks` of ``upsample_masks(stride-4 logits)[query_indices]``,
+    resizing only the tiles where a mask is not wholly in or out or its sigmoid not saturated:
+    the same result, bit for bit.
+
+    A tile whose upper bound is <= 0 is out; one whose lower bound is > 0 and whose sigmoid
+    there is exactly 1.0 in float32 is in, with a sigmoid sum of its pixel count; the rest are
+    evaluated. Sums of float32 sigmoids in [0.5, 1] are exact in float64 (fewer than 2**29
+    terms), so their order does not matter.
+
+    Args:
+        class_probs, labels, query_indices: (N,) from :func:`select_instances`.
+        tiles: all queries' stride-4 mask logits with the image's sizes.
+    """
+    distinct, which = np.unique(query_indices, return_inverse=True)
+    h, w = tiles.original_hw
+    ty, tx = tiles.grid
+    t = tiles.tile
+    lo, hi = tiles.bounds(distinct)  # (d, ty, tx)
+    inside = lo > 0
+    saturated = inside & (sigmoid(lo) == np.float32(1.0))
+    need = (hi > 0) & ~saturated
+    # Queries to evaluate on much of the image are resized whole.
+    whole = need.sum((1, 2)) >= _WHOLE_FRACTION * ty * tx
+    need[whole] = False
+    valid = tiles.valid()
+    masks_t = np.zeros((distinct.shape[0], ty, tx, t, t), bool)
+    masks_t[inside] = True
+    sums = (saturated * valid.sum((2, 3))).sum((1, 2)).astype(np.float64)
+    di, dy, dx = np.nonzero(need)
+    if di.size:
+        logits = tiles.evaluate(distinct[di], dy, dx)
+        positive = logits > 0
+        masks_t[di, dy, dx] = positive
+        kept = positive & valid[dy, dx]
+        part = np.where(kept, sigmoid(logits), np.float32(0.0)).sum((1, 2), dtype=np.float64)
+        sums += np.bincount(di, weights=part, minlength=distinct.shape[0])
+    masks = np.empty((distinct.shape[0], h, w), bool)
+    for i in range(distinct.shape[0]):
+        if whole[i]:
+            full = tiles.dense(distinct[i : i + 1])[0]
+            masks[i] = full > 0
+            sums[i] = sigmoid(full[masks[i]]).sum(dtype=np.float64)
+        else:
+            masks[i] = tiles.assemble(masks_t[i])
+    masks = masks[which]
+    area = masks.sum(axis=(1, 2)).astype(np.float32)
+    mask_scores = sums[which].astype(np.float32) / (area + np.float32(1e-6))
     return InstanceResult(
         scores=(class_probs.astype(np.float32) * mask_scores).astype(np.float32),
         labels=labels.astype(np.int64),

@@ -1,7 +1,8 @@
 """Interactive (point / box prompt) results: the official ``inference_sam`` branch.
 
 Each prompt query's mask logits are resized like every other mask (padded size, crop, original
-size; :func:`omg_rt.postprocess.masks.upsample_masks`) and thresholded at ``sigmoid > 0.5``.
+size; :func:`omg_rt.postprocess.masks.upsample_masks`) and thresholded at ``sigmoid > 0.5`` —
+on the tiles a mask boundary may cross only (:mod:`omg_rt.postprocess.tiles`), the same masks.
 The official code returns only the masks; we add ``sigmoid(iou_logit)`` (the IoU / objectness
 head, last column of the class output) as a per-prompt quality score.
 """
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from omg_rt.errors import InvalidInputError
-from omg_rt.postprocess._common import check_array, sigmoid
-from omg_rt.postprocess.masks import upsample_masks
+from omg_rt.postprocess._common import check_array, sigmoid, sigmoid_threshold
+from omg_rt.postprocess.tiles import TiledLogits
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ def prompt_results(
             f"iou_logits: expected {mask_logits.shape[0]} values (one per prompt), "
             f"got {iou_logits.shape[0]}"
         )
-    full = upsample_masks(mask_logits, padded_hw, resized_hw, original_hw)
-    return PromptResult(masks=binary_masks(full), scores=sigmoid(iou_logits))
+    tiles = TiledLogits(mask_logits, padded_hw, resized_hw, original_hw)
+    masks = binary_masks_from_tiles(tiles, np.arange(mask_logits.shape[0]))
+    return PromptResult(masks=masks, scores=sigmoid(iou_logits))
 
 
 def binary_masks(mask_logits: np.ndarray) -> np.ndarray:
@@ -72,4 +74,29 @@ def binary_masks(mask_logits: np.ndarray) -> np.ndarray:
     out = np.empty(mask_logits.shape, dtype=bool)
     for i in range(mask_logits.shape[0]):
         out[i] = sigmoid(mask_logits[i]) > np.float32(0.5)
+    return out
+
+
+def binary_masks_from_tiles(tiles: TiledLogits, queries: np.ndarray) -> np.ndarray:
+    """:func:`binary_masks` of ``upsample_masks(stride-4 logits)[queries]``, resizing only the
+    tiles a mask boundary may cross (the logit against
+    :func:`~omg_rt.postprocess._common.sigmoid_threshold`): the same masks.
+
+    Args:
+        tiles: the stride-4 mask logits with the image's sizes.
+        queries: (N,) int.
+
+    Returns:
+        (N, H, W) bool.
+    """
+    thr = sigmoid_threshold(strict=True)
+    lo, hi = tiles.bounds(queries)
+    ty, tx = tiles.grid
+    out_t = np.zeros((queries.shape[0], ty, tx, tiles.tile, tiles.tile), bool)
+    out_t[lo >= thr] = True
+    qi, qy, qx = np.nonzero((lo < thr) & (hi >= thr))
+    out_t[qi, qy, qx] = tiles.evaluate(queries[qi], qy, qx) >= thr
+    out = np.empty((queries.shape[0], *tiles.original_hw), bool)
+    for i in range(queries.shape[0]):
+        out[i] = tiles.assemble(out_t[i])
     return out

@@ -25,7 +25,8 @@ from typing import TypedDict
 import numpy as np
 
 from omg_rt.errors import InvalidInputError
-from omg_rt.postprocess._common import check_array, sigmoid, softmax
+from omg_rt.postprocess._common import check_array, sigmoid, sigmoid_threshold, softmax
+from omg_rt.postprocess.tiles import TiledLogits
 
 INSTANCE_OFFSET = 1000  # mmdet.evaluation.functional.INSTANCE_OFFSET
 OBJECT_MASK_THR = 0.0  # m2_convl_300q.py test_cfg (the code default is 0.8)
@@ -86,23 +87,50 @@ def panoptic_results(
     )
 
 
+def panoptic_from_tiles(
+    cls_logits: np.ndarray,
+    tiles: TiledLogits,
+    num_things: int,
+    object_mask_thr: float = OBJECT_MASK_THR,
+    iou_thr: float = IOU_THR,
+    filter_low_score: bool = FILTER_LOW_SCORE,
+    thing_ids: np.ndarray | None = None,
+) -> PanopticResult:
+    """:func:`panoptic_results` of ``upsample_masks(stride-4 logits)``, resizing only where a
+    pixel's winner or confidence is not clear from the tile bounds: the same result.
+
+    Args:
+        cls_logits: (Q, K + 1) float32, void last.
+        tiles: the Q queries' stride-4 mask logits with the image's sizes.
+        num_things, object_mask_thr, iou_thr, filter_low_score: as :func:`panoptic_results`.
+        thing_ids: (Q,) int64 fixed instance id per query (video), or None for a counter from 1.
+    """
+    return _panoptic(
+        cls_logits, tiles, num_things, object_mask_thr, iou_thr, filter_low_score, thing_ids
+    )
+
+
 def _panoptic(
     cls_logits: np.ndarray,
-    mask_logits: np.ndarray,
+    mask_logits: np.ndarray | TiledLogits,
     num_things: int,
     object_mask_thr: float,
     iou_thr: float,
     filter_low_score: bool,
     thing_ids: np.ndarray | None,
 ) -> PanopticResult:
-    """Shared by images (``thing_ids`` None: counter from 1) and video (fixed id per query)."""
+    """Shared by images (``thing_ids`` None: counter from 1) and video (fixed id per query);
+    ``mask_logits`` at the output size, or tiled stride-4 logits."""
     cls_logits = check_array(cls_logits, "cls_logits", 2, "float32", "float32 (Q, K + 1)")
-    mask_logits = check_array(mask_logits, "mask_logits", 3, "float32", "float32 (Q, H, W)")
+    if isinstance(mask_logits, TiledLogits):
+        n_masks, (h, w) = mask_logits.logits.shape[0], mask_logits.original_hw
+    else:
+        mask_logits = check_array(mask_logits, "mask_logits", 3, "float32", "float32 (Q, H, W)")
+        n_masks, (h, w) = mask_logits.shape[0], mask_logits.shape[1:]
     q, k1 = cls_logits.shape
-    if mask_logits.shape[0] != q:
+    if n_masks != q:
         raise InvalidInputError(
-            f"mask_logits: expected {q} masks (one per query of cls_logits), "
-            f"got {mask_logits.shape[0]}"
+            f"mask_logits: expected {q} masks (one per query of cls_logits), got {n_masks}"
         )
     num_classes = k1 - 1
     if num_classes < 1:
@@ -113,7 +141,6 @@ def _panoptic(
         raise InvalidInputError(
             f"cls_logits: expected fewer than {INSTANCE_OFFSET} classes, got {num_classes}"
         )
-    h, w = mask_logits.shape[1:]
 
     probs = softmax(cls_logits)
     labels = probs.argmax(-1)  # first maximum on ties, as torch.max
@@ -123,7 +150,10 @@ def _panoptic(
     if kept.size == 0:
         return PanopticResult(id_map=id_map, segments=[])
 
-    winner, painted, original_area = _assign_pixels(mask_logits[kept], scores[kept])
+    if isinstance(mask_logits, TiledLogits):
+        winner, painted, original_area = _assign_tiles(mask_logits, kept, scores[kept])
+    else:
+        winner, painted, original_area = _assign_pixels(mask_logits[kept], scores[kept])
     won_area = np.bincount(winner.ravel(), minlength=kept.size)
     if not filter_low_score:
         painted = np.ones_like(painted)
@@ -198,3 +228,71 @@ def _assign_pixels(
         winner[top : top + band] = best
         confident[top : top + band] = np.take_along_axis(above, best[None], 0)[0]
     return winner, confident, original_area
+
+
+def _assign_tiles(
+    tiles: TiledLogits, kept: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_assign_pixels` from tiled stride-4 logits, resizing only the undecided tiles.
+
+    Per tile, the kept query ``z`` with the largest lower bound of ``score * sigmoid`` beats,
+    at every pixel, each later query whose upper bound is at most that (ties go to the first)
+    and every query whose upper bound is below it. Where ``z`` is the only query left it wins
+    the whole tile; elsewhere the remaining candidates are evaluated exactly. Confidence
+    (``sigmoid >= 0.5``) is the logit against :func:`sigmoid_threshold`. ``original_area`` is
+    counted only for the queries that win a pixel (the others are dropped whatever it is).
+    """
+    n = kept.shape[0]
+    s = scores.astype(np.float32)[:, None, None]
+    thr = sigmoid_threshold()
+    lo, hi = tiles.bounds(kept)  # (n, ty, tx)
+    low, high = sigmoid(lo) * s, sigmoid(hi) * s
+    first = low.argmax(0)  # (ty, tx) z: the first largest lower bound
+    best = np.take_along_axis(low, first[None], 0)
+    slot = np.arange(n)[:, None, None]
+    alive = (high > best) | ((high >= best) & (slot < first)) | (slot == first)
+    alone = alive.sum(0) == 1
+    ty, tx = tiles.grid
+    t = tiles.tile
+    winner = np.empty((ty, tx, t, t), np.int64)
+    confident = np.empty((ty, tx, t, t), bool)
+
+    # Tiles z wins outright: confident where its bounds say so. Then one exact evaluation for
+    # z on the tiles where they do not, and for every candidate of the contested tiles.
+    winner[alone] = first[alone][:, None, None]
+    z_lo = np.take_along_axis(lo, first[None], 0)[0]
+    z_hi = np.take_along_axis(hi, first[None], 0)[0]
+    confident[alone & (z_lo >= thr)] = True
+    confident[alone & (z_hi < thr)] = False
+    uy, ux = np.nonzero(alone & (z_lo < thr) & (z_hi >= thr))
+    my, mx = np.nonzero(~alone)
+    tile_of, slots = np.nonzero(alive[:, my, mx].T)  # tile-major, slots ascending
+    logits = tiles.evaluate(
+        kept[np.r_[first[uy, ux], slots]], np.r_[uy, my[tile_of]], np.r_[ux, mx[tile_of]]
+    )
+    confident[uy, ux] = logits[: uy.shape[0]] >= thr
+    logits = logits[uy.shape[0] :]
+    if my.size:  # the first largest score * sigmoid wins, tiles grouped by candidate count
+        probs = sigmoid(logits) * s[slots]
+        count = alive[:, my, mx].sum(0)
+        starts = np.r_[0, np.cumsum(count)[:-1]]
+        for c in np.unique(count):
+            group = np.flatnonzero(count == c)
+            rows = starts[group][:, None] + np.arange(c)  # (g, c) pairs of each tile
+            pick = np.take_along_axis(rows, probs[rows].argmax(1).reshape(len(group), -1), 1)
+            pick = pick.reshape(len(group), t, t)
+            winner[my[group], mx[group]] = slots[pick]
+            confident[my[group], mx[group]] = np.take_along_axis(logits, pick, 0) >= thr
+
+    winner_map, confident_map = tiles.assemble(winner), tiles.assemble(confident)
+    won = np.flatnonzero(np.bincount(winner_map.ravel(), minlength=n))
+    original_area = np.zeros(n, np.int64)
+    valid = tiles.valid()
+    full = (lo[won] >= thr) * valid.sum((2, 3))  # (w, ty, tx) pixels of tiles wholly above
+    original_area[won] = full.sum((1, 2))
+    wi, wy, wx = np.nonzero((lo[won] < thr) & (hi[won] >= thr))
+    if wi.size:
+        above = (tiles.evaluate(kept[won[wi]], wy, wx) >= thr) & valid[wy, wx]
+        counts = np.bincount(wi, weights=above.sum((1, 2)), minlength=won.size)
+        original_area[won] += counts.astype(np.int64)
+    return winner_map, confident_map, original_area
