@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,36 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 GOLDEN = OFFICIAL_FIXTURES / "official_golden"
 RTOL = TOLERANCES["float32"]["rtol"]
+
+
+def _fixture_meta(name: str) -> dict | None:
+    path = GOLDEN / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _fixture_resizes() -> list[tuple[tuple[int, ...], ...]]:
+    """(stride-4, padded, resized, original) of the official image and video fixtures: the
+    stride-4 size from the image fixture's mask logits, the video's from its batch input."""
+    cases = []
+    image, video = _fixture_meta("golden.json"), _fixture_meta("video_golden.json")
+    if image is not None:
+        h4, w4 = image["mask_shape"][-2:]
+        cases.append(((h4, w4), (4 * h4, 4 * w4), tuple(image["resized_hw"]),
+                      tuple(image["input_hw"])))
+    if video is not None:
+        hp, wp = video["batch_input_hw"]
+        cases.append(((hp // 4, wp // 4), (hp, wp), tuple(video["resized_hw"]),
+                      tuple(video["input_hw"])))
+    return cases
+
+
+def _fixture_axes() -> list[tuple[int, int]]:
+    """Every (in, out) length the fixtures' resizes use along one axis."""
+    pairs = set()
+    for h4w4, padded, resized, original in _fixture_resizes():
+        for axis in (0, 1):
+            pairs |= {(h4w4[axis], padded[axis]), (resized[axis], original[axis])}
+    return sorted(pairs)
 
 
 def _torch_resize(maps: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -46,7 +78,7 @@ def test_resize_bilinear_matches_torch(in_hw, out_hw):
     assert _relative_error(got, want) < RTOL
 
 
-@pytest.mark.parametrize(("n_in", "n_out"), [(768, 480), (1024, 640), (981, 480), (7, 13), (9, 9)])
+@pytest.mark.parametrize(("n_in", "n_out"), [*_fixture_axes(), (7, 13), (9, 9), (981, 470)])
 def test_linear_taps_are_torch_weights_bit_for_bit(n_in, n_out):
     # Interpolating the identity gives each output's weights over the inputs exactly.
     eye = torch.eye(n_in).reshape(1, n_in, 1, n_in)
@@ -62,10 +94,11 @@ def test_linear_taps_are_torch_weights_bit_for_bit(n_in, n_out):
     ("h4w4", "padded", "resized", "original"),
     [
         ((24, 32), (96, 128), (96, 120), (61, 77)),  # crop + down
-        ((46, 62), (184, 248), (184, 245), (90, 120)),  # video-like (736x981 in 736x992, /4)
+        ((46, 62), (184, 248), (184, 245), (90, 120)),  # video-like: a crop, then down by ~2
         ((8, 8), (32, 32), (30, 25), (60, 50)),  # crop + up
         ((8, 8), (32, 32), (32, 32), (32, 32)),  # nothing to crop or resize after x4
         ((10, 10), (33, 37), (30, 30), (45, 45)),  # padded size not a multiple of h4
+        *_fixture_resizes(),
     ],
 )
 def test_upsample_masks_is_the_official_resize_crop_resize(h4w4, padded, resized, original):
@@ -91,9 +124,15 @@ def test_upsample_masks_handles_no_queries_and_rejects_bad_sizes():
 
 @pytest.mark.parametrize("name", ["golden_prompt.npz", "golden_points.npz"])
 def test_prompt_masks_equal_the_official_final_masks(name):
-    golden = np.load(GOLDEN / name)
+    golden, meta = np.load(GOLDEN / name), _fixture_meta("golden.json")
+    assert meta is not None
+    h4, w4 = golden["mask_logits"].shape[-2:]  # stride 4 of the padded input
     result = prompt_results(
-        golden["mask_logits"], golden["cls_scores"][:, -1], (768, 1024), (768, 1024), (480, 640)
+        golden["mask_logits"],
+        golden["cls_scores"][:, -1],
+        (4 * h4, 4 * w4),
+        tuple(meta["resized_hw"]),
+        tuple(meta["input_hw"]),
     )
     assert result.masks.shape == golden["final_masks"].shape
     assert (result.masks == golden["final_masks"]).mean() >= 0.999

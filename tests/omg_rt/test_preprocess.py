@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -21,11 +23,38 @@ from tests.conftest import OFFICIAL_FIXTURES
 GOLDEN = OFFICIAL_FIXTURES / "official_golden"
 
 
+def _meta(name: str) -> dict:
+    path = GOLDEN / name
+    if not path.exists():
+        pytest.skip(f"official fixtures not found at {GOLDEN}")
+    return json.loads(path.read_text())
+
+
+def _image_scale(meta: dict) -> tuple[int, int]:
+    """The image fixture's resize box: square, its long edge the resized long edge (the 1024
+    demo scale for the 640x480 fixture; ``tests.official_golden.official_bundle`` does the same)."""
+    edge = max(meta["resized_hw"])
+    return edge, edge
+
+
+def _padded_hw(meta: dict) -> tuple[int, int]:
+    """The padded input size: 4x the stride-4 mask logits the fixture records."""
+    h4, w4 = meta["mask_shape"][-2:]
+    return 4 * h4, 4 * w4
+
+
+def test_keep_ratio_size_gives_the_fixtures_resized_sizes():
+    image, video = _meta("golden.json"), _meta("video_golden.json")
+    resized = keep_ratio_size(tuple(image["input_hw"]), _image_scale(image))
+    assert resized == tuple(image["resized_hw"])
+    assert keep_ratio_size(tuple(video["input_hw"]), VIDEO_SCALE) == tuple(video["resized_hw"])
+
+
 @pytest.mark.parametrize(
     ("hw", "scale", "expected"),
     [
-        ((480, 640), (1024, 1024), (768, 1024)),  # golden.json resized_hw
-        ((360, 480), (1280, 736), (736, 981)),  # video_golden.json resized_hw
+        ((480, 640), (1024, 1024), (768, 1024)),  # landscape in a square box
+        ((360, 480), (1280, 736), (736, 981)),  # short edge binds (the video scale)
         ((640, 480), (1333, 800), (1067, 800)),  # portrait: short edge binds
         ((100, 1000), (1333, 800), (133, 1333)),  # long edge binds
         ((800, 1333), (800, 1333), (800, 1333)),  # (short, long) order is the same box
@@ -36,27 +65,31 @@ def test_keep_ratio_size_matches_mmcv_rescale_size(hw, scale, expected):
 
 
 def test_video_frame_is_resized_and_padded_as_the_official_run():
-    image = np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+    meta = _meta("video_golden.json")
+    (h, w), (hr, wr) = meta["input_hw"], meta["resized_hw"]
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     prepared = prepare_image(image, VIDEO_SCALE)
-    assert prepared.original_hw == (360, 480)
-    assert prepared.resized_hw == (736, 981)
-    assert prepared.padded_hw == (736, 992)  # video_golden.json batch_input_hw
-    assert prepared.tensor.shape == (1, 3, 736, 992)
+    assert prepared.original_hw == (h, w)
+    assert prepared.resized_hw == (hr, wr)
+    assert prepared.padded_hw == tuple(meta["batch_input_hw"])
+    assert prepared.tensor.shape == (1, 3, *meta["batch_input_hw"])
     assert prepared.tensor.dtype == np.float32
-    assert np.all(prepared.tensor[..., 981:] == 0)
+    assert np.all(prepared.tensor[..., hr:, :] == 0) and np.all(prepared.tensor[..., wr:] == 0)
 
 
 def test_golden_image_prepares_to_the_fixture_sizes():
+    meta = _meta("golden.json")
     bgr = cv2.imread(str(GOLDEN / "image.png"), cv2.IMREAD_COLOR)
     rgb = np.ascontiguousarray(bgr[..., ::-1])
-    prepared = prepare_image(rgb, (1024, 1024))
-    assert prepared.original_hw == (480, 640)
-    assert prepared.resized_hw == (768, 1024)
-    assert prepared.padded_hw == (768, 1024)
+    prepared = prepare_image(rgb, _image_scale(meta))
+    hr, wr = meta["resized_hw"]
+    assert prepared.original_hw == tuple(meta["input_hw"])
+    assert prepared.resized_hw == (hr, wr)
+    assert prepared.padded_hw == _padded_hw(meta)
     # Channel order: channel 0 holds the red plane, normalised with the red statistics.
-    resized = cv2.resize(rgb, (1024, 768), interpolation=cv2.INTER_LINEAR)
+    resized = cv2.resize(rgb, (wr, hr), interpolation=cv2.INTER_LINEAR)
     red = (resized[..., 0].astype(np.float32) - np.float32(123.675)) / np.float32(58.395)
-    np.testing.assert_array_equal(prepared.tensor[0, 0], red)
+    np.testing.assert_array_equal(prepared.tensor[0, 0, :hr, :wr], red)
 
 
 def test_resizing_rgb_equals_resizing_bgr_then_swapping():
