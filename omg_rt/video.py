@@ -144,10 +144,17 @@ class VideoSession:
         every frame's result, from the logits averaged over all clips)."""
         results = self._decode_pending() if self.pending else []
         self.closed = True
-        if not self.whole_video:
-            return results
-        if self.class_logit_sum is None or self.iou_logit_sum is None:
-            return []
+        if self.whole_video and self.class_logit_sum is not None:
+            results = self._whole_video_results()
+        # a finished session holds nothing but its tracks
+        self.target_embeddings = self.class_logit_sum = self.iou_logit_sum = None
+        self.first_mask = None
+        return results
+
+    def _whole_video_results(self) -> list[SegmentationResult]:
+        """Every decoded frame's result from the class and IoU logits averaged over all clips."""
+        assert self.class_logit_sum is not None and self.iou_logit_sum is not None
+        results: list[SegmentationResult] = []
         n_clips = np.float32(self.clips_done)
         cls = (self.class_logit_sum / n_clips).astype(np.float32)
         iou = (self.iou_logit_sum / n_clips).astype(np.float32)
