@@ -19,11 +19,12 @@ from export.engines import build_engines
 from export.graphs import graph_defs
 from export.manifest import write_manifest
 from export.onnx_export import OPSET, describe_io, export_graph
-from export.verify import ParityError, Verifier, prepare_scene, synthetic_scenes
+from export.verify import ParityError, Verifier
 from export.verify import verify as run_verification
 from export.vocab import Vocabulary, resolve_vocabulary, save_vocabulary
 from omg_rt.bundle import InputContract
 from omg_rt.errors import BackendUnavailableError, InvalidInputError
+from omg_rt.preprocess import prepare_image
 from omg_rt.spec import PIXEL_DECODER
 from training.model import OMGSeg
 from training.model.checkpoint import load_checkpoint
@@ -31,7 +32,6 @@ from training.model.checkpoint import load_checkpoint
 TARGETS = ("cpu", "h100", "jetson-orin")
 PRECISIONS = ("fp32", "fp16", "int8")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-NUM_SYNTHETIC_CALIBRATION = 16
 TOKENIZER_FILE = "bpe_simple_vocab_16e6.txt.gz"
 
 
@@ -216,10 +216,11 @@ def _load(checkpoint_or_model, backbone_weights) -> OMGSeg:
 
 
 def _calibration_images(calib_images, image_size: int, mean, std) -> list[np.ndarray]:
-    """(1, 3, S, S) inputs: the directory's images, or synthetic scenes (seeds 0..15)."""
+    """(1, 3, H, W) encoder inputs as the runtime prepares them (keep-ratio into the
+    ``image_size`` box, padded to a multiple of 32): the directory's images, or the scikit-image
+    photos (:func:`export.precision.default_calibration_images`)."""
     if calib_images is None:
-        scenes = synthetic_scenes(NUM_SYNTHETIC_CALIBRATION, image_size, mean, std, seed=0)
-        return [s.tensor for s in scenes]
+        return precision_mod.default_calibration_images(image_size, mean, std)
     import cv2
 
     paths = sorted(p for p in Path(calib_images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -233,8 +234,7 @@ def _calibration_images(calib_images, image_size: int, mean, std) -> list[np.nda
         if bgr is None:
             raise InvalidInputError(f"calib_images: {path} is not a readable image")
         rgb = np.ascontiguousarray(bgr[..., ::-1])
-        tensors.append(prepare_scene(rgb, np.zeros((0, *rgb.shape[:2]), bool), image_size,
-                                     mean, std).tensor)
+        tensors.append(prepare_image(rgb, (image_size, image_size), mean, std).tensor)
     return tensors
 
 

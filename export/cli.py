@@ -49,7 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="local OpenCLIP weights for the decoder-only official checkpoint "
                              "(offline use)")
     parser.add_argument("--image-size", type=int, default=1024,
-                        help="side of the square encoder input, a multiple of 32 (default 1024)")
+                        help="images are resized keeping their ratio into an SxS box, then padded "
+                             "to a multiple of 32 only (the graphs take any such size; default "
+                             "1024, the official demo scale)")
     parser.add_argument("--vocab", default=None,
                         help="coco|ade|vipseg|ytvis|NAMES_FILE|BANK_FILE (default: the training "
                              "vocabulary of an omg-train run directory, else coco)")
