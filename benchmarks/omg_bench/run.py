@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import cv2
+import numpy as np
 from tqdm import tqdm
 
 from benchmarks.harness import detailed_environment
@@ -46,8 +47,8 @@ def run_benchmark(options: BenchOptions, command: str = "") -> dict[str, Any]:
     data = acc.load_dataset(options, out, show)
     model = resolve_model(options, vocabulary_for(data.categories), out,
                           lambda m: _say(options, m))
-    images = [r.image for r in data.images]
-    videos = [v.frames for v in data.videos]
+    images = [_resized(r.image, options.image_shape) for r in data.images]
+    videos = [np.stack([_resized(f, options.frame_shape) for f in v.frames]) for v in data.videos]
     image_file = out / "coldstart_image.png"
     cv2.imwrite(str(image_file), cv2.cvtColor(images[0], cv2.COLOR_RGB2BGR))
 
@@ -97,6 +98,8 @@ def run_benchmark(options: BenchOptions, command: str = "") -> dict[str, Any]:
             per = latency.video_latency(ok, videos, options.video_passes, show)
             lat["video"] = [{**t.describe(), "case": "vis stream, ms per frame (amortised)",
                              **per[t.key]} for t in ok if t.key in per]
+        lat["inputs"] = {"image_wh": list(images[0].shape[1::-1]) if images else None,
+                         "frame_wh": list(videos[0].shape[2:0:-1]) if videos else None}
         report["latency"] = lat
 
         cold = []
@@ -129,6 +132,13 @@ def run_benchmark(options: BenchOptions, command: str = "") -> dict[str, Any]:
     output.write_all(report, options)
     _say(options, f"report in {out / 'report.md'} ({report['elapsed_s']:.0f} s)")
     return report
+
+
+def _resized(image: np.ndarray, shape: tuple[int, int] | None) -> np.ndarray:
+    """``image`` resized to ``shape`` = (width, height) (bilinear), or as it is."""
+    if shape is None or image.shape[1::-1] == shape:
+        return image
+    return cv2.resize(image, shape, interpolation=cv2.INTER_LINEAR)
 
 
 def _reference_ground_truth(ok: list, report: dict[str, Any], data: acc.Dataset,

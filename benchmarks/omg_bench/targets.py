@@ -135,9 +135,11 @@ def resolve_model(options: BenchOptions, vocab: Any, work: Path,
 
         torch.manual_seed(0)
         model = build_model(source.split(":", 1)[1]).eval()
+        lively_backbone(model)
         kind, trained = "preset", False
-        note = ("random weights (seed 0): latency is real, accuracy numbers are meaningless; "
-                "deltas between backends still measure export/precision error")
+        note = ("random weights (seed 0; backbone scales and biases as the official fixture's): "
+                "latency is real, accuracy numbers are meaningless; deltas between backends "
+                "still measure export/precision error")
         checkpoint = None
     elif source == "synthetic":
         try:
@@ -180,6 +182,25 @@ def resolve_model(options: BenchOptions, vocab: Any, work: Path,
             precisions=("fp32", *precisions), verify=options.verify_export,
             progress=options.progress))
     return Model(source, kind, checkpoint, bundles, trained, note, torch_model=model, vocab=vocab)
+
+
+def lively_backbone(model: Any, seed: int = 0) -> None:
+    """Give the backbone's 1-D tensors the official fixture's rule (``tests/official_golden.py``:
+    layer-scale gamma 0.1 + 0.01 r, norm weights 1 + 0.1 r, biases 0.02 r), in place.
+
+    timm's init (gamma 1e-6, zero biases) hides every ConvNeXt MLP branch behind the residual and
+    lets the exporter drop the bias Adds, flattering INT8's error and every graph's speed."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.backbone.named_parameters():
+            if tensor.ndim != 1:
+                continue
+            r = torch.randn(tensor.shape, generator=generator)
+            leaf = name.rsplit(".", 1)[-1]
+            tensor.copy_(0.1 + 0.01 * r if leaf == "gamma"
+                         else 1.0 + 0.1 * r if leaf == "weight" else 0.02 * r)
 
 
 def absent_reason(backend: str) -> str:

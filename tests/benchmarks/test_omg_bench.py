@@ -48,7 +48,7 @@ def bench(tmp_path_factory, tiny_checkpoint):
         sys.executable, "-m", "benchmarks.cli", str(tiny_checkpoint),
         "--backends", "torch,onnxruntime,tensorrt", "--precisions", "fp32,int8",
         "--batch", "1,2", "--prompts", "1,4", "--num-images", "3", "--num-videos", "1",
-        "--frames", "6", "--runs", "3", "--warmup", "1", "--video-passes", "1", "--threads", "1",
+        "--frames", "6", "--image-shape", "96x72", "--frame-shape", "80x60", "--runs", "3", "--warmup", "1", "--video-passes", "1", "--threads", "1",
         "--out", str(out), "--results", str(results), "--quiet",
     ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -109,6 +109,15 @@ def test_every_section_has_finite_numbers_for_every_measured_target(bench):
         for metric in METRICS:
             assert _finite(acc[0][metric]) and 0 <= acc[0][metric] <= 1, metric
             assert _finite(acc[0][f"delta_{metric}"]), metric
+
+
+def test_latency_runs_on_images_and_frames_resized_to_the_requested_shapes(bench):
+    _, out, results, report = bench
+    assert report["latency"]["inputs"] == {"image_wh": [96, 72], "frame_wh": [80, 60]}
+    assert "images 96x72, video frames 80x60" in (out / "report.md").read_text()
+    summary = results.read_text()
+    assert "images 96x72, video frames 80x60" in summary
+    assert "4 prompts cached ms" in summary and "Per stage, batch 1" in summary
 
 
 def test_fp32_onnxruntime_accuracy_equals_fp32_torch_on_the_same_weights(bench):
@@ -181,6 +190,8 @@ def test_update_results_appends_the_section_when_its_markers_are_missing(tmp_pat
     ("--tasks", "panoptic,depth", "--tasks: unknown 'depth'"),
     ("--batch", "1,x", "--batch: expected comma-separated integers"),
     ("--image-size", "100", "--image-size: expected multiples of 32"),
+    ("--image-shape", "1024", "--image-shape: expected WIDTHxHEIGHT"),
+    ("--frame-shape", "8x8", "--frame-shape: expected WIDTHxHEIGHT of at least 16x16"),
 ])
 def test_cli_rejects_unknown_names_with_a_clear_message_and_exit_2(tmp_path, capsys, flag,
                                                                    value, message):
