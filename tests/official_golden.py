@@ -114,16 +114,25 @@ def official_bundle() -> Path:
     """The fixture's official-layout weights exported by ``omg-export`` (FP32, no verify), at the
     fixture's image scale, with its class bank: once per test process (a few minutes)."""
     import tempfile
+
+    return build_official_bundle(Path(tempfile.mkdtemp(prefix="omg-rt-official-")))
+
+
+def build_official_bundle(work: Path, precisions: tuple[str, ...] = ("fp32",),
+                          progress: bool = False) -> Path:
+    """``work/bundle``: the fixture's weights (written to ``work``) exported at the fixture's
+    image scale with its 240-class bank, unverified."""
     import types
 
     from export import build_bundle
 
     meta = json.loads((GOLDEN / "golden.json").read_text())
     bank = np.load(GOLDEN / "vocab.npy")
-    work = Path(tempfile.mkdtemp(prefix="omg-rt-official-"))
+    work.mkdir(parents=True, exist_ok=True)
     decoder, visual = write_official_files(work)
     vocab = types.SimpleNamespace(names=[f"class {i}" for i in range(bank.shape[0])],
                                   num_things=DEMO_NUM_THINGS, bank=bank)
     # a square (S, S) scale box: the resized image's long edge is S
     return build_bundle(decoder, work / "bundle", backbone_weights=visual,
-                        image_size=max(meta["resized_hw"]), vocab=vocab, verify=False)
+                        image_size=max(meta["resized_hw"]), vocab=vocab, verify=False,
+                        precisions=precisions, progress=progress)
