@@ -51,10 +51,13 @@ step "kernel benchmark" 120 "$reports/kernels.md" \
 step "omg-bench ${OMG_BENCH_MODEL:-preset:tiny} (all backends x precisions, accuracy)" 120 \
   "$reports/omg-bench-tiny.txt" "$python" -m benchmarks.cli "${OMG_BENCH_MODEL:-preset:tiny}" --out "$reports/tiny" \
   --results-section omg-bench-gpu --runs 30 --quiet
-# The product's speed: ConvNeXt-L OMG-Seg at 1024x1024, random weights (latency only).
+# The product's speed: ConvNeXt-L OMG-Seg at the official shapes (a 1024x768 photo -> 768x1024,
+# a 960x720 video frame -> 736x992), random weights (latency only), as the CPU run in RESULTS.md.
 step "omg-bench preset:omg-convl @1024 (latency)" 180 "$reports/omg-bench-convl.txt" \
-  "$python" -m benchmarks.cli preset:omg-convl --image-size 1024 --precisions fp32,fp16 \
-  --backends torch,onnxruntime-cuda,tensorrt --tasks panoptic,prompt --no-accuracy \
+  "$python" -m benchmarks.cli preset:omg-convl --image-size 1024 --precisions fp32,fp16,int8 \
+  --backends torch,onnxruntime-cuda,tensorrt --tasks panoptic,prompt,video --no-accuracy \
+  --image-shape 1024x768 --frame-shape 960x720 --prompts 1,16 --batch 1 --dataset photos \
+  --num-images 1 --num-videos 1 --frames 6 --video-passes 1 \
   --no-cold-start --runs 20 --out "$reports/convl" --results-section omg-bench-gpu-convl --quiet
 
 "$python" - "$reports" <<'PY'

@@ -33,6 +33,7 @@ packages=(
   "panopticapi-lite==0.2.0"
   "vos-benchmark==0.1.0"
   "platformdirs"
+  "scikit-video==1.1.11"
 )
 # Let the pins follow CI's venv when it has the package (a newer pin there wins).
 if [[ -x .venv/bin/python ]]; then
