@@ -1,10 +1,11 @@
 """TensorRT backend, written to the TensorRT 10 Python API.
 
-- Engines come from the bundle's ``engines/<device key>/<precision>/<graph>.plan`` (the device key
-  names the GPU, its compute capability and the TensorRT version: plans are not portable), or
-  are built on first use from the bundle's ONNX graphs, with a progress message, and saved there
-  (or under ``~/.cache/omg-rt/engines`` when the bundle is read-only). Engines are built on the
-  device they run on — on Jetson too.
+- Engines come from the bundle's ``engines/<key>/<graph>.<precision>.plan`` (the key names the
+  GPU, its compute capability and the TensorRT version: plans are not portable), or are built on
+  first use from the bundle's ONNX graphs by the exporter's own builder
+  (:mod:`omg_rt.backends.trt_build`: the same precision flags and FP32 islands), with a progress
+  message, and saved there (or under ``~/.cache/omg-rt/engines`` when the bundle is read-only).
+  Engines are built on the device they run on — on Jetson too.
 - Device buffers through cuda-python (``cuda.bindings.runtime``, or the older ``cuda.cudart``),
   pinned host staging buffers, one CUDA stream and one execution context per worker thread.
 - Optional CUDA-graph capture for fixed shapes (``cuda_graphs=True``): the first call of a shape
@@ -20,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import re
 import sys
 import threading
 from dataclasses import dataclass, field, fields
@@ -29,9 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from omg_rt.backends import trt_build
 from omg_rt.backends.base import TensorSpec
+from omg_rt.backends.trt_build import BuildSettings, engine_key, plan_path
 from omg_rt.backends.trt_profiles import profile_shapes, runtime_ranges, spatial_ranges
-from omg_rt.errors import BackendUnavailableError, BundleError, InvalidInputError
+from omg_rt.errors import BackendUnavailableError, InvalidInputError
 from omg_rt.spec import PIXEL_DECODER
 
 log = logging.getLogger("omg_rt")
@@ -114,13 +116,12 @@ def _check(result: Any, what: str) -> Any:
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def device_key(trt: Any, cudart: Any) -> str:
-    """``<gpu name>_sm<major><minor>_trt<version>``: plans only load where they were built."""
+def _device(cudart: Any) -> tuple[str, tuple[int, int]]:
+    """Name and compute capability of the current CUDA device."""
     device = _check(cudart.cudaGetDevice(), "cudaGetDevice")
     props = _check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
     name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    name = re.sub(r"[^A-Za-z0-9]+", "-", name.strip("\x00 ")).strip("-")
-    return f"{name}_sm{props.major}{props.minor}_trt{trt.__version__}"
+    return name.strip("\x00 "), (int(props.major), int(props.minor))
 
 
 def open_tensorrt_graphs(bundle: Any, precision: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -142,8 +143,9 @@ def open_tensorrt_graphs(bundle: Any, precision: str, options: dict[str, Any]) -
         )
     logger = trt.Logger(trt.Logger.WARNING)
     _load_plugins(trt, logger, opts.plugins)
-    key = device_key(trt, cudart)
-    shipped = _shipped_plans(bundle, trt, cudart)
+    gpu, capability = _device(cudart)
+    key = engine_key(gpu, capability, trt.__version__)
+    shipped = _shipped_plans(bundle, trt, gpu, capability)
     engines: dict[str, Any] = {}
     for name in bundle.graphs:
         if precision not in bundle.graphs[name].files:
@@ -173,25 +175,23 @@ def _load_plugins(trt: Any, logger: Any, plugins: tuple[str, ...]) -> None:
         register_plugin()
 
 
-def _shipped_plans(bundle: Any, trt: Any, cudart: Any) -> dict[str, dict[str, str]]:
+def _shipped_plans(bundle: Any, trt: Any, gpu: str, capability: tuple[int, int]
+                   ) -> dict[str, dict[str, str]]:
     """Plans ``omg-export --engine`` built into the bundle for this GPU and TensorRT version
     (manifest ``engines``: records with gpu, compute_capability, tensorrt, files)."""
-    device = _check(cudart.cudaGetDevice(), "cudaGetDevice")
-    props = _check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
     for record in bundle.manifest.get("engines") or []:
         if (
             isinstance(record, dict)
-            and list(record.get("compute_capability", [])) == [props.major, props.minor]
+            and tuple(record.get("compute_capability", [])) == capability
             and record.get("tensorrt") == trt.__version__
-            and str(record.get("gpu", "")).strip("\x00 ") == name.strip("\x00 ")
+            and str(record.get("gpu", "")).strip("\x00 ") == gpu
         ):
             return record.get("files", {})
     return {}
 
 
 def _engine_path(bundle: Any, opts: TensorRTOptions, key: str, precision: str, name: str) -> Path:
-    rel = Path(key) / f"{name}.{precision}.plan"  # the exporter's layout
+    rel = plan_path(key, name, precision)  # the exporter's layout
     if opts.engine_dir:
         return Path(opts.engine_dir) / rel
     inside = bundle.root / "engines" / rel
@@ -236,6 +236,7 @@ def _build_engine(
     plan: Path,
     opts: TensorRTOptions,
 ) -> None:
+    """Build and save one plan with the exporter's builder (:func:`trt_build.build_plan`)."""
     entry = bundle.manifest.get("graphs", {}).get(graph, {})
     flavour = entry.get("tensorrt_files", {}).get(precision)  # the plugin-node flavour
     onnx_path = bundle.root / flavour if flavour else bundle.graph_file(graph, precision)
@@ -246,35 +247,14 @@ def _build_engine(
         flush=True,
     )
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BundleError(f"tensorrt: cannot parse {onnx_path}: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_bytes))
-    if precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)  # explicit Q/DQ nodes in the int8 graphs
-    if opts.dla_core is not None:
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = int(opts.dla_core)
-        if opts.gpu_fallback:
-            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-    inputs = [network.get_input(i) for i in range(network.num_inputs)]
-    shapes = _profile_shapes(graph, {t.name: tuple(t.shape) for t in inputs}, bundle, opts)
-    if shapes:
-        profile = builder.create_optimization_profile()
-        for name, (lo, mid, hi) in shapes.items():
-            profile.set_shape(name, lo, mid, hi)
-        config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise BundleError(f"tensorrt: building the engine for {onnx_path} failed (see the log)")
+    network, _parser = trt_build.parse(trt, builder, logger, onnx_path)
+    shapes = _profile_shapes(graph, trt_build.network_inputs(network), bundle, opts)
+    settings = BuildSettings(precision, int(opts.workspace_bytes), opts.dla_core,
+                             opts.gpu_fallback)
+    serialized, _cache = trt_build.build_plan(trt, builder, network, settings, shapes)
     plan.parent.mkdir(parents=True, exist_ok=True)
     tmp = plan.with_suffix(".tmp")
-    tmp.write_bytes(bytes(serialized))
+    tmp.write_bytes(serialized)
     os.replace(tmp, plan)
 
 
