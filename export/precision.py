@@ -174,9 +174,52 @@ def quantize_int8(source: Path, target: Path, feeds: Sequence[dict[str, np.ndarr
                 use_external_data_format=True,
                 extra_options=_int8_options(symmetric_activations),
             )
-        save_model(onnx.load_model(str(quantized)), target,
-                   external_data_bytes=external_data_bytes)
+        model = onnx.load_model(str(quantized))
+        keep_float_paths(model.graph)
+        save_model(model, target, external_data_bytes=external_data_bytes)
     return target
+
+
+def keep_float_paths(graph: onnx.GraphProto) -> int:
+    """Let float consumers read a quantized activation's float source, not its Q -> DQ copy.
+
+    The QDQ quantizer puts ``QuantizeLinear -> DequantizeLinear`` on a tensor that a Conv or
+    MatMul reads and hands the DQ output to *every* consumer. In ConvNeXt the depthwise conv
+    reads the residual stream, so the residual Add of every block would add an 8-bit copy: the
+    rounding error compounds over the 36 blocks. Here every consumer that is not one of
+    :data:`INT8_OPS` reads the float tensor again (the Conv / MatMul keeps its DQ, so ONNX
+    Runtime still fuses it); a Q / DQ pair left without readers is removed. Outputs of fused
+    ops (``Conv -> Q``) are left alone: their readers get what ``QLinearConv`` produces.
+
+    Returns:
+        How many node inputs were rewired.
+    """
+    producers = {out: node for node in graph.node for out in node.output}
+    weights = {i.name for i in graph.initializer}
+    graph_outputs = {o.name for o in graph.output}
+    rewired = 0
+    for dq in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
+        q = producers.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or q.input[0] in weights:
+            continue
+        source = producers.get(q.input[0])
+        if source is not None and source.op_type in INT8_OPS:
+            continue
+        for node in graph.node:
+            if node.op_type in INT8_OPS or node is dq:
+                continue
+            for i, name in enumerate(node.input):
+                if name == dq.output[0]:
+                    node.input[i] = q.input[0]
+                    rewired += 1
+    while True:  # drop Q / DQ nodes nobody reads any more
+        read = {name for node in graph.node for name in node.input} | graph_outputs
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(out in read for out in n.output)]
+        if not dead:
+            return rewired
+        for node in dead:
+            graph.node.remove(node)
 
 
 def _int8_options(symmetric_activations: bool) -> dict[str, object]:

@@ -118,6 +118,59 @@ def test_onnx_runtime_runs_integer_convolutions_and_matmuls(fp32, int8):
     assert "MatMul" not in optimized and "FusedMatMul" not in optimized
 
 
+def test_float_ops_read_the_float_activation_not_its_8_bit_copy(fp32, int8):
+    """The residual stream stays float: only Conv / MatMul / Gemm read a DequantizeLinear of an
+    activation (except what a fused op's own quantized output feeds)."""
+    for name in precision.INT8_GRAPHS:
+        graph = onnx.load_model(str(int8[name]), load_external_data=False).graph
+        producers = {out: node for node in graph.node for out in node.output}
+        weights = {i.name for i in graph.initializer}
+        float_readers_of_copies = []
+        for node in graph.node:
+            if node.op_type in precision.INT8_OPS + ("QuantizeLinear", "DequantizeLinear"):
+                continue
+            for tensor in node.input:
+                dq = producers.get(tensor)
+                if dq is None or dq.op_type != "DequantizeLinear":
+                    continue
+                q = producers.get(dq.input[0])
+                source = producers.get(q.input[0]) if q is not None else None
+                if q is not None and q.input[0] not in weights and (
+                        source is None or source.op_type not in precision.INT8_OPS):
+                    float_readers_of_copies.append((node.op_type, tensor))
+        assert float_readers_of_copies == [], (name, float_readers_of_copies[:5])
+        source = _ops(fp32[name])
+        adds = [n for n in graph.node if n.op_type == "Add"]
+        assert len(adds) == source["Add"]  # nothing else changed
+
+
+def test_keep_float_paths_rewires_a_residual_and_drops_the_unread_pair():
+    from onnx import TensorProto, helper
+
+    f32 = TensorProto.FLOAT
+    scale = helper.make_tensor("s", f32, [], [0.1])
+    zero = helper.make_tensor("z", TensorProto.UINT8, [], [128])
+    weight = helper.make_tensor("w", f32, [1, 1, 1, 1], [1.0])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"]),
+        helper.make_node("QuantizeLinear", ["a", "s", "z"], ["a_q"]),
+        helper.make_node("DequantizeLinear", ["a_q", "s", "z"], ["a_dq"]),
+        helper.make_node("Conv", ["a_dq", "w"], ["c"]),
+        helper.make_node("Add", ["a_dq", "c"], ["y"]),  # the residual
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f32, [1, 1, 2, 2])],
+                              [helper.make_tensor_value_info("y", f32, [1, 1, 2, 2])],
+                              [scale, zero, weight])
+    assert precision.keep_float_paths(graph) == 1
+    add = next(n for n in graph.node if n.op_type == "Add")
+    conv = next(n for n in graph.node if n.op_type == "Conv")
+    assert list(add.input) == ["a", "c"] and list(conv.input) == ["a_dq", "w"]
+    # a pair read only by float ops disappears
+    graph.node[-2].input[0] = "a"  # the Conv reads the float tensor too now
+    assert precision.keep_float_paths(graph) == 0
+    assert [n.op_type for n in graph.node] == ["Relu", "Conv", "Add"]
+
+
 def test_activation_zero_points_asymmetric_uint8_or_symmetric_int8(fp32, int8, photos, tmp_path):
     def zero_points(path):
         graph = onnx.load_model(str(path)).graph
