@@ -59,29 +59,19 @@ Manifest keys (``format_version`` 2):
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from omg_rt.bundle import FORMAT_VERSION, MANIFEST
+from omg_rt.files import atomic_write_text, sha256_file
 from omg_rt.spec import SCHEMA_VERSION
-
-
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_hashes(bundle: Path) -> dict[str, str]:
     """sha256 of every file under ``bundle`` except the manifest, by POSIX relative path."""
     return {
-        path.relative_to(bundle).as_posix(): sha256(path)
+        path.relative_to(bundle).as_posix(): sha256_file(path)
         for path in sorted(bundle.rglob("*"))
         if path.is_file() and path.name != MANIFEST
     }
@@ -91,12 +81,8 @@ def write_manifest(bundle: Path, manifest: dict[str, Any]) -> Path:
     """Add ``files`` (hashes) and write ``manifest.json`` atomically."""
     manifest = {**manifest, "format_version": FORMAT_VERSION, "schema_version": SCHEMA_VERSION,
                 "files": file_hashes(bundle)}
-    fd, tmp = tempfile.mkstemp(dir=bundle, prefix=".manifest.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f, indent=1)  # insertion order: graph I/O stays in call order
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; a deployed bundle is read by other users
-    os.replace(tmp, bundle / MANIFEST)
-    return bundle / MANIFEST
+    # insertion order: graph I/O stays in call order
+    return atomic_write_text(bundle / MANIFEST, json.dumps(manifest, indent=1))
 
 
 def check_hashes(bundle: Path) -> list[str]:

@@ -32,6 +32,7 @@ import numpy as np
 
 from omg_rt.backends.base import TensorSpec
 from omg_rt.errors import BundleError
+from omg_rt.files import sha256_file
 from omg_rt.spec import GRAPHS, SCHEMA_VERSION, ModelSpec, PreprocessSpec
 from omg_rt.tokenizer import ClipTokenizer
 
@@ -41,7 +42,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # 2: the encoder side takes any padded height and width (the ``input`` section); 1 had one
 # fixed square ``input_size``.
 FORMAT_VERSION = 2
-_HASH_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -221,14 +221,6 @@ class Bundle:
                 f"(has {sorted(entry.files)})"
             )
         return self.root / rel
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

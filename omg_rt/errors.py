@@ -26,3 +26,12 @@ class BackendUnavailableError(OmgRtError):
 
 class QueueFullError(OmgRtError):
     """The request scheduler's queue is at capacity."""
+
+
+def describe(value: object) -> str:
+    """The 'got ...' part of a message: ``float32 (3, 4)`` for an array, the type name
+    otherwise."""
+    dtype, shape = getattr(value, "dtype", None), getattr(value, "shape", None)
+    if dtype is not None and isinstance(shape, tuple):
+        return f"{dtype} {shape}"
+    return type(value).__name__

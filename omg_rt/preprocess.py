@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from omg_rt.errors import InvalidInputError
+from omg_rt.errors import InvalidInputError, describe
 
 # ImageNet statistics in RGB order (the official data preprocessor; not CLIP's statistics).
 IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
@@ -48,10 +48,6 @@ class PreparedImage:
     padded_hw: tuple[int, int]
 
 
-def _describe(array: np.ndarray) -> str:
-    return f"{array.dtype} {tuple(array.shape)}"
-
-
 def check_rgb_image(image: object, name: str) -> np.ndarray:
     """``image`` if it is a non-empty uint8 (H, W, 3) array, else InvalidInputError naming
     ``name``."""
@@ -60,10 +56,10 @@ def check_rgb_image(image: object, name: str) -> np.ndarray:
             f"{name}: expected uint8 (H, W, 3) numpy array, got {type(image).__name__}"
         )
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise InvalidInputError(f"{name}: expected uint8 (H, W, 3), got {_describe(image)}")
+        raise InvalidInputError(f"{name}: expected uint8 (H, W, 3), got {describe(image)}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise InvalidInputError(
-            f"{name}: expected a non-empty uint8 (H, W, 3), got {_describe(image)}"
+            f"{name}: expected a non-empty uint8 (H, W, 3), got {describe(image)}"
         )
     return image
 

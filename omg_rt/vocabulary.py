@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from omg_rt.errors import InvalidInputError
+from omg_rt.files import atomic_path
 
 # The ViLD prompt templates (FC-CLIP's VILD_PROMPT, used by OMG-Seg's gen_cls).
 VILD_TEMPLATES: tuple[str, ...] = (
@@ -261,24 +261,12 @@ def write_cached_bank(path: Path, bank: np.ndarray) -> None:
     readers see the old file or the whole new one). An OSError (read-only or full disk) is
     reported with a ``RuntimeWarning``: the bank is still returned to the caller, only not cached.
     """
-    path = Path(path)
-    tmp: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(bank, dtype=np.float32))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared like a bundle
-        os.replace(tmp, path)
-        tmp = None
     except OSError as exc:
         warnings.warn(f"class bank cache {path}: not written ({exc})", RuntimeWarning,
                       stacklevel=2)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _warn_corrupt(path: Path, reason: str) -> None:

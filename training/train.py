@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import random
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -45,6 +44,7 @@ import torch.distributed as dist
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm import tqdm
 
+from omg_rt.files import atomic_path, atomic_write_text, sha256_file
 from training.config import TASKS, TrainConfig, TrainConfigError
 from training.data import SceneConfig, generate_dataset, read_coco_panoptic, read_ytvis
 from training.data.dataset import (
@@ -182,7 +182,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, dist_info: DistInfo, pr
         step, curve = _load_state(out, model, optimizer, scheduler, generator, dist_info)
     elif dist_info.is_main:
         (out / CONFIG_FILE).write_text(config.to_json())
-        _atomic_write_text(out / VOCAB_FILE, json.dumps(
+        atomic_write_text(out / VOCAB_FILE, json.dumps(
             {"names": list(data.names), "num_things": data.num_things}, indent=1))
     if dist_info.is_main:
         LOG.info("%s %s at step %d: model %s (%.2f M trainable), %d classes, %d process(es)",
@@ -500,12 +500,12 @@ def _save_state(out: Path, model, optimizer, scheduler, generator, step: int,
             "rng": states,
             "config": config.to_json(),
             "curve": json.dumps(curve),
-            "weights_sha256": _sha256(out / "checkpoint.safetensors"),
+            "weights_sha256": sha256_file(out / "checkpoint.safetensors"),
         }
         _atomic_save(state, out / STATE_FILE)
-        _atomic_write_text(out / CURVE_FILE, json.dumps(curve, indent=1))
+        atomic_write_text(out / CURVE_FILE, json.dumps(curve, indent=1))
         if metrics:
-            _atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=1))
+            atomic_write_text(out / METRICS_FILE, json.dumps(metrics, indent=1))
     _barrier()
 
 
@@ -513,7 +513,7 @@ def _load_state(out: Path, model, optimizer, scheduler, generator,
                 dist_info: DistInfo) -> tuple[int, dict]:
     path = out / STATE_FILE
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("weights_sha256") != _sha256(out / "checkpoint.safetensors"):
+    if state.get("weights_sha256") != sha256_file(out / "checkpoint.safetensors"):
         raise TrainingError(f"{out}: checkpoint.safetensors is not the one {STATE_FILE} was "
                             f"saved with (interrupted while saving?); cannot resume")
     loaded, _ = load_checkpoint(out)
@@ -605,7 +605,7 @@ def _generate(config: TrainConfig, root: Path) -> None:
         generate_dataset(root, split, num_images=images, num_videos=videos,
                          frames_per_video=length, seed=config.data_seed, config=scene,
                          workers=workers, progress=False)
-    _atomic_write_text(stamp, json.dumps(wanted))
+    atomic_write_text(stamp, json.dumps(wanted))
 
 
 # ------------------------------------------------------------------------------- small utils
@@ -646,24 +646,7 @@ def _close_logging() -> None:
             handler.close()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 

@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from omg_rt.errors import InvalidInputError
+from omg_rt.errors import InvalidInputError, describe
 from omg_rt.spec import GraphIO
 
 # Padded image height and width are multiples of the backbone's coarsest stride.
@@ -59,12 +59,6 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release sessions, engines and device buffers."""
         ...
-
-
-def describe(value: object) -> str:
-    if isinstance(value, np.ndarray):
-        return f"{value.dtype} {tuple(value.shape)}"
-    return type(value).__name__
 
 
 class GraphRunner:

@@ -7,17 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from omg_rt.errors import InvalidInputError
+from omg_rt.errors import InvalidInputError, describe
 
 # Segment ids are packed two to a uint64 key (gt * 2**32 + pred), so each must fit in 32 bits.
 MAX_SEGMENT_ID = 2**32 - 1
-
-
-def describe(value: Any) -> str:
-    """`int64 (3, 4)` for an array, the type name otherwise: the 'got ...' part of a message."""
-    if isinstance(value, np.ndarray):
-        return f"{value.dtype} {tuple(value.shape)}"
-    return type(value).__name__
 
 
 def id_maps(name: str, value: Any, ndim: int) -> np.ndarray:

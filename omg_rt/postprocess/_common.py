@@ -7,14 +7,7 @@ import functools
 import numpy as np
 from scipy.special import expit
 
-from omg_rt.errors import InvalidInputError
-
-
-def describe(value: object) -> str:
-    """``float32 (3, 4)`` for arrays, the type name otherwise (for error messages)."""
-    if isinstance(value, np.ndarray):
-        return f"{value.dtype} {tuple(value.shape)}"
-    return type(value).__name__
+from omg_rt.errors import InvalidInputError, describe
 
 
 def check_array(value: object, name: str, ndim: int, dtype: str, expected: str) -> np.ndarray:

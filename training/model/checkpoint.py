@@ -16,12 +16,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
 from omg_rt.errors import CheckpointError
+from omg_rt.files import atomic_path
 from omg_rt.spec import ModelSpec, get_preset
 
 OFFICIAL_PREFIX = "panoptic_head."
@@ -267,11 +267,9 @@ def save_checkpoint(model: torch.nn.Module, directory: str | os.PathLike) -> Pat
         ("checkpoint.safetensors", None),
         ("config.json", model.config.to_json()),
     ):
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-        os.close(fd)
-        if payload is None:
-            save_file(state, tmp)
-        else:
-            Path(tmp).write_text(payload)
-        os.replace(tmp, directory / name)
+        with atomic_path(directory / name) as tmp:
+            if payload is None:
+                save_file(state, str(tmp))
+            else:
+                tmp.write_text(payload)
     return directory
