@@ -45,14 +45,8 @@ from tqdm import tqdm
 
 from export.onnx_export import EXTERNAL_DATA_BYTES, save_model
 from omg_rt.errors import InvalidInputError
-from omg_rt.preprocess import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SIZE_DIVISOR,
-    keep_ratio_size,
-    normalize_and_pad,
-    prepare_image,
-)
+from omg_rt.preprocess import keep_ratio_size, normalize_and_pad, prepare_image
+from omg_rt.spec import IMAGENET_MEAN, IMAGENET_STD, SIZE_DIVISOR
 
 FP16_KEEP_FP32_OPS = (
     "LayerNormalization", "InstanceNormalization", "GroupNormalization", "Softmax", "ReduceSum",

@@ -27,6 +27,7 @@ import numpy as np
 
 from omg_rt.errors import BackendUnavailableError, BundleError, InvalidInputError, OmgRtError
 from omg_rt.results import DEFAULT_MIN_SCORE
+from omg_rt.spec import VIDEO_TASKS
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_BUNDLE, EXIT_BACKEND = 0, 1, 2, 3, 4, 5
 
@@ -70,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
     vid = sub.add_parser("video", help="video instance / panoptic / semantic / object segmentation")
     vid.add_argument("video")
-    vid.add_argument("--task", default="vis", choices=["vis", "vps", "vss", "vos"])
+    vid.add_argument("--task", default="vis", choices=VIDEO_TASKS)
     vid.add_argument("--first-mask", help="VOS: PNG of frame 0's objects (index or colour)")
     vid.add_argument("--clip-size", type=int, help="frames decoded together")
     vid.add_argument("--max-frames", type=int, help="stop after this many frames")

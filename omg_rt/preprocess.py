@@ -19,11 +19,7 @@ import cv2
 import numpy as np
 
 from omg_rt.errors import InvalidInputError, describe
-
-# ImageNet statistics in RGB order (the official data preprocessor; not CLIP's statistics).
-IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
-IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
-SIZE_DIVISOR = 32
+from omg_rt.spec import IMAGENET_MEAN, IMAGENET_STD, SIZE_DIVISOR
 
 # Test-time resize boxes (long edge, short edge) of the official configs.
 IMAGE_DEMO_SCALE: tuple[int, int] = (1024, 1024)

@@ -12,7 +12,6 @@ import numpy as np
 
 from omg_rt.errors import InvalidInputError
 
-TASKS = ("panoptic", "instance", "semantic", "prompt", "vis", "vps", "vss", "vos")
 # Instance / VIS masks scoring at least this are the confident ones (``keep``; the CLI's
 # ``--min-score`` default; Detectron2's demo uses the same).
 DEFAULT_MIN_SCORE = 0.5

@@ -26,8 +26,9 @@ import numpy as np
 
 from omg_rt.errors import InvalidInputError, QueueFullError
 from omg_rt.results import SegmentationResult
-from omg_rt.segmenter import IMAGE_TASKS, Segmenter
+from omg_rt.segmenter import Segmenter
 from omg_rt.sessions import ImageSession
+from omg_rt.spec import IMAGE_TASKS
 
 DEFAULT_MAX_QUEUE = 64
 

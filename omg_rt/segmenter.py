@@ -40,16 +40,17 @@ from omg_rt.sessions import ImageSession
 from omg_rt.spec import (
     CLIP_HEAD,
     ENCODER,
+    IMAGE_TASKS,
     PIXEL_DECODER,
     PROMPT_ENCODER,
     QUERY_DECODER,
     TEXT_ENCODER,
+    VIDEO_TASKS,
 )
 from omg_rt.tokenizer import ClipTokenizer
-from omg_rt.video import VIDEO_TASKS, VideoSession
+from omg_rt.video import VideoSession
 from omg_rt.vocabulary import build_class_bank, check_names, check_num_things, seen_classes
 
-IMAGE_TASKS = ("panoptic", "instance", "semantic")
 DEFAULT_MAX_ENCODER_BATCH = 4
 
 

@@ -14,6 +14,16 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
+# ImageNet statistics in RGB order (the official data preprocessor; not CLIP's statistics).
+IMAGENET_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
+IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
+SIZE_DIVISOR = 32
+
+# What the runtime segments: image tasks, prompts, video tasks.
+IMAGE_TASKS = ("panoptic", "instance", "semantic")
+VIDEO_TASKS = ("vis", "vps", "vss", "vos")
+TASKS = (*IMAGE_TASKS, "prompt", *VIDEO_TASKS)
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -79,9 +89,9 @@ class QueryDecoderSpec:
 class PreprocessSpec:
     """Official preprocessing: ImageNet mean/std on RGB, keep-ratio resize, pad to 32."""
 
-    mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
-    std: tuple[float, float, float] = (58.395, 57.12, 57.375)
-    size_divisor: int = 32
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    size_divisor: int = SIZE_DIVISOR
     image_scale: tuple[int, int] = (1024, 1024)  # (long, short) box for images
     video_scale: tuple[int, int] = (1280, 736)
 

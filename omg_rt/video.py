@@ -44,7 +44,6 @@ from omg_rt.sessions import ImageSession
 if TYPE_CHECKING:
     from omg_rt.segmenter import Segmenter
 
-VIDEO_TASKS = ("vis", "vps", "vss", "vos")
 
 
 @dataclass

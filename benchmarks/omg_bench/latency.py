@@ -24,7 +24,7 @@ from tqdm import tqdm
 from benchmarks.harness import percentiles_ms
 from benchmarks.omg_bench import probe
 from benchmarks.omg_bench.targets import Target
-from omg_rt.spec import ENCODER, PIXEL_DECODER, QUERY_DECODER
+from omg_rt.spec import ENCODER, IMAGE_TASKS, PIXEL_DECODER, QUERY_DECODER
 
 STAGES = ("preprocess", "encoder", "pixel decoder", "query decoder", "post-process")
 
@@ -93,7 +93,7 @@ def image_cases(target: Target, images: list[np.ndarray], tasks: tuple[str, ...]
     ]
     nxt = _cycle(images)
     methods = {"panoptic": seg.panoptic, "instance": seg.instances, "semantic": seg.semantic}
-    for task in ("panoptic", "instance", "semantic"):
+    for task in IMAGE_TASKS:
         if task in tasks or (task == "panoptic" and not any(t in tasks for t in methods)):
             holder: dict[str, Any] = {}
 

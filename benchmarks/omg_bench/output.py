@@ -13,6 +13,7 @@ from typing import Any
 
 from benchmarks.omg_bench.accuracy import METRICS
 from benchmarks.omg_bench.options import BenchOptions
+from omg_rt.spec import IMAGE_TASKS
 
 HOW_MEASURED = """\
 - Everything runs through the runtime (`omg_rt.Segmenter`), so the numbers are what users get.
@@ -261,7 +262,7 @@ def markdown_report(report: dict[str, Any], options: BenchOptions) -> str:
 def _plot_points(report: dict[str, Any]) -> tuple[str, str, list[dict[str, Any]]]:
     lat = report.get("latency", {})
     e2e = lat.get("end_to_end", [])
-    task = next((t for t in ("panoptic", "instance", "semantic") if any(r["case"] == t
+    task = next((t for t in IMAGE_TASKS if any(r["case"] == t
                                                                         for r in e2e)), None)
     if task:
         latencies = {(r["backend"], r["precision"], r["image_size"]): r["p50_ms"]

@@ -21,6 +21,7 @@ from benchmarks.omg_bench.targets import (
     resolve_model,
     vocabulary_for,
 )
+from omg_rt.spec import IMAGE_TASKS
 
 SCHEMA_VERSION = 1
 
@@ -74,14 +75,13 @@ def run_benchmark(options: BenchOptions, command: str = "") -> dict[str, Any]:
         report["reference"] = _references(ok)
 
         lat: dict[str, Any] = {}
-        image_tasks = ("panoptic", "instance", "semantic")
         cases = [c for t in ok for c in latency.image_cases(t, images, options.tasks)]
         latency.run_round_robin(cases, warmup=options.warmup, runs=options.runs,
                                 desc="stages + end to end", progress=show)
         rows = latency.summarize(cases)
         lat["stages"] = [r for r in rows if r["section"] == "stage"]
         lat["end_to_end"] = [r for r in rows if r["section"] == "end_to_end"]
-        if any(t in options.tasks for t in image_tasks) or "prompt" not in options.tasks:
+        if any(t in options.tasks for t in IMAGE_TASKS) or "prompt" not in options.tasks:
             cases = [c for t in ok for c in latency.throughput_cases(t, images, options.batches)]
             latency.run_round_robin(cases, warmup=1, runs=max(3, options.runs // 2),
                                     desc="throughput", progress=show)

@@ -10,14 +10,13 @@ import pytest
 
 from omg_rt.errors import InvalidInputError
 from omg_rt.preprocess import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     VIDEO_SCALE,
     keep_ratio_size,
     normalize_and_pad,
     prepare_image,
     resize_keep_ratio,
 )
+from omg_rt.spec import IMAGENET_MEAN, IMAGENET_STD
 from tests.conftest import OFFICIAL_FIXTURES
 
 GOLDEN = OFFICIAL_FIXTURES / "official_golden"
