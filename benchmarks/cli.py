@@ -30,13 +30,14 @@ from benchmarks.omg_bench.options import (
     int_list,
     shape_arg,
 )
+from omg_rt.errors import EXIT_CODES_HELP, ExitCode
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="omg-bench", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[2:]))
+        epilog="\n\n".join([*__doc__.split("\n\n")[2:], EXIT_CODES_HELP]))
     p.add_argument("model", metavar="MODEL",
                    help="bundle dir | checkpoint | 'synthetic' | 'preset:NAME'")
     p.add_argument("--checkpoint", help="with a BUNDLE: its checkpoint (torch backend)")
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_benchmark(options, command="omg-bench " + shlex.join(argv))
     except OptionError as exc:
         parser.error(str(exc))
-    return 0 if report["status"] == "ok" else 1
+    return ExitCode.OK if report["status"] == "ok" else ExitCode.FAILED
 
 
 if __name__ == "__main__":

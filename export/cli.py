@@ -11,20 +11,21 @@ from pathlib import Path
 from export.bundle import PRECISIONS, TARGETS, build_bundle
 from export.verify import ParityError
 from export.vocabularies import VOCABULARIES
-from omg_rt.errors import BackendUnavailableError, CheckpointError, InvalidInputError
+from omg_rt.errors import (
+    EXIT_CODES_HELP,
+    BackendUnavailableError,
+    CheckpointError,
+    ExitCode,
+    InvalidInputError,
+)
 
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
-EXIT_PARITY = 3
-EXIT_NO_TENSORRT = 4
+EXIT_OK = ExitCode.OK
+EXIT_BAD_INPUT = ExitCode.INPUT  # a checkpoint, vocabulary or image that cannot be used
+EXIT_PARITY = ExitCode.PARITY
+EXIT_NO_TENSORRT = ExitCode.BACKEND
 
 EPILOG = f"""\
-exit codes:
-  {EXIT_OK}  bundle written and verified
-  {EXIT_BAD_INPUT}  bad argument, checkpoint or vocabulary (nothing written)
-  {EXIT_PARITY}  exported graphs outside tolerance (build kept at BUNDLE.failed, see verify.json)
-  {EXIT_NO_TENSORRT}  --engine without TensorRT (or without a GPU): the ONNX bundle was written,
-     no engines/
+{EXIT_CODES_HELP}
 
 --vocab: {", ".join(VOCABULARIES)}; a names file (.txt one class per line, synonyms separated by
 ',', a line '---' before the stuff classes; or .json {{"names": [...], "num_things": n}}); or a
@@ -43,8 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="official omg_seg_convl.pth, or our checkpoint "
                                            "directory / checkpoint.safetensors")
-    parser.add_argument("-o", "--output", metavar="BUNDLE",
+    parser.add_argument("-o", "--out", "--output", dest="output", metavar="BUNDLE",
                         help="bundle directory (default: ./<checkpoint name>.bundle)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--backbone-weights", metavar="OPEN_CLIP_FILE",
                         help="local OpenCLIP weights for the decoder-only official checkpoint "
                              "(offline use)")
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             image_size=args.image_size, vocab=args.vocab,
             precisions=tuple(p.strip() for p in args.precision.split(",") if p.strip()),
             target=args.target, calib_images=args.calib_images, verify=args.verify,
-            engine=args.engine, progress=True)
+            engine=args.engine, progress=not args.quiet)
     except (InvalidInputError, CheckpointError) as exc:
         print(f"omg-export: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

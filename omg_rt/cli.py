@@ -9,9 +9,7 @@ Outputs per image: ``<name>.json`` (every mask as COCO RLE with id, label, name,
 panoptic), semantic adds ``<name>_semantic.png`` (class index per pixel, 16-bit, 65535 = none).
 Video writes ``<name>_overlay.mp4`` and ``<name>.jsonl`` (one JSON record per frame).
 
-Exit codes: 0 done; 2 bad command line; 3 bad input (unreadable image or video, prompts outside
-the image, ...); 4 bad bundle (missing file, checksum mismatch); 5 backend unavailable; 1 any
-other omg-rt error.
+Exit codes: :class:`omg_rt.errors.ExitCode` (the same table for every omg-* command).
 """
 
 from __future__ import annotations
@@ -25,15 +23,25 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from omg_rt.errors import BackendUnavailableError, BundleError, InvalidInputError, OmgRtError
+from omg_rt.errors import (
+    EXIT_CODES_HELP,
+    BackendUnavailableError,
+    BundleError,
+    ExitCode,
+    InvalidInputError,
+    OmgRtError,
+)
 from omg_rt.results import DEFAULT_MIN_SCORE
 from omg_rt.spec import VIDEO_TASKS
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INPUT, EXIT_BUNDLE, EXIT_BACKEND = 0, 1, 2, 3, 4, 5
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE
+EXIT_INPUT, EXIT_BUNDLE, EXIT_BACKEND = ExitCode.INPUT, ExitCode.BUNDLE, ExitCode.BACKEND
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="omg-rt", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="omg-rt", description=__doc__.split("\n\n")[0],
+                                     epilog=EXIT_CODES_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:

@@ -4,7 +4,8 @@
     omg-train --config run.json --out RUN [--set steps=200 --set lr=5e-4] [--resume]
     torchrun --nproc_per_node 2 -m training.cli --config run.json --out RUN
 
-Exit codes: 0 done, 2 bad arguments or config, 3 the run directory cannot be used.
+Exit codes: :class:`omg_rt.errors.ExitCode` (2 bad arguments or config, 3 the run directory
+cannot be used).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import json
 import sys
 
+from omg_rt.errors import EXIT_CODES_HELP, ExitCode
 from training.config import TRAIN_PRESETS, TrainConfig, TrainConfigError, get_train_preset
 
 
@@ -21,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="omg-train",
         description="Train OMG-Seg jointly on image, video and prompt data (CPU or GPU; "
         "multi-process under torchrun).",
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--config", help="JSON file of TrainConfig fields")
@@ -33,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="continue the run in --out from its last checkpoint")
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="stop (checkpoint + evaluate) after this much training time")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                        help="no progress bar")
     return parser
 
 
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config.with_overrides(args.overrides)
     except TrainConfigError as exc:
         print(f"omg-train: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
 
     from training.distributed import cleanup, setup
     from training.train import TrainingError, train
@@ -53,18 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     dist_info = setup()
     try:
         result = train(config, args.out, resume=args.resume, dist_info=dist_info,
-                        progress=not args.no_progress, max_seconds=args.max_seconds)
+                        progress=not args.quiet, max_seconds=args.max_seconds)
     except TrainingError as exc:
         print(f"omg-train: {exc}", file=sys.stderr)
-        return 3
+        return ExitCode.INPUT
     except TrainConfigError as exc:
         print(f"omg-train: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     finally:
         cleanup()
     if dist_info.is_main:
         print(json.dumps(result.metrics, indent=1))
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def test_cli_exports_verifies_and_prints_the_summary_table(checkpoint, tmp_path,
     assert (out / trt_file).exists() and trt_file in manifest["files"]
 
 
-def test_bad_input_exits_2_naming_the_problem(checkpoint, tmp_path, capsys):
+def test_bad_input_exits_with_the_input_code_naming_the_problem(checkpoint, tmp_path, capsys):
     assert main([str(tmp_path / "missing.pth"), "-o", str(tmp_path / "x")]) == EXIT_BAD_INPUT
     assert "does not exist" in capsys.readouterr().err
     code = main([str(checkpoint), "-o", str(tmp_path / "x"), "--precision", "fp32,fp64"])
@@ -66,6 +66,23 @@ def test_help_documents_the_exit_codes(capsys):
         main(["--help"])
     text = capsys.readouterr().out
     assert "exit codes" in text and "--engine" in text and str(EXIT_NO_TENSORRT) in text
+
+
+@pytest.mark.parametrize("module", ["omg_rt.cli", "export.cli", "training.cli", "benchmarks.cli"])
+def test_every_command_prints_the_one_exit_code_table(module, capsys):
+    """omg-rt, omg-export, omg-train and omg-bench: the same codes mean the same things, and each
+    --help shows the table."""
+    import importlib
+
+    from omg_rt.errors import EXIT_CODES_HELP, ExitCode
+
+    cli = importlib.import_module(module)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert " ".join(EXIT_CODES_HELP.split()) in text
+    assert [c.value for c in ExitCode] == list(range(7))
 
 
 def test_a_training_run_exports_with_its_own_vocabulary_by_default(checkpoint, tmp_path):
