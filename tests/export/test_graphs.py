@@ -15,8 +15,8 @@ from export.engines import engine_key, profile_shapes
 from export.graphs import graph_defs
 from export.onnx_export import export_graph, op_types
 from export.vocab import resolve_vocabulary
-from export.vocabularies import VOCABULARIES
 from omg_rt.errors import InvalidInputError
+from omg_rt.vocabularies import VOCABULARIES
 from omg_rt.vocabulary import split_label
 from training.model import build_model
 

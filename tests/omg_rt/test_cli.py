@@ -47,6 +47,17 @@ def test_segment_with_a_vocabulary(tmp_path):
     assert objects and {o["name"] for o in objects} <= {"zebra", "person,people"}
 
 
+def test_segment_with_a_shipped_vocabulary_key(tmp_path):
+    from omg_rt.vocabularies import VOCABULARIES
+
+    a = _write(tmp_path / "a.png", scene(1))
+    code = main(["segment", a, "--bundle", str(tiny_bundle()), "--task", "panoptic",
+                 "--vocab", "ytvis", "--out", str(tmp_path / "o"), "--quiet"])
+    assert code == EXIT_OK
+    objects = json.loads((tmp_path / "o" / "a.json").read_text())["objects"]
+    assert objects and {o["name"] for o in objects} <= set(VOCABULARIES["ytvis"].names)
+
+
 def test_min_score_keeps_the_confident_instances(tmp_path):
     a = _write(tmp_path / "a.png", scene(1))
 
