@@ -8,7 +8,7 @@ MODEL is a bundle directory (add --checkpoint for the torch backend), a checkpoi
 exported into the output directory first), ``synthetic`` (the synthetic-tiny checkpoint of
 ``training.synthetic.ensure_checkpoint``) or ``preset:NAME`` (random weights: latency only).
 
-Writes report.md, report.json and plot.png to --out (default benchmarks/reports/<date>) and the
+Writes report.md, report.json and plot.png to --out (default ./omg-bench-reports/<date>) and the
 summary table of benchmarks/RESULTS.md. Exit status: 0 measured, 1 some target failed, 2 a bad
 request. Unavailable backends are reported as skipped with the reason.
 """
@@ -77,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cold-start", action="store_true", help="skip the fresh-process runs")
     p.add_argument("--verify-export", action="store_true",
                    help="run the exporter's parity checks when exporting a checkpoint")
-    p.add_argument("--out", help="output directory (default benchmarks/reports/<date>)")
-    p.add_argument("--results", default=str(DEFAULT_RESULTS),
-                   help="RESULTS.md whose summary section is rewritten")
+    p.add_argument("--out", help="output directory (default ./omg-bench-reports/<date>)")
+    p.add_argument("--results", default=None,
+                   help=f"RESULTS.md whose summary section is rewritten (default {DEFAULT_RESULTS} "
+                        "when it exists here, i.e. run from the repository root)")
     p.add_argument("--results-section", default="omg-bench",
                    help="marker name of that section (default omg-bench)")
     p.add_argument("--no-results", action="store_true", help="leave RESULTS.md alone")
@@ -102,7 +103,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         num_videos=args.num_videos, frames_per_video=args.frames, seed=args.seed, runs=args.runs,
         warmup=args.warmup, video_passes=args.video_passes, accuracy=not args.no_accuracy,
         cold_start=not args.no_cold_start, threads=args.threads,
-        results=None if args.no_results else Path(args.results),
+        results=None if args.no_results else Path(args.results) if args.results else
+        (DEFAULT_RESULTS if DEFAULT_RESULTS.is_file() else None),
         results_section=args.results_section, verify_export=args.verify_export,
         progress=not args.quiet, **extra)
 

@@ -13,8 +13,10 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # panoptic -> PQ, instance -> mask AP, semantic -> mIoU, prompt -> interactive mIoU (cached
 # image, 1/4/16 prompts), video -> J&F (VOS) and per-frame latency (VIS stream).
 TASKS = ("panoptic", "instance", "semantic", "prompt", "video")
-BENCH_DIR = Path(__file__).resolve().parents[1]
-DEFAULT_RESULTS = BENCH_DIR / "RESULTS.md"
+# Relative to the working directory, never inside the installed package: a checkout's
+# RESULTS.md (when omg-bench runs from the repository root) and ./omg-bench-reports/<date>.
+DEFAULT_RESULTS = Path("benchmarks") / "RESULTS.md"
+DEFAULT_REPORTS = Path("omg-bench-reports")
 
 
 class OptionError(ValueError):
@@ -67,8 +69,9 @@ class BenchOptions:
     accuracy: bool = True
     cold_start: bool = True
     threads: int = 0
-    out: Path = field(default_factory=lambda: BENCH_DIR / "reports" / _dt.date.today().isoformat())
-    results: Path | None = DEFAULT_RESULTS
+    out: Path = field(default_factory=lambda: DEFAULT_REPORTS / _dt.date.today().isoformat())
+    results: Path | None = field(
+        default_factory=lambda: DEFAULT_RESULTS if DEFAULT_RESULTS.is_file() else None)
     results_section: str = "omg-bench"
     verify_export: bool = False
     progress: bool = True
