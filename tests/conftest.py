@@ -25,6 +25,17 @@ TOLERANCES = {
 }
 
 
+def seeded_tiny(seed: int = 0):
+    """The ``tiny`` preset in eval mode with the random weights of ``torch.manual_seed(seed)``:
+    every tiny-model fixture of the suite."""
+    import torch
+
+    from training.model import build_model
+
+    torch.manual_seed(seed)
+    return build_model("tiny").eval()
+
+
 def _has_cuda() -> bool:
     if importlib.util.find_spec("torch") is None:
         return False

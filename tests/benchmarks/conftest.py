@@ -6,14 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import seeded_tiny
+
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A seeded, untrained ``tiny`` checkpoint: omg-bench's input in its end-to-end tests."""
-    import torch
-
-    from training.model import build_model
     from training.model.checkpoint import save_checkpoint
 
-    torch.manual_seed(0)
-    return save_checkpoint(build_model("tiny").eval(), tmp_path_factory.mktemp("tiny") / "tiny")
+    return save_checkpoint(seeded_tiny(0), tmp_path_factory.mktemp("tiny") / "tiny")

@@ -20,8 +20,7 @@ from export.verify import SENSITIVITY_FACTOR, TOLERANCES
 from omg_rt.errors import InvalidInputError
 from omg_rt.preprocess import prepare_image
 from omg_rt.spec import GRAPHS
-from tests.conftest import OFFICIAL_FIXTURES
-from training.model import build_model
+from tests.conftest import OFFICIAL_FIXTURES, seeded_tiny
 
 
 @pytest.fixture(autouse=True)
@@ -33,8 +32,7 @@ SIZE = 128
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return build_model("tiny").eval()
+    return seeded_tiny(0)
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from export.cli import EXIT_BAD_INPUT, EXIT_NO_TENSORRT, EXIT_OK, main
 from export.manifest import check_hashes
-from tests.conftest import _has_tensorrt
-from training.model import build_model
+from tests.conftest import _has_tensorrt, seeded_tiny
 from training.model.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(1)
-    return save_checkpoint(build_model("tiny"), tmp_path_factory.mktemp("ckpt") / "tiny")
+    return save_checkpoint(seeded_tiny(1), tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 @pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed here: engines get built")

@@ -18,6 +18,7 @@ from export.vocab import resolve_vocabulary
 from omg_rt.errors import InvalidInputError
 from omg_rt.vocabularies import VOCABULARIES
 from omg_rt.vocabulary import split_label
+from tests.conftest import seeded_tiny
 from training.model import build_model
 
 
@@ -29,8 +30,7 @@ def _no_grad():
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(2)
-    return build_model("tiny").eval()
+    return seeded_tiny(2)
 
 
 @pytest.fixture(scope="module")

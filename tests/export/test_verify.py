@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import numpy_helper
 
 import export.verify as verify_mod
@@ -24,7 +23,7 @@ from export.verify import (
     ort_runner,
 )
 from omg_rt.spec import QUERY_DECODER
-from training.model import build_model
+from tests.conftest import seeded_tiny
 
 SIZE = 64
 NUM_THINGS = 20
@@ -33,8 +32,7 @@ QD = QUERY_DECODER.name
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return build_model("tiny").eval().requires_grad_(False)
+    return seeded_tiny(0).requires_grad_(False)
 
 
 @pytest.fixture(scope="module")

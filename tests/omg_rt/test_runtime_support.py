@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.conftest import seeded_tiny
+
 IMAGE_SIZE = 128
 NAMES = ("person", "car,automobile", "dog", "grass", "sky")
 NUM_THINGS = 3
@@ -19,13 +21,9 @@ NUM_THINGS = 3
 @functools.lru_cache(maxsize=1)
 def tiny_checkpoint() -> Path:
     """A seeded tiny model saved with ``save_checkpoint`` (built once per process)."""
-    import torch
-
-    from training.model import build_model
     from training.model.checkpoint import save_checkpoint
 
-    torch.manual_seed(0)
-    model = build_model("tiny").eval()
+    model = seeded_tiny(0)
     return save_checkpoint(model, Path(tempfile.mkdtemp(prefix="omg-rt-ckpt-")) / "tiny")
 
 

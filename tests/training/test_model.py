@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from omg_rt.errors import CheckpointError
 from omg_rt.spec import PRESETS, ModelSpec, PixelDecoderSpec, get_preset
-from tests.conftest import OFFICIAL_FIXTURES, TOLERANCES
+from tests.conftest import OFFICIAL_FIXTURES, TOLERANCES, seeded_tiny
 from training.model import build_model
 from training.model.checkpoint import load_checkpoint, remap_official_keys, save_checkpoint
 from training.model.classifier import text_logits
@@ -31,8 +31,7 @@ def _inference_mode():
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    return build_model("tiny").eval()
+    return seeded_tiny(0)
 
 
 def _bank(k: int = 6, s: int = 2, d: int = 64, seed: int = 1) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from omg_rt.vocabulary import VILD_TEMPLATES, class_bank_key, class_overlap, split_label
+from tests.conftest import seeded_tiny
 from training.model import build_model
 from training.vocabulary import build_class_bank, text_encoder_sha256
 
@@ -24,8 +25,7 @@ def _no_grad():
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    return build_model("tiny").eval()
+    return seeded_tiny(0)
 
 
 def test_split_label_follows_the_official_rules():
