@@ -20,6 +20,9 @@ from omg_rt.preprocess import keep_ratio_size
 from tests.official_golden import (
     DEMO_NUM_THINGS,
     GOLDEN,
+    PIXEL_AGREEMENT,
+    RTOL,
+    agreement,
     assert_per_query_close,
     load_npz,
     official_bundle,
@@ -31,8 +34,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not GOLDEN.exists(), reason=f"official fixtures not found at {GOLDEN}"),
 ]
-RTOL = 1e-4  # relative to the largest magnitude: random weights give logits up to ~1e5
-PIXEL_AGREEMENT = 0.999
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +65,6 @@ def session(seg, image):
     return seg.set_image(image)
 
 
-def _agreement(ours: np.ndarray, official: np.ndarray) -> float:
-    assert ours.shape == official.shape
-    return float((ours == official).mean())
-
-
 def _official_id_map(result, void: int) -> np.ndarray:
     return np.where(result.id_map < 0, void, result.id_map)
 
@@ -98,7 +94,7 @@ def test_image_logits_match_the_official_model(seg, session):
 def test_panoptic_map_matches_the_official_model(seg, session, bank):
     result = seg.panoptic(session)
     official = load_npz("golden.npz")["panoptic"]
-    assert _agreement(_official_id_map(result, bank.shape[0]), official) >= PIXEL_AGREEMENT
+    assert agreement(_official_id_map(result, bank.shape[0]), official) >= PIXEL_AGREEMENT
 
 
 def _to_original(xy: np.ndarray, session) -> np.ndarray:
@@ -121,7 +117,7 @@ def test_box_and_click_prompts_match_the_official_model(seg, session, fixture):
     boxes = seg.prompt_boxes(session, **prompts)
     np.testing.assert_allclose(boxes, official_boxes, atol=1e-3)
     result = seg.prompt(session, **prompts)
-    assert _agreement(result.masks, golden["final_masks"]) >= PIXEL_AGREEMENT
+    assert agreement(result.masks, golden["final_masks"]) >= PIXEL_AGREEMENT
     # the logits behind them, through the same graphs
     runners = seg.backend.runners
     queries = runners["prompt_encoder"]({
@@ -144,7 +140,7 @@ def test_open_vocabulary_ensemble_matches_the_official_model(seg, session, bank)
         result = seg.panoptic(session)
     finally:
         seg.set_class_bank(names, bank, num_things=DEMO_NUM_THINGS, ensemble=False)
-    assert _agreement(_official_id_map(result, bank.shape[0]), golden["panoptic"]) >= \
+    assert agreement(_official_id_map(result, bank.shape[0]), golden["panoptic"]) >= \
         PIXEL_AGREEMENT
 
 
@@ -190,7 +186,7 @@ def test_whole_video_vis_through_the_video_session_matches_the_official_model(vi
         assert relative_error(frame.scores, golden[f"vis_scores{f}"]) <= RTOL
         top = golden[f"vis_top10_masks{f}"]
         order = np.argsort(-frame.scores, kind="stable")[: top.shape[0]]
-        assert _agreement(frame.masks[order], top) >= PIXEL_AGREEMENT
+        assert agreement(frame.masks[order], top) >= PIXEL_AGREEMENT
 
 
 def test_whole_video_vos_through_the_video_session_matches_the_official_model(video_seg, frames):
@@ -199,4 +195,4 @@ def test_whole_video_vos_through_the_video_session_matches_the_official_model(vi
     session = video_seg.open_video("vos", first_mask=first, num_frames=len(frames),
                                    whole_video=True)
     maps = np.stack([r.id_map for r in session.run(frames)])
-    assert _agreement(maps, golden["vos_maps"]) >= PIXEL_AGREEMENT
+    assert agreement(maps, golden["vos_maps"]) >= PIXEL_AGREEMENT
