@@ -15,40 +15,17 @@ for every backend x precision; deltas against FP32 PyTorch).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.omg_bench.dataset import Dataset
 from benchmarks.omg_bench.options import BenchOptions, OptionError
 from benchmarks.omg_bench.targets import Target
 
 GENERATED_SPLIT = "bench"  # not a training split name: generated scenes never overlap training
-
-
-@dataclass
-class Dataset:
-    """What every target is scored on.
-
-    Attributes:
-        ground_truth_from_reference: the records carry no annotations yet (``photos``);
-            ``photos.reference_ground_truth`` fills them from the reference target's outputs.
-    """
-
-    source: str
-    categories: Any  # training.data.formats.Categories
-    images: list[Any]  # ImageRecord
-    videos: list[Any]  # VideoRecord
-    note: str = ""
-    ground_truth_from_reference: bool = False
-
-    def describe(self) -> dict[str, Any]:
-        return {"source": self.source, "images": len(self.images), "videos": len(self.videos),
-                "frames_per_video": int(self.videos[0].frames.shape[0]) if self.videos else 0,
-                "classes": list(self.categories.names),
-                "num_things": int(self.categories.num_things), "note": self.note}
 
 
 def load_dataset(options: BenchOptions, work: Path, progress: bool) -> Dataset:

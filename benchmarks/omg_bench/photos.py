@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.omg_bench.accuracy import Dataset
+from benchmarks.omg_bench.dataset import Dataset
 from benchmarks.omg_bench.options import BenchOptions, OptionError
 from benchmarks.omg_bench.targets import Target
 from omg_rt.results import DEFAULT_MIN_SCORE

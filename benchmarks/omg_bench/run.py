@@ -13,6 +13,7 @@ from tqdm import tqdm
 from benchmarks.harness import detailed_environment
 from benchmarks.omg_bench import accuracy as acc
 from benchmarks.omg_bench import coldstart, latency, output
+from benchmarks.omg_bench.dataset import Dataset
 from benchmarks.omg_bench.options import BenchOptions
 from benchmarks.omg_bench.targets import (
     check_model,
@@ -141,8 +142,8 @@ def _resized(image: np.ndarray, shape: tuple[int, int] | None) -> np.ndarray:
     return cv2.resize(image, shape, interpolation=cv2.INTER_LINEAR)
 
 
-def _reference_ground_truth(ok: list, report: dict[str, Any], data: acc.Dataset,
-                            options: BenchOptions) -> acc.Dataset:
+def _reference_ground_truth(ok: list, report: dict[str, Any], data: Dataset,
+                            options: BenchOptions) -> Dataset:
     """``data`` annotated by the reference of the first image size (``photos``: agreement with
     it is the accuracy); ``data`` unchanged, and that target failed, when it cannot run."""
     from benchmarks.omg_bench.photos import reference_ground_truth
