@@ -14,7 +14,7 @@ from pathlib import Path
 _HASH_CHUNK = 1 << 20
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -24,7 +24,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, mode: int = 0o644) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], mode: int = 0o644) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; on leaving the block without an error it
     is synced, given ``mode`` (mkstemp makes 0600; bundles and caches are read by other users)
     and renamed onto ``path`` in one step; on an error it is removed and ``path`` is untouched."""
@@ -43,7 +43,7 @@ def atomic_path(path: str | os.PathLike, mode: int = 0o644) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, mode: int = 0o644) -> Path:
+def atomic_write_text(path: str | os.PathLike[str], text: str, mode: int = 0o644) -> Path:
     """Write ``text`` to ``path`` atomically (:func:`atomic_path`); returns ``path``."""
     with atomic_path(path, mode) as tmp:
         tmp.write_text(text)

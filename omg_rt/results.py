@@ -195,7 +195,7 @@ class SegmentationResult:
 def id_colour(identity: int) -> tuple[int, int, int]:
     """A stable, well-spread RGB colour for an id (golden-ratio hue steps)."""
     hue = int((identity * 0.618033988749895 % 1.0) * 180)
-    hsv = np.uint8([[[hue, 200, 255]]])
+    hsv = np.array([[[hue, 200, 255]]], dtype=np.uint8)
     r, g, b = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0]
     return int(r), int(g), int(b)
 

@@ -26,8 +26,9 @@ import gzip
 import html
 import os
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +69,7 @@ class ClipTokenizer:
 
     def __init__(
         self,
-        bpe_path: str | os.PathLike,
+        bpe_path: str | os.PathLike[str],
         *,
         context_length: int = 77,
         use_optional_libraries: bool = True,
@@ -87,8 +88,8 @@ class ClipTokenizer:
         self.start_id = self.encoder[START_TOKEN]
         self.end_id = self.encoder[END_TOKEN]
         self._cache: dict[str, str] = {START_TOKEN: START_TOKEN, END_TOKEN: END_TOKEN}
-        self._fix_text = None
-        self._pattern = None
+        self._fix_text: Callable[[str], str] | None = None
+        self._pattern: Any = None  # a compiled ``regex`` pattern
         if use_optional_libraries:
             self._fix_text, self._pattern = _optional_libraries()
 
@@ -138,7 +139,8 @@ class ClipTokenizer:
 
     def _pieces(self, text: str) -> list[str]:
         if self._pattern is not None:
-            return self._pattern.findall(text)
+            pieces: list[str] = self._pattern.findall(text)
+            return pieces
         return _scan(text)
 
     def _bpe(self, token: str) -> str:
@@ -243,7 +245,8 @@ def _read_merges(path: str) -> tuple[tuple[str, str], ...]:
     return tuple(merges)  # type: ignore[arg-type]
 
 
-def _optional_libraries():  # -> (fix_text | None, compiled pattern | None)
+def _optional_libraries() -> tuple[Callable[[str], str] | None, Any]:
+    """(ftfy.fix_text or None, the compiled ``regex`` pattern or None)."""
     try:
         import ftfy
 

@@ -276,4 +276,5 @@ def _warn_corrupt(path: Path, reason: str) -> None:
 
 def _normalise(x: np.ndarray) -> np.ndarray:
     norm = np.sqrt((x.astype(np.float32) ** 2).sum(-1, keepdims=True))
-    return (x / np.maximum(norm, np.float32(1e-12))).astype(np.float32)
+    out: np.ndarray = (x / np.maximum(norm, np.float32(1e-12))).astype(np.float32)
+    return out

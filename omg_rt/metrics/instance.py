@@ -20,7 +20,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from omg_rt.errors import InvalidInputError
+from omg_rt.errors import InvalidInputError, describe
 from omg_rt.metrics import _validation as check
 
 # The 12 numbers COCOeval.summarize() fills in `stats`, in its order.
@@ -41,7 +41,8 @@ def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
     if masks.shape[0] == 0:
         return []
     # pycocotools wants (H, W, N) uint8 in Fortran order.
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    fortran = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))
+    rles: list[dict[str, Any]] = mask_utils.encode(fortran)
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
     return rles
@@ -106,7 +107,7 @@ class MaskAPAccumulator:
         gtm = check.binary_masks("gt_masks", gt_masks, 3)
         if pred.shape[1:] != gtm.shape[1:]:
             raise InvalidInputError(f"pred_masks: expected (N, {gtm.shape[1]}, {gtm.shape[2]}) "
-                                    f"like gt_masks, got {check.describe(pred)}")
+                                    f"like gt_masks, got {describe(pred)}")
         scores = check.vector("pred_scores", pred_scores, pred.shape[0], "float")
         labels = check.vector("pred_labels", pred_labels, pred.shape[0], "int")
         gt_cats = check.vector("gt_labels", gt_labels, gtm.shape[0], "int")
@@ -170,7 +171,7 @@ def _nan_if_missing(value: float) -> float:
 
 def _ground_truth(gt: Mapping[str, Any]) -> COCO:
     if not isinstance(gt, Mapping):
-        raise InvalidInputError(f"gt: expected a COCO dict, got {check.describe(gt)}")
+        raise InvalidInputError(f"gt: expected a COCO dict, got {describe(gt)}")
     for key in ("images", "annotations", "categories"):
         if not isinstance(gt.get(key), Sequence):
             raise InvalidInputError(f"gt: expected a list under {key!r}")

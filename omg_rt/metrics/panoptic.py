@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from omg_rt.errors import InvalidInputError
+from omg_rt.errors import InvalidInputError, describe
 from omg_rt.metrics import _validation as check
 
 VOID = 0
@@ -122,7 +122,7 @@ def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
     """
     if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 \
             or rgb.dtype != np.uint8:
-        raise InvalidInputError(f"rgb: expected uint8 (H, W, 3), got {check.describe(rgb)}")
+        raise InvalidInputError(f"rgb: expected uint8 (H, W, 3), got {describe(rgb)}")
     channels = rgb.astype(np.int64)
     return channels[..., 0] + 256 * channels[..., 1] + 256 * 256 * channels[..., 2]
 

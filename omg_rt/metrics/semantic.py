@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from omg_rt.errors import InvalidInputError
+from omg_rt.errors import InvalidInputError, describe
 from omg_rt.metrics import _validation as check
 
 
@@ -49,7 +49,7 @@ class ConfusionMatrix:
             if not isinstance(arr, np.ndarray) or arr.dtype == np.bool_ \
                     or not np.issubdtype(arr.dtype, np.integer):
                 raise InvalidInputError(f"{name}: expected an integer ndarray, "
-                                        f"got {check.describe(arr)}")
+                                        f"got {describe(arr)}")
         check.same_shape("gt_labels", gt_labels, "pred_labels", pred_labels)
         valid = gt_labels != self.ignore_index
         gt = gt_labels[valid].astype(np.int64)
@@ -83,7 +83,7 @@ def mean_iou(confusion: np.ndarray) -> dict[str, Any]:
             or confusion.shape[0] != confusion.shape[1] \
             or not np.issubdtype(confusion.dtype, np.number):
         raise InvalidInputError(f"confusion: expected a square (C, C) ndarray, "
-                                f"got {check.describe(confusion)}")
+                                f"got {describe(confusion)}")
     if confusion.size and confusion.min() < 0:
         raise InvalidInputError("confusion: expected non-negative counts")
     counts = confusion.astype(np.float64)

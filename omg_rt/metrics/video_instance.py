@@ -22,7 +22,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
-from omg_rt.errors import InvalidInputError
+from omg_rt.errors import InvalidInputError, describe
 from omg_rt.metrics import _validation as check
 from omg_rt.metrics.instance import evaluate, quiet_coco
 
@@ -49,7 +49,7 @@ def tube_iou(pred_tubes: np.ndarray, gt_tubes: np.ndarray) -> np.ndarray:
     gt = check.binary_masks("gt_tubes", gt_tubes, 4)
     if pred.shape[1:] != gt.shape[1:]:
         raise InvalidInputError(f"pred_tubes: expected (N, {', '.join(map(str, gt.shape[1:]))}) "
-                                f"like gt_tubes, got {check.describe(pred)}")
+                                f"like gt_tubes, got {describe(pred)}")
     n, m, frames = pred.shape[0], gt.shape[0], gt.shape[1]
     inter = np.zeros((n, m), np.int64)
     for t in range(frames):
@@ -165,7 +165,7 @@ def video_instance_ap(
     return acc.compute()
 
 
-class _TubeEval(COCOeval):
+class _TubeEval(COCOeval):  # type: ignore[misc]  # pycocotools is untyped
     """COCOeval whose IoUs are looked up in precomputed per-video tube-IoU tables."""
 
     def __init__(self, coco_gt: Any, coco_dt: Any, ious: dict[int, np.ndarray]) -> None:

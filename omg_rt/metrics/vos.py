@@ -163,7 +163,7 @@ def _boundary_map(mask: np.ndarray) -> np.ndarray:
     east[:, :-1] = mask[:, 1:]
     south[:-1, :] = mask[1:, :]
     south_east[:-1, :-1] = mask[1:, 1:]
-    boundary = (mask ^ east) | (mask ^ south) | (mask ^ south_east)
+    boundary: np.ndarray = (mask ^ east) | (mask ^ south) | (mask ^ south_east)
     boundary[-1, :] = mask[-1, :] ^ east[-1, :]
     boundary[:, -1] = mask[:, -1] ^ south[:, -1]
     boundary[-1, -1] = False

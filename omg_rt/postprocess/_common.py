@@ -33,12 +33,14 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     logits = logits.astype(np.float32, copy=False)
     shifted = logits - logits.max(axis=axis, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=axis, keepdims=True)
+    out: np.ndarray = exp / exp.sum(axis=axis, keepdims=True)
+    return out
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     """float32 logistic function (no overflow warnings for logits of +-1e5)."""
-    return expit(logits.astype(np.float32, copy=False))
+    out: np.ndarray = expit(logits.astype(np.float32, copy=False))
+    return out
 
 
 @functools.lru_cache(maxsize=2)
@@ -52,7 +54,8 @@ def sigmoid_threshold(strict: bool = False) -> np.float32:
 
     def value(key: int) -> np.float32:  # float32 values in ascending order of their key
         bits = key if key >= 0 else (-key) | 0x80000000
-        return np.array([bits], np.uint32).view(np.float32)[0]
+        out: np.float32 = np.array([bits], np.uint32).view(np.float32)[0]
+        return out
 
     def passes(x: np.float32) -> bool:
         y = sigmoid(np.array([x], np.float32))[0]

@@ -112,7 +112,9 @@ def clip_resolution_masks(
         )
     h4, w4 = mask_logits.shape[1:]
 
-    def composed(in_size: int, mid_size: int, out_size: int) -> tuple[tuple, tuple]:
+    def composed(
+        in_size: int, mid_size: int, out_size: int
+    ) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
         i0, i1, l0, l1 = linear_taps(mid_size, out_size)
         needed = np.unique(np.concatenate([i0, i1]))
         first = tuple(t[needed] for t in linear_taps(in_size, mid_size))
@@ -205,4 +207,5 @@ def clip_class_logits(
         np.sqrt((clip_embeddings**2).sum(-1, keepdims=True)), np.float32(1e-12)
     )
     similarity = np.einsum("qd,ksd->qks", unit, class_bank).max(-1)
-    return (logit_scale * similarity).astype(np.float32)
+    logits: np.ndarray = (logit_scale * similarity).astype(np.float32)
+    return logits

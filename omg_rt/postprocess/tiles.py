@@ -184,7 +184,7 @@ class TiledLogits:
             if whole.any():
                 slots = np.flatnonzero(dense[start : start + chunk.shape[0]])
                 full = cropped[slots] if self.plan.copy else _resize_separable(
-                    cropped[slots], self.plan.rows2, self.plan.cols2  # type: ignore[arg-type]
+                    cropped[slots], self.plan.rows2, self.plan.cols2
                 )
                 at = np.searchsorted(slots, local[pick[whole]] - start)[:, None, None]
                 rows = self.rows.outputs[ty[pick[whole]]][:, :, None]
@@ -201,12 +201,13 @@ class TiledLogits:
         r, c = self.rows, self.cols
         slot = slot[:, None, None]
         if self.plan.copy:  # the tile's samples themselves
-            return cropped[slot, r.t0[ty][:, :, None], c.t0[tx][:, None, :]]
+            samples: np.ndarray = cropped[slot, r.t0[ty][:, :, None], c.t0[tx][:, None, :]]
+            return samples
         rows = r.window[ty][:, :, None]
         wide = cropped[slot, rows, c.t0[tx][:, None, :]] * c.l0[tx][:, None, :]
         wide += cropped[slot, rows, c.t1[tx][:, None, :]] * c.l1[tx][:, None, :]
         pair = np.arange(ty.shape[0])[:, None]
-        out = wide[pair, r.i0[ty]] * r.l0[ty][:, :, None]
+        out: np.ndarray = wide[pair, r.i0[ty]] * r.l0[ty][:, :, None]
         out += wide[pair, r.i1[ty]] * r.l1[ty][:, :, None]
         return out
 

@@ -27,6 +27,7 @@ import numpy as np
 from omg_rt.errors import InvalidInputError
 
 _S_THRESHOLD = 16  # libstdc++ _S_threshold for introsort / final insertion sort
+_Pair = tuple[float, int]  # (value, index), compared by value only
 
 
 def topk_indices(values: np.ndarray, k: int, sorted: bool = True) -> np.ndarray:  # noqa: A002
@@ -88,7 +89,7 @@ def _lg(n: int) -> int:
 # --- libstdc++ bits/stl_algo.h: sort, nth_element ------------------------------------------
 
 
-def _move_median_to_first(a: list, result: int, x: int, y: int, z: int) -> None:
+def _move_median_to_first(a: list[_Pair], result: int, x: int, y: int, z: int) -> None:
     vx, vy, vz = a[x][0], a[y][0], a[z][0]
     if _greater(vx, vy):
         if _greater(vy, vz):
@@ -105,7 +106,7 @@ def _move_median_to_first(a: list, result: int, x: int, y: int, z: int) -> None:
         a[result], a[y] = a[y], a[result]
 
 
-def _unguarded_partition(a: list, first: int, last: int, pivot: int) -> int:
+def _unguarded_partition(a: list[_Pair], first: int, last: int, pivot: int) -> int:
     while True:
         while _greater(a[first][0], a[pivot][0]):
             first += 1
@@ -118,13 +119,13 @@ def _unguarded_partition(a: list, first: int, last: int, pivot: int) -> int:
         first += 1
 
 
-def _unguarded_partition_pivot(a: list, first: int, last: int) -> int:
+def _unguarded_partition_pivot(a: list[_Pair], first: int, last: int) -> int:
     mid = first + (last - first) // 2
     _move_median_to_first(a, first, first + 1, mid, last - 1)
     return _unguarded_partition(a, first + 1, last, first)
 
 
-def _unguarded_linear_insert(a: list, last: int) -> None:
+def _unguarded_linear_insert(a: list[_Pair], last: int) -> None:
     val = a[last]
     nxt = last - 1
     while _greater(val[0], a[nxt][0]):
@@ -134,7 +135,7 @@ def _unguarded_linear_insert(a: list, last: int) -> None:
     a[last] = val
 
 
-def _insertion_sort(a: list, first: int, last: int) -> None:
+def _insertion_sort(a: list[_Pair], first: int, last: int) -> None:
     if first == last:
         return
     for i in range(first + 1, last):
@@ -146,7 +147,7 @@ def _insertion_sort(a: list, first: int, last: int) -> None:
             _unguarded_linear_insert(a, i)
 
 
-def _final_insertion_sort(a: list, first: int, last: int) -> None:
+def _final_insertion_sort(a: list[_Pair], first: int, last: int) -> None:
     if last - first > _S_THRESHOLD:
         _insertion_sort(a, first, first + _S_THRESHOLD)
         for i in range(first + _S_THRESHOLD, last):
@@ -155,7 +156,7 @@ def _final_insertion_sort(a: list, first: int, last: int) -> None:
         _insertion_sort(a, first, last)
 
 
-def _introsort_loop(a: list, first: int, last: int, depth_limit: int) -> None:
+def _introsort_loop(a: list[_Pair], first: int, last: int, depth_limit: int) -> None:
     while last - first > _S_THRESHOLD:
         if depth_limit == 0:
             _partial_sort(a, first, last, last)
@@ -166,13 +167,13 @@ def _introsort_loop(a: list, first: int, last: int, depth_limit: int) -> None:
         last = cut
 
 
-def _sort(a: list, first: int, last: int) -> None:
+def _sort(a: list[_Pair], first: int, last: int) -> None:
     if first != last:
         _introsort_loop(a, first, last, _lg(last - first) * 2)
         _final_insertion_sort(a, first, last)
 
 
-def _nth_element(a: list, first: int, nth: int, last: int) -> None:
+def _nth_element(a: list[_Pair], first: int, nth: int, last: int) -> None:
     if first == last or nth == last:
         return
     depth_limit = _lg(last - first) * 2
@@ -193,7 +194,7 @@ def _nth_element(a: list, first: int, nth: int, last: int) -> None:
 # --- libstdc++ bits/stl_heap.h + partial_sort ------------------------------------------------
 
 
-def _push_heap(a: list, first: int, hole: int, top: int, value: tuple) -> None:
+def _push_heap(a: list[_Pair], first: int, hole: int, top: int, value: _Pair) -> None:
     parent = (hole - 1) // 2
     while hole > top and _greater(a[first + parent][0], value[0]):
         a[first + hole] = a[first + parent]
@@ -202,7 +203,7 @@ def _push_heap(a: list, first: int, hole: int, top: int, value: tuple) -> None:
     a[first + hole] = value
 
 
-def _adjust_heap(a: list, first: int, hole: int, length: int, value: tuple) -> None:
+def _adjust_heap(a: list[_Pair], first: int, hole: int, length: int, value: _Pair) -> None:
     top = hole
     child = hole
     while child < (length - 1) // 2:
@@ -218,7 +219,7 @@ def _adjust_heap(a: list, first: int, hole: int, length: int, value: tuple) -> N
     _push_heap(a, first, hole, top, value)
 
 
-def _make_heap(a: list, first: int, last: int) -> None:
+def _make_heap(a: list[_Pair], first: int, last: int) -> None:
     length = last - first
     if length < 2:
         return
@@ -230,25 +231,25 @@ def _make_heap(a: list, first: int, last: int) -> None:
         parent -= 1
 
 
-def _pop_heap(a: list, first: int, last: int, result: int) -> None:
+def _pop_heap(a: list[_Pair], first: int, last: int, result: int) -> None:
     value = a[result]
     a[result] = a[first]
     _adjust_heap(a, first, 0, last - first, value)
 
 
-def _heap_select(a: list, first: int, middle: int, last: int) -> None:
+def _heap_select(a: list[_Pair], first: int, middle: int, last: int) -> None:
     _make_heap(a, first, middle)
     for i in range(middle, last):
         if _greater(a[i][0], a[first][0]):
             _pop_heap(a, first, middle, i)
 
 
-def _sort_heap(a: list, first: int, last: int) -> None:
+def _sort_heap(a: list[_Pair], first: int, last: int) -> None:
     while last - first > 1:
         last -= 1
         _pop_heap(a, first, last, last)
 
 
-def _partial_sort(a: list, first: int, middle: int, last: int) -> None:
+def _partial_sort(a: list[_Pair], first: int, middle: int, last: int) -> None:
     _heap_select(a, first, middle, last)
     _sort_heap(a, first, middle)

@@ -122,7 +122,8 @@ def align_clips(query_embeddings: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 def _unit(emb: np.ndarray) -> np.ndarray:
     norm = np.sqrt((emb.astype(np.float32) ** 2).sum(-1, keepdims=True, dtype=np.float32))
-    return emb / norm
+    unit: np.ndarray = emb / norm
+    return unit
 
 
 def average_clip_logits(
