@@ -14,6 +14,7 @@ A *named* backend works or raises BackendUnavailableError with the reason.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,12 +46,14 @@ class BackendChoice:
             runner.close()
 
 
-def _runners(graphs: dict[str, Backend]) -> dict[str, GraphRunner]:
+def _runners(graphs: Mapping[str, Backend]) -> dict[str, GraphRunner]:
     by_name = {g.name: g for g in GRAPHS}
     return {name: GraphRunner(by_name[name], backend) for name, backend in graphs.items()}
 
 
-def _open_onnxruntime(bundle: Any, precision: str, providers: Any, options: dict) -> dict:
+def _open_onnxruntime(
+    bundle: Any, precision: str, providers: Any, options: dict[str, Any]
+) -> dict[str, Backend]:
     from omg_rt.backends.onnxruntime import OnnxRuntimeGraph, choose_providers
 
     chosen = choose_providers(providers)
@@ -74,7 +77,7 @@ def open_backends(
     precision: str = "fp32",
     device: str = "auto",
     providers: Any = "auto",
-    options: dict | None = None,
+    options: dict[str, Any] | None = None,
 ) -> BackendChoice:
     """Open every graph with backend ``kind``.
 
@@ -89,6 +92,7 @@ def open_backends(
             :class:`~omg_rt.backends.tensorrt.TensorRTOptions`).
     """
     options = dict(options or {})
+    graphs: Mapping[str, Backend]
     if kind not in BACKENDS:
         raise InvalidInputError(f"backend: expected one of {BACKENDS}, got {kind!r}")
     if kind == "torch":
@@ -120,7 +124,7 @@ def open_backends(
     return _auto(bundle, precision, options)
 
 
-def _auto(bundle: Any, precision: str, options: dict) -> BackendChoice:
+def _auto(bundle: Any, precision: str, options: dict[str, Any]) -> BackendChoice:
     report: list[tuple[str, str]] = []
     try:
         from omg_rt.backends.tensorrt import open_tensorrt_graphs

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -93,7 +94,7 @@ class OnnxRuntimeGraph:
         # host post-processing (numpy) — or another backend in the process — needs.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        provider_args: list = []
+        provider_args: list[str | tuple[str, dict[str, Any]]] = []
         for provider in providers:
             if provider == "TensorrtExecutionProvider" and trt_cache_dir is not None:
                 os.makedirs(trt_cache_dir, exist_ok=True)
@@ -134,4 +135,4 @@ class OnnxRuntimeGraph:
         return dict(zip(self._output_names, values, strict=True))
 
     def close(self) -> None:
-        self.session = None  # type: ignore[assignment]
+        self.session = None

@@ -150,8 +150,12 @@ def open_tensorrt_graphs(bundle: Any, precision: str, options: dict[str, Any]) -
     for name in bundle.graphs:
         if precision not in bundle.graphs[name].files:
             continue
-        plan = shipped.get(name, {}).get(precision)
-        plan = bundle.root / plan if plan else _engine_path(bundle, opts, key, precision, name)
+        shipped_plan = shipped.get(name, {}).get(precision)
+        plan: Path = (
+            bundle.root / shipped_plan
+            if shipped_plan
+            else _engine_path(bundle, opts, key, precision, name)
+        )
         if not plan.is_file():
             if not opts.build:
                 raise BackendUnavailableError(
@@ -186,7 +190,8 @@ def _shipped_plans(bundle: Any, trt: Any, gpu: str, capability: tuple[int, int]
             and record.get("tensorrt") == trt.__version__
             and str(record.get("gpu", "")).strip("\x00 ") == gpu
         ):
-            return record.get("files", {})
+            files: dict[str, dict[str, str]] = record.get("files", {})
+            return files
     return {}
 
 
@@ -194,15 +199,16 @@ def _engine_path(bundle: Any, opts: TensorRTOptions, key: str, precision: str, n
     rel = plan_path(key, name, precision)  # the exporter's layout
     if opts.engine_dir:
         return Path(opts.engine_dir) / rel
-    inside = bundle.root / "engines" / rel
+    inside: Path = bundle.root / "engines" / rel
     if inside.is_file() or os.access(bundle.root, os.W_OK):
         return inside
-    return Path.home() / ".cache" / "omg-rt" / "engines" / bundle.identity / rel
+    outside: Path = Path.home() / ".cache" / "omg-rt" / "engines" / bundle.identity / rel
+    return outside
 
 
 def _profile_shapes(
-    graph: str, network_inputs: dict[str, tuple], bundle: Any, opts: TensorRTOptions
-) -> dict[str, tuple[tuple, tuple, tuple]]:
+    graph: str, network_inputs: dict[str, tuple[int, ...]], bundle: Any, opts: TensorRTOptions
+) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
     """(min, opt, max) of the network's inputs with dynamic (-1) axes, each axis named as the
     manifest names it, from the runtime's ranges (:mod:`omg_rt.backends.trt_profiles`)."""
     declared = bundle.graphs[graph].inputs if graph in bundle.graphs else {}
@@ -277,8 +283,8 @@ class _Worker:
     stream: Any
     device: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (ptr, bytes)
     host: dict[str, tuple[int, int]] = field(default_factory=dict)
-    graphs: dict[tuple, Any] = field(default_factory=dict)
-    seen: set = field(default_factory=set)
+    graphs: dict[tuple[Any, ...], Any] = field(default_factory=dict)  # signature -> graph exec
+    seen: set[tuple[Any, ...]] = field(default_factory=set)
 
 
 class TensorRTGraph:
@@ -324,7 +330,14 @@ class TensorRTGraph:
                 self._workers.append(worker)
         return worker
 
-    def _buffer(self, pool: dict, name: str, nbytes: int, pinned: bool, worker: _Worker) -> int:
+    def _buffer(
+        self,
+        pool: dict[str, tuple[int, int]],
+        name: str,
+        nbytes: int,
+        pinned: bool,
+        worker: _Worker,
+    ) -> int:
         ptr, size = pool.get(name, (0, 0))
         if size >= nbytes and ptr:
             return ptr
@@ -368,7 +381,7 @@ class TensorRTGraph:
             shapes[name] = (shape, dtype, nbytes)
         signature = tuple((n, a.shape) for n, a in feeds.items())
         self._enqueue(worker, signature)
-        outputs = {}
+        outputs: dict[str, np.ndarray] = {}
         for name, (_, _, nbytes) in shapes.items():
             host = worker.host[name][0]
             _check(
@@ -378,11 +391,14 @@ class TensorRTGraph:
         _check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
         for name, (shape, dtype, nbytes) in shapes.items():
             buffer = (ctypes.c_byte * max(nbytes, 1)).from_address(worker.host[name][0])
-            outputs[name] = np.frombuffer(buffer, dtype=dtype, count=nbytes // dtype.itemsize)
+            # a ctypes array has the buffer protocol; numpy's stubs do not list it
+            outputs[name] = np.frombuffer(
+                buffer, dtype=dtype, count=nbytes // dtype.itemsize  # type: ignore[call-overload]
+            )
             outputs[name] = outputs[name].reshape(shape).copy()
         return outputs
 
-    def _enqueue(self, worker: _Worker, signature: tuple) -> None:
+    def _enqueue(self, worker: _Worker, signature: tuple[Any, ...]) -> None:
         cudart, context, stream = self._cudart, worker.context, worker.stream
         if not self._opts.cuda_graphs:
             if not context.execute_async_v3(stream):

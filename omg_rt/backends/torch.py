@@ -38,7 +38,7 @@ def import_torch() -> Any:
     return torch
 
 
-def load_torch_model(checkpoint: str | os.PathLike) -> tuple[Any, ModelSpec]:
+def load_torch_model(checkpoint: str | os.PathLike[str]) -> tuple[Any, ModelSpec]:
     """``training.model.checkpoint.load_checkpoint`` (an official .pth or our directory)."""
     import_torch()
     try:
@@ -47,7 +47,8 @@ def load_torch_model(checkpoint: str | os.PathLike) -> tuple[Any, ModelSpec]:
         raise BackendUnavailableError(
             f"torch backend: the 'training' package is not importable ({exc})"
         ) from exc
-    return load_checkpoint(checkpoint)
+    loaded: tuple[Any, ModelSpec] = load_checkpoint(checkpoint)
+    return loaded
 
 
 def graph_specs(spec: ModelSpec) -> dict[str, dict[str, TensorSpec]]:
@@ -56,7 +57,7 @@ def graph_specs(spec: ModelSpec) -> dict[str, dict[str, TensorSpec]]:
     widths = spec.backbone.widths
     d = spec.backbone.embed_dim
 
-    def t(name: str, shape: tuple, dtype: str = "float32") -> TensorSpec:
+    def t(name: str, shape: tuple[int | str, ...], dtype: str = "float32") -> TensorSpec:
         return TensorSpec(name=name, shape=shape, dtype=dtype)
 
     features = {
@@ -98,7 +99,11 @@ class TorchGraph:
     """
 
     def __init__(
-        self, graph: GraphIO, fn: Callable[..., tuple], specs: dict[str, TensorSpec], device: str
+        self,
+        graph: GraphIO,
+        fn: Callable[..., tuple[Any, ...]],
+        specs: dict[str, TensorSpec],
+        device: str,
     ) -> None:
         self.graph = graph
         self.name = f"torch[{device}]"
@@ -143,28 +148,31 @@ def open_torch_graphs(model: Any, *, device: str = "auto") -> dict[str, TorchGra
     model = model.to(device).eval()
     specs = graph_specs(model.config)
 
-    def encoder(image):
+    def encoder(image: Any) -> tuple[Any, ...]:
         return tuple(model.encode(image))
 
-    def pixel_decoder(features_s4, features_s8, features_s16, features_s32):
+    def pixel_decoder(
+        features_s4: Any, features_s8: Any, features_s16: Any, features_s32: Any
+    ) -> tuple[Any, ...]:
         mask_features, memories = model.decode_pixels(
             [features_s4, features_s8, features_s16, features_s32]
         )
         return (mask_features, *memories)
 
-    def prompt_encoder(prompt_boxes, image_size):
-        return model.encode_prompts(prompt_boxes, image_size)
+    def prompt_encoder(prompt_boxes: Any, image_size: Any) -> tuple[Any, ...]:
+        prompts: tuple[Any, ...] = model.encode_prompts(prompt_boxes, image_size)
+        return prompts
 
     def query_decoder(
-        memory_s32,
-        memory_s16,
-        memory_s8,
-        mask_features,
-        class_bank,
-        query_content,
-        query_position,
-        prompt_mode,
-    ):
+        memory_s32: Any,
+        memory_s16: Any,
+        memory_s8: Any,
+        mask_features: Any,
+        class_bank: Any,
+        query_content: Any,
+        query_position: Any,
+        prompt_mode: Any,
+    ) -> tuple[Any, ...]:
         # a Python bool selects the model's exact self-only attention path for prompts
         pred = model.decode_queries(
             [memory_s32, memory_s16, memory_s8],
@@ -176,13 +184,13 @@ def open_torch_graphs(model: Any, *, device: str = "auto") -> dict[str, TorchGra
         )[-1]
         return pred.class_logits, pred.mask_logits, pred.iou_logits, pred.query_embeddings
 
-    def text_encoder(token_ids):
+    def text_encoder(token_ids: Any) -> tuple[Any, ...]:
         return (model.text_encoder(token_ids),)
 
-    def clip_head(pooled_features):
+    def clip_head(pooled_features: Any) -> tuple[Any, ...]:
         return (model.backbone.clip_projection(pooled_features),)
 
-    fns: dict[GraphIO, Callable[..., tuple]] = {
+    fns: dict[GraphIO, Callable[..., tuple[Any, ...]]] = {
         ENCODER: encoder,
         PIXEL_DECODER: pixel_decoder,
         QUERY_DECODER: query_decoder,

@@ -14,6 +14,7 @@ stride s gets the range divided by s.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from omg_rt.errors import BundleError
 
@@ -40,18 +41,18 @@ TARGET_RANGES: dict[str, dict[str, Range]] = {
 TARGET_RANGES["cpu"] = TARGET_RANGES["h100"]
 
 
-def spatial_ranges(contract: Mapping[str, object]) -> dict[str, Range]:
+def spatial_ranges(contract: Mapping[str, Any]) -> dict[str, Range]:
     """``height`` and ``width`` (min, opt, max) in padded pixels from a manifest ``input``
     section: min_hw to max_hw, opt = a 3:4 landscape photo at the image scale (768 x 1024 for
     the official 1024 scale), or the fixed size of a fixed-shape bundle."""
     fixed = contract.get("fixed_hw")
     if fixed:
-        h, w = (int(v) for v in fixed)  # type: ignore[union-attr]
+        h, w = (int(v) for v in fixed)
         return {"height": (h, h, h), "width": (w, w, w)}
-    lo = [int(v) for v in contract["min_hw"]]  # type: ignore[union-attr]
-    hi = [int(v) for v in contract["max_hw"]]  # type: ignore[union-attr]
-    divisor = int(contract.get("size_divisor", 32))  # type: ignore[call-overload]
-    long_edge, short_edge = (int(v) for v in contract["image_scale"])  # type: ignore[union-attr]
+    lo = [int(v) for v in contract["min_hw"]]
+    hi = [int(v) for v in contract["max_hw"]]
+    divisor = int(contract.get("size_divisor", 32))
+    long_edge, short_edge = (int(v) for v in contract["image_scale"])
     factor = min(max(long_edge, short_edge) / 4, min(long_edge, short_edge) / 3)
     opt = [-(-int(3 * factor + 0.5) // divisor) * divisor,
            -(-int(4 * factor + 0.5) // divisor) * divisor]
@@ -145,7 +146,7 @@ def profile_shapes(
                 lo, wanted, hi = ranges[meaning]
                 opt = min(max(counts.get(dim, 1) if wanted is None else wanted, lo), hi)
                 if meaning in ("height", "width"):  # pixels -> this map's stride
-                    stride = _stride(dim)  # type: ignore[arg-type]
+                    stride = _stride(dim)
                     lo, opt, hi = (-(-v // stride) for v in (lo, opt, hi))
             lo_shape.append(lo)
             opt_shape.append(opt)
