@@ -260,7 +260,7 @@ class ModelAssets:
         )
 
 
-def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
+def load_bundle(path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
     """Read a bundle directory.
 
     Args:
@@ -355,7 +355,7 @@ def load_bundle(path: str | os.PathLike, *, verify: bool = True) -> Bundle:
     )
 
 
-def _require(mapping: dict, key: str, kind: type, where: Path) -> Any:
+def _require(mapping: dict[str, Any], key: str, kind: type, where: Path) -> Any:
     value = mapping.get(key)
     if not isinstance(value, kind):
         raise BundleError(
@@ -385,7 +385,7 @@ def _verify_files(root: Path, files: dict[str, str]) -> None:
 
 def _tensor_specs(value: Any, where: str) -> dict[str, TensorSpec]:
     """Manifest I/O -> specs; accepts {name: {shape, dtype}} or [{name, shape, dtype}, ...]."""
-    items: list[tuple[str, dict]]
+    items: list[tuple[str, dict[str, Any]]]
     if isinstance(value, dict):
         items = [(name, spec) for name, spec in value.items()]
     elif isinstance(value, list):
@@ -449,7 +449,8 @@ class _KeyChecked:
         if key not in self.data.files:
             raise BundleError(f"{self.path}: missing array {key!r} (has {self.data.files})")
         try:
-            return self.data[key]
+            array: np.ndarray = self.data[key]
+            return array
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
             raise BundleError(f"{self.path}: array {key!r} is unreadable ({exc})") from exc
 
@@ -457,7 +458,9 @@ class _KeyChecked:
         return self[key] if key in self.data.files else None
 
 
-def _load_vocabulary(root: Path, manifest: dict, files: dict[str, str], where: Path) -> Vocabulary:
+def _load_vocabulary(
+    root: Path, manifest: dict[str, Any], files: dict[str, str], where: Path
+) -> Vocabulary:
     info = manifest.get("vocabulary") or {}
     rel = info.get("file", "vocab.npz")
     _check_listed(rel, files, where)

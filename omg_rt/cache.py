@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -71,12 +72,12 @@ class EncoderCache:
         if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 0:
             raise InvalidInputError(f"cache_bytes: expected an int >= 0, got {max_bytes!r}")
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple, EncodedImage] = OrderedDict()
+        self._entries: OrderedDict[tuple[Any, ...], EncodedImage] = OrderedDict()
         self._lock = threading.Lock()
         self._bytes = 0
         self._hits = self._misses = self._evictions = 0
 
-    def get(self, key: tuple) -> EncodedImage | None:
+    def get(self, key: tuple[Any, ...]) -> EncodedImage | None:
         """The entry (now most recently used), or None; counts a hit or a miss."""
         with self._lock:
             value = self._entries.get(key)
@@ -87,12 +88,12 @@ class EncoderCache:
             self._hits += 1
             return value
 
-    def peek(self, key: tuple) -> EncodedImage | None:
+    def peek(self, key: tuple[Any, ...]) -> EncodedImage | None:
         """The entry without counting or reordering."""
         with self._lock:
             return self._entries.get(key)
 
-    def put(self, key: tuple, value: EncodedImage) -> None:
+    def put(self, key: tuple[Any, ...], value: EncodedImage) -> None:
         """Insert (or refresh) an entry, evicting least recently used ones past the bound."""
         size = value.nbytes
         with self._lock:

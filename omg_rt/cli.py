@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import cv2
 import numpy as np
@@ -31,9 +32,14 @@ from omg_rt.errors import (
     InvalidInputError,
     OmgRtError,
 )
-from omg_rt.results import DEFAULT_MIN_SCORE
+from omg_rt.results import DEFAULT_MIN_SCORE, SegmentationResult
 from omg_rt.spec import VIDEO_TASKS
 from omg_rt.vocabularies import VOCABULARIES
+
+if TYPE_CHECKING:
+    from omg_rt.segmenter import Segmenter
+
+_T = TypeVar("_T")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE
 EXIT_INPUT, EXIT_BUNDLE, EXIT_BACKEND = ExitCode.INPUT, ExitCode.BUNDLE, ExitCode.BACKEND
@@ -108,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
-def _open(args: argparse.Namespace):  # -> Segmenter
+def _open(args: argparse.Namespace) -> Segmenter:
     from omg_rt.segmenter import Segmenter
 
     seg = Segmenter.from_bundle(args.bundle, backend=args.backend, precision=args.precision)
@@ -129,10 +135,11 @@ def _open(args: argparse.Namespace):  # -> Segmenter
     return seg
 
 
-def _progress(items: Sequence, quiet: bool, unit: str):
+def _progress(items: Sequence[_T], quiet: bool, unit: str) -> Iterable[_T]:
     from tqdm import tqdm
 
-    return tqdm(items, unit=unit, disable=quiet, file=sys.stderr)
+    bar: Iterable[_T] = tqdm(items, unit=unit, disable=quiet, file=sys.stderr)
+    return bar
 
 
 def _read_rgb(path: str) -> np.ndarray:
@@ -146,7 +153,7 @@ def _write_rgb(path: Path, rgb: np.ndarray) -> None:
     cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
-def _save(result, image: np.ndarray, out: Path, stem: str) -> None:
+def _save(result: SegmentationResult, image: np.ndarray, out: Path, stem: str) -> None:
     (out / f"{stem}.json").write_text(json.dumps(result.to_json()))
     _write_rgb(out / f"{stem}_overlay.png", result.overlay(image))
     if result.task == "panoptic":
@@ -172,13 +179,14 @@ def _segment(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _confident(result, min_score: float):
+def _confident(result: SegmentationResult, min_score: float) -> SegmentationResult:
     """Instance and VIS results above ``--min-score``; other tasks as they are."""
     return result.keep(min_score) if result.task in ("instance", "vis") else result
 
 
 def _unique_stems(paths: Sequence[str]) -> list[str]:
-    stems, seen = [], {}
+    stems: list[str] = []
+    seen: dict[str, int] = {}
     for p in paths:
         stem = Path(p).stem
         count = seen.get(stem, 0)
@@ -257,14 +265,15 @@ def _video(args: argparse.Namespace) -> int:
     bar = tqdm(total=total, unit="frame", disable=args.quiet, file=sys.stderr)
     with open(out / f"{stem}.jsonl", "w") as records:
 
-        def emit(results) -> None:
+        def emit(results: list[SegmentationResult]) -> None:
             nonlocal writer
             for result in results:
                 result = _confident(result, args.min_score)
+                assert result.frame_index is not None  # a video session's result
                 frame = frames.pop(result.frame_index)
                 if writer is None:
                     h, w = frame.shape[:2]
-                    fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+                    fourcc = cv2.VideoWriter.fourcc(*"mp4v")
                     writer = cv2.VideoWriter(str(out / f"{stem}_overlay.mp4"), fourcc, fps, (w, h))
                 writer.write(cv2.cvtColor(result.overlay(frame), cv2.COLOR_RGB2BGR))
                 records.write(json.dumps(result.to_json()) + "\n")

@@ -37,7 +37,7 @@ class ResizedImage:
         padded_hw: (Hp, Wp) the encoder input it is zero-padded to.
     """
 
-    key: tuple
+    key: tuple[Any, ...]
     original_hw: tuple[int, int]
     resized: np.ndarray
     padded_hw: tuple[int, int]
@@ -80,7 +80,7 @@ class ImageEncoder:
         self.max_batch = shape[0] if self._fixed_batch else max(1, int(max_batch))
         # a graph or engine built for one spatial size takes exactly that size
         graph_hw = tuple(shape[2:4]) if all(isinstance(d, int) for d in shape[2:4]) else None
-        self.fixed_hw: tuple[int, int] | None = contract.fixed_hw or graph_hw  # type: ignore[assignment]
+        self.fixed_hw: tuple[int, int] | None = contract.fixed_hw or graph_hw
 
     def prepare(self, image: Any, name: str, *, video: bool = False) -> ResizedImage:
         """Check and resize an image (array or path; ``name`` for error messages) into the
@@ -156,7 +156,7 @@ class ImageEncoder:
         """Sessions for prepared images: cache hits reused, misses encoded together (each
         distinct image once) and, with ``store``, added to the cache."""
         found: list[EncodedImage | None] = [self.cache.get(p.key) for p in prepared]
-        missing: dict[tuple, list[int]] = {}
+        missing: dict[tuple[Any, ...], list[int]] = {}
         for i, value in enumerate(found):
             if value is None:
                 missing.setdefault(prepared[i].key, []).append(i)

@@ -36,7 +36,7 @@ DEFAULT_MAX_QUEUE = 64
 @dataclass
 class _Request:
     image: Any  # ImageSession or the segmenter's prepared image
-    future: Future
+    future: Future[SegmentationResult]
     task: str
     boxes: np.ndarray | None = None
 
@@ -89,7 +89,7 @@ class Scheduler:
 
     def submit_prompt(
         self, image: Any, *, points: Any = None, labels: Any = None, boxes: Any = None
-    ) -> Future:
+    ) -> Future[SegmentationResult]:
         """Queue an interactive prompt request (validated now); the future gives the result."""
         target = self._target(image)
         prompt_boxes = self.segmenter.prompt_boxes(
@@ -97,7 +97,7 @@ class Scheduler:
         )
         return self._put(_Request(target, Future(), "prompt", prompt_boxes), self._interactive)
 
-    def submit_segment(self, image: Any, task: str = "panoptic") -> Future:
+    def submit_segment(self, image: Any, task: str = "panoptic") -> Future[SegmentationResult]:
         """Queue a bulk ``panoptic`` / ``instance`` / ``semantic`` request."""
         if task not in IMAGE_TASKS:
             raise InvalidInputError(f"task: expected one of {IMAGE_TASKS}, got {task!r}")
@@ -130,7 +130,7 @@ class Scheduler:
             return self.segmenter._session(image)
         return self.segmenter.image_encoder.prepare(image, "image")
 
-    def _put(self, request: _Request, queue: deque) -> Future:
+    def _put(self, request: _Request, queue: deque[_Request]) -> Future[SegmentationResult]:
         with self._cond:
             if self._closed:
                 raise QueueFullError("scheduler: closed, not accepting requests")
@@ -182,7 +182,7 @@ class Scheduler:
         return [r.image if isinstance(r.image, ImageSession) else next(made) for r in requests]
 
     def _serve_prompts(self, requests: list[_Request]) -> None:
-        groups: dict[tuple, list[tuple[_Request, ImageSession]]] = {}
+        groups: dict[tuple[Any, ...], list[tuple[_Request, ImageSession]]] = {}
         for request, session in zip(requests, self._sessions(requests), strict=True):
             if session is not None:
                 groups.setdefault(session.key, []).append((request, session))

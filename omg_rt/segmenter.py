@@ -128,18 +128,18 @@ class Segmenter:
     @classmethod
     def from_bundle(
         cls,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         backend: str = "auto",
         precision: str = "fp32",
         *,
-        checkpoint: str | os.PathLike | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
         device: str = "auto",
         providers: Any = "auto",
         threads: int = 0,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_encoder_batch: int = DEFAULT_MAX_ENCODER_BATCH,
         verify: bool = True,
-        tensorrt_options: dict | None = None,
+        tensorrt_options: dict[str, Any] | None = None,
     ) -> Segmenter:
         """Load a bundle and open its graphs.
 
@@ -188,7 +188,7 @@ class Segmenter:
     @classmethod
     def from_checkpoint(
         cls,
-        path: str | os.PathLike | Any,
+        path: str | os.PathLike[str] | Any,
         backend: str = "torch",
         *,
         vocabulary: Sequence[str] | None = None,
@@ -386,7 +386,7 @@ class Segmenter:
 
     # ------------------------------------------------------------------ images
 
-    def set_image(self, image: np.ndarray | str | os.PathLike) -> ImageSession:
+    def set_image(self, image: np.ndarray | str | os.PathLike[str]) -> ImageSession:
         """Run (or fetch from the cache) the encoder and pixel decoder for one image.
 
         Args:
@@ -398,7 +398,9 @@ class Segmenter:
         encoder = self.image_encoder
         return encoder.sessions([encoder.prepare(image, "image")])[0]
 
-    def set_images(self, images: Sequence[np.ndarray | str | os.PathLike]) -> list[ImageSession]:
+    def set_images(
+        self, images: Sequence[np.ndarray | str | os.PathLike[str]]
+    ) -> list[ImageSession]:
         """:meth:`set_image` for several images, encoder misses batched."""
         encoder = self.image_encoder
         prepared = [encoder.prepare(img, f"images[{i}]") for i, img in enumerate(images)]
@@ -609,7 +611,7 @@ class Segmenter:
     ) -> np.ndarray:
         """(Q, K + 1) float32: the decoder's class logits, or the open-vocabulary ensemble's
         log-probabilities (CLIP features mask-pooled over the clip) when enabled."""
-        cls = outputs["class_logits"][0].astype(np.float32)
+        cls: np.ndarray = outputs["class_logits"][0].astype(np.float32)
         if not ensemble:
             return cls
         clip_features = np.concatenate([f.clip_features for f in frames], axis=0)  # (T, C, hc, wc)
@@ -680,7 +682,8 @@ class Segmenter:
         """Run a one-input graph over rows, honouring a fixed batch size (padding the tail)."""
         batch = runner.inputs()[input_name].shape[0]
         if not isinstance(batch, int):
-            return runner({input_name: values})[output_name]
+            whole: np.ndarray = runner({input_name: values})[output_name]
+            return whole
         outs = []
         for start in range(0, values.shape[0], batch):
             chunk = values[start : start + batch]

@@ -6,6 +6,7 @@ and task queries on it only run the decoders. (A video stream's state is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from omg_rt.cache import EncodedImage
 
@@ -22,7 +23,7 @@ class ImageSession:
         encoded: the cached decoder inputs.
     """
 
-    key: tuple
+    key: tuple[Any, ...]
     original_hw: tuple[int, int]
     resized_hw: tuple[int, int]
     padded_hw: tuple[int, int]

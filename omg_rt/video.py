@@ -153,6 +153,7 @@ class VideoSession:
     def _whole_video_results(self) -> list[SegmentationResult]:
         """Every decoded frame's result from the class and IoU logits averaged over all clips."""
         assert self.class_logit_sum is not None and self.iou_logit_sum is not None
+        assert self.vocabulary is not None  # set by every decoded clip
         results: list[SegmentationResult] = []
         n_clips = np.float32(self.clips_done)
         cls = (self.class_logit_sum / n_clips).astype(np.float32)
