@@ -4,29 +4,24 @@
 - :func:`align_clips` links each tube's queries to the previous tube's by Hungarian matching on
   ``1 - cosine`` of the final query embeddings (MinVIS; the target is the previous tube's
   *aligned* embeddings);
-- :func:`average_clip_logits` averages the aligned class / IoU logits over tubes;
-- per frame, :func:`vis_results` (instances, track id = rank + 1), :func:`vps_results` (panoptic,
-  instance id = query index + 1) and :func:`vos_results` (top-25 IoU proposals matched to the
-  first frame's objects).
+- :func:`vps_results` gives per-frame panoptic maps (instance id = query index + 1);
+- :func:`vos_proposals` and :func:`vos_assign_ids` are the official DAVIS path's top-25 IoU
+  proposals and their matching to the first frame's objects.
+
+The streaming :class:`omg_rt.video.VideoSession` averages the aligned class / IoU logits over
+clips and assembles each frame's VIS / VPS / VSS / VOS result from these pieces; the official
+video goldens run through it (tests/omg_rt/test_official_runtime.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from omg_rt.errors import InvalidInputError
 from omg_rt.postprocess._common import check_array, sigmoid
-from omg_rt.postprocess.instance import (
-    MAX_PER_IMAGE,
-    InstanceResult,
-    instances_from_masks,
-    select_instances,
-)
-from omg_rt.postprocess.interactive import binary_masks
 from omg_rt.postprocess.panoptic import (
     FILTER_LOW_SCORE,
     IOU_THR,
@@ -124,86 +119,6 @@ def _unit(emb: np.ndarray) -> np.ndarray:
     norm = np.sqrt((emb.astype(np.float32) ** 2).sum(-1, keepdims=True, dtype=np.float32))
     unit: np.ndarray = emb / norm
     return unit
-
-
-def average_clip_logits(
-    logits_per_clip: Sequence[np.ndarray], perms: Sequence[np.ndarray]
-) -> np.ndarray:
-    """Mean over tubes of the aligned per-query logits, summed in tube order then divided.
-
-    Args:
-        logits_per_clip: per tube, (Q, ...) float32 (class logits (Q, K + 1), IoU logits (Q, 1)...).
-        perms: per tube, (Q,) int64 from :func:`align_clips`.
-
-    Returns:
-        (Q, ...) float32.
-    """
-    if len(logits_per_clip) == 0 or len(logits_per_clip) != len(perms):
-        raise InvalidInputError(
-            f"logits_per_clip: expected one array per permutation ({len(perms)}), "
-            f"got {len(logits_per_clip)}"
-        )
-    total: np.ndarray | None = None
-    for index, (logits, perm) in enumerate(zip(logits_per_clip, perms, strict=True)):
-        if not isinstance(logits, np.ndarray) or logits.dtype != np.float32:
-            raise InvalidInputError(
-                f"logits_per_clip[{index}]: expected float32 (Q, ...), "
-                f"got {getattr(logits, 'dtype', type(logits).__name__)}"
-            )
-        aligned = logits[perm]
-        total = aligned.copy() if total is None else total + aligned
-    assert total is not None
-    return (total / np.float32(len(logits_per_clip))).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class TrackedInstances:
-    """Instances of one frame with their track ids.
-
-    Attributes:
-        instances: the frame's :class:`~omg_rt.postprocess.instance.InstanceResult`.
-        track_ids: (N,) int64, ``rank + 1`` (the same for a given rank in every frame).
-    """
-
-    instances: InstanceResult
-    track_ids: np.ndarray
-
-
-def vis_results(
-    cls_logits: np.ndarray,
-    frame_mask_logits: Iterable[np.ndarray],
-    num_things: int,
-    max_per_image: int = MAX_PER_IMAGE,
-) -> list[TrackedInstances]:
-    """Video instance segmentation: the image instance post-processing on every frame.
-
-    The class logits are shared by all frames, so the selected (query, class) pairs and their
-    order — and so the track ids, ``arange(N) + 1`` — are the same in every frame; only the
-    masks and mask scores change.
-
-    Args:
-        cls_logits: (Q, K + 1) float32 tube-averaged class logits, void last.
-        frame_mask_logits: per frame, (Q, H, W) float32 mask logits at the original size
-            (any iterable, e.g. a generator, to hold one frame at a time).
-        num_things: classes ``[0, num_things)`` are things.
-        max_per_image: top-k per frame.
-
-    Returns:
-        one :class:`TrackedInstances` per frame.
-    """
-    probs, labels, queries = select_instances(cls_logits, num_things, max_per_image)
-    track_ids = np.arange(probs.shape[0], dtype=np.int64) + 1
-    results = []
-    for index, masks in enumerate(frame_mask_logits):
-        masks = check_array(masks, f"frame_mask_logits[{index}]", 3, "float32", "float32 (Q, H, W)")
-        if masks.shape[0] != cls_logits.shape[0]:
-            raise InvalidInputError(
-                f"frame_mask_logits[{index}]: expected {cls_logits.shape[0]} masks, "
-                f"got {masks.shape[0]}"
-            )
-        instances = instances_from_masks(probs, labels, queries, masks[queries])
-        results.append(TrackedInstances(instances=instances, track_ids=track_ids))
-    return results
 
 
 def vps_results(
@@ -306,63 +221,3 @@ def vos_assign_ids(
         iou = np.where(union > 0, intersection / union, np.float32(0.0)).astype(np.float32)
     rows, cols = linear_sum_assignment(-iou)
     return {int(r): int(ids[c]) for r, c in zip(rows, cols, strict=True)}
-
-
-def vos_paint(proposal_masks: np.ndarray, assignment: dict[int, int]) -> np.ndarray:
-    """Paint the assigned proposals with their object ids, later slots on top.
-
-    Args:
-        proposal_masks: (P, H, W) bool of one frame, in :func:`vos_proposals` order.
-        assignment: from :func:`vos_assign_ids`.
-
-    Returns:
-        (H, W) int32, 0 = background.
-    """
-    proposal_masks = check_array(proposal_masks, "proposal_masks", 3, "bool", "bool (P, H, W)")
-    id_map = np.zeros(proposal_masks.shape[1:], dtype=np.int32)
-    for slot, object_id in assignment.items():
-        id_map[proposal_masks[slot]] = object_id
-    return id_map
-
-
-def vos_results(
-    iou_logits: np.ndarray,
-    frame_mask_logits: Iterable[np.ndarray],
-    first_frame_masks: np.ndarray,
-    object_ids: Sequence[int] | None = None,
-    num_proposals: int = NUM_PROPOSALS,
-) -> list[np.ndarray]:
-    """Video object segmentation as the official DAVIS path: proposals + first-frame matching.
-
-    Args:
-        iou_logits: (Q,) float32 tube-averaged IoU logits.
-        frame_mask_logits: per frame, (Q, H, W) float32 at the original size (or (P, H, W) of
-            just the :func:`vos_proposals` queries, in that order).
-        first_frame_masks: (M, H, W) bool objects of frame 0.
-        object_ids: their ids; default ``1..M``.
-        num_proposals: 25 in the DAVIS config.
-
-    Returns:
-        per frame, (H, W) int32 id map (0 = background).
-    """
-    proposals = vos_proposals(iou_logits, num_proposals)
-    first_frame_masks = check_array(
-        first_frame_masks, "first_frame_masks", 3, "bool", "bool (M, H, W)"
-    )
-    ids = list(range(1, first_frame_masks.shape[0] + 1)) if object_ids is None else object_ids
-    assignment: dict[int, int] | None = None
-    maps = []
-    for index, masks in enumerate(frame_mask_logits):
-        masks = check_array(masks, f"frame_mask_logits[{index}]", 3, "float32", "float32 (Q, H, W)")
-        if masks.shape[0] == iou_logits.shape[0]:
-            masks = masks[proposals]
-        elif masks.shape[0] != proposals.shape[0]:
-            raise InvalidInputError(
-                f"frame_mask_logits[{index}]: expected {iou_logits.shape[0]} or "
-                f"{proposals.shape[0]} masks, got {masks.shape[0]}"
-            )
-        proposal_masks = binary_masks(masks)
-        if assignment is None:
-            assignment = vos_assign_ids(proposal_masks, first_frame_masks, ids)
-        maps.append(vos_paint(proposal_masks, assignment))
-    return maps

@@ -4,6 +4,9 @@ against the official OMG-Seg's own outputs on identical deterministic weights
 padding to a multiple of 32; no square). Every size, prompt and frame count comes from the
 fixture files. The same tolerances as the PyTorch golden tests (tests/training).
 
+The whole-video VIS and VOS goldens also run on the PyTorch model behind the same runtime
+(``backend="torch"``): the streaming ``VideoSession`` users run is what proves both.
+
 The bundle is exported once per test session (``tests.official_golden.official_bundle``: the
 ConvNeXt-L graphs, a few minutes on 2 cores)."""
 
@@ -154,10 +157,23 @@ def frames(video_meta) -> list[np.ndarray]:
     return [read_rgb(GOLDEN / "video" / f"frame_{i:02d}.png") for i in range(video_meta["frames"])]
 
 
-@pytest.fixture(scope="module")
-def video_seg(bank):
-    """The YouTube-VIS setting: the first 40 classes, all things."""
-    segmenter = Segmenter.from_bundle(official_bundle(), backend="onnxruntime", threads=2)
+@pytest.fixture(scope="module", params=["onnxruntime", "torch"])
+def video_seg(request, bank, tmp_path_factory):
+    """The YouTube-VIS setting (the first 40 classes, all things) on the exported graphs and on
+    the PyTorch model itself: the same ``VideoSession`` post-processing behind both."""
+    if request.param == "torch":
+        from tests.official_golden import write_official_files
+        from training.model.checkpoint import load_checkpoint, save_checkpoint
+
+        work = tmp_path_factory.mktemp("official-torch")
+        decoder, visual = write_official_files(work)
+        model, _ = load_checkpoint(decoder, backbone_weights=visual)
+        checkpoint = save_checkpoint(model, work / "checkpoint")
+        del model
+        segmenter = Segmenter.from_bundle(official_bundle(), backend="torch",
+                                          checkpoint=checkpoint, device="cpu")
+    else:
+        segmenter = Segmenter.from_bundle(official_bundle(), backend="onnxruntime", threads=2)
     segmenter.set_class_bank([f"class {i}" for i in range(40)], bank[:40], num_things=40,
                              ensemble=False)
     yield segmenter

@@ -1,4 +1,6 @@
-"""Video post-processing follows Mask2formerVideoMinVIS: tubes, alignment, VIS / VPS / VOS."""
+"""Video post-processing follows Mask2formerVideoMinVIS: tubes, alignment, VPS ids, VOS proposals
+and their first-frame matching (VideoSession, which assembles VIS / VOS from them, is tested in
+test_runtime.py and against the official goldens in test_official_runtime.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,9 @@ import pytest
 from omg_rt.errors import InvalidInputError
 from omg_rt.postprocess.video import (
     align_clips,
-    average_clip_logits,
     video_split,
-    vis_results,
     vos_assign_ids,
-    vos_paint,
     vos_proposals,
-    vos_results,
     vps_results,
 )
 from tests.conftest import OFFICIAL_FIXTURES
@@ -59,55 +57,10 @@ def test_align_clips_reproduces_the_official_match():
     np.testing.assert_array_equal(perms[1], golden["match1"])
 
 
-def test_average_clip_logits_aligns_then_averages():
-    a = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
-    b = np.array([[30.0, 40.0], [10.0, 20.0]], np.float32)
-    got = average_clip_logits([a, b], [np.arange(2), np.array([1, 0])])
-    np.testing.assert_array_equal(got, [[5.5, 11.0], [16.5, 22.0]])
-
-
-def test_vis_track_ids_and_labels_are_shared_by_all_frames():
-    golden = np.load(VIDEO_GOLDEN)
-    perms = align_clips([golden["tube0_query"], golden["tube1_query"]])
-    cls = average_clip_logits([golden["tube0_cls"], golden["tube1_cls"]], perms)[:, :41]
-    rng = np.random.default_rng(1)
-    frames = [(rng.standard_normal((300, 6, 8)) * 5).astype(np.float32) for _ in range(2)]
-    results = vis_results(cls, frames, num_things=40)
-    assert len(results) == 2
-    for frame, result in enumerate(results):
-        np.testing.assert_array_equal(result.track_ids, np.arange(100) + 1)
-        np.testing.assert_array_equal(result.instances.labels, golden[f"vis_labels{frame}"])
-    np.testing.assert_array_equal(
-        results[0].instances.query_indices, results[1].instances.query_indices
-    )
-
-
-def test_vos_higher_scored_proposal_is_painted_last():
+def test_vos_proposals_are_the_top_iou_queries_lowest_score_first():
     iou = np.array([0.0, 3.0, 1.0, -2.0], np.float32)
     proposals = vos_proposals(iou, num_proposals=3)
-    assert proposals.tolist() == [0, 2, 1]  # ascending score: query 1 is the best
-    masks = np.zeros((3, 1, 6), bool)
-    masks[0, 0, 0:3] = True  # lowest score
-    masks[1, 0, 2:5] = True
-    masks[2, 0, 4:6] = True  # highest score
-    painted = vos_paint(masks, {0: 7, 1: 8, 2: 9})
-    assert painted.tolist() == [[7, 7, 8, 8, 9, 9]]
-
-
-def test_vos_first_frame_matching_and_ids_follow_the_proposals():
-    h, w = 4, 6
-    iou = np.array([5.0, 1.0, 3.0], np.float32)  # proposal order: q1, q2, q0
-    frame0 = np.full((3, h, w), -9.0, np.float32)
-    frame0[0, :2, :3] = 9.0  # q0 matches object A (top-left)
-    frame0[2, 2:, 3:] = 9.0  # q2 matches object B (bottom-right)
-    frame1 = np.roll(frame0, 1, axis=2)  # everything moves right by one column
-    objects = np.zeros((2, h, w), bool)
-    objects[0, :2, :3] = True
-    objects[1, 2:, 3:] = True
-    maps = vos_results(iou, [frame0, frame1], objects, object_ids=[4, 6])
-    assert maps[0].dtype == np.int32
-    np.testing.assert_array_equal(maps[0], np.where(objects[0], 4, np.where(objects[1], 6, 0)))
-    np.testing.assert_array_equal(maps[1], np.roll(maps[0], 1, axis=1))
+    assert proposals.tolist() == [0, 2, 1]  # ascending score: query 1 is the best, painted last
 
 
 def test_vos_assignment_maximises_iou():
