@@ -6,6 +6,6 @@ format is documented in ``export.manifest``.
 
 from export.bundle import PRECISIONS, TARGETS, build_bundle
 from export.verify import ParityError
-from export.vocab import Vocabulary
+from omg_rt.bundle import Vocabulary
 
 __all__ = ["build_bundle", "ParityError", "Vocabulary", "PRECISIONS", "TARGETS"]

@@ -21,8 +21,8 @@ from export.manifest import write_manifest
 from export.onnx_export import OPSET, describe_io, export_graph
 from export.verify import ParityError, Verifier
 from export.verify import verify as run_verification
-from export.vocab import Vocabulary, resolve_vocabulary, save_vocabulary
-from omg_rt.bundle import InputContract
+from export.vocab import resolve_vocabulary, save_vocabulary
+from omg_rt.bundle import InputContract, Vocabulary
 from omg_rt.errors import BackendUnavailableError, InvalidInputError
 from omg_rt.preprocess import prepare_image
 from omg_rt.spec import PIXEL_DECODER
@@ -139,7 +139,7 @@ def build_bundle(
 
     report: dict[str, Any] = {"skipped": True, "passed": None}
     if verify:
-        verifier = Verifier(defs, vocabulary.bank, (content, position), vocabulary.num_things,
+        verifier = Verifier(defs, vocabulary.class_bank, (content, position), vocabulary.num_things,
                             image_size, mean, std, progress=show)
         files = {p: {g: work / e["files"][p] for g, e in graphs.items()} for p in precisions}
         report = run_verification(verifier, files, progress=show)
@@ -274,7 +274,8 @@ def _manifest(spec, contract: InputContract, target, precisions, graphs, vocabul
         "tools": {"torch": torch.__version__, "onnx": onnx.__version__,
                   "onnxruntime": onnxruntime.__version__, "onnxslim": onnxslim.__version__},
         "vocabulary": {"names": list(vocabulary.names), "num_things": vocabulary.num_things,
-                       "seen": vocabulary.seen.tolist(), "synonyms": int(vocabulary.bank.shape[1]),
+                       "seen": vocabulary.seen.tolist(),
+                       "synonyms": int(vocabulary.class_bank.shape[1]),
                        "source": vocabulary.source, "file": "vocab.npz"},
         "queries": {"file": "queries.npz", "num_queries": int(content.shape[0])},
         "tokenizer": tokenizer,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from omg_rt.bundle import Vocabulary
 from omg_rt.errors import InvalidInputError
 from omg_rt.vocabularies import VOCABULARIES
 from omg_rt.vocabulary import VILD_TEMPLATES, class_overlap, split_label
@@ -43,25 +43,6 @@ _OFFICIAL_DATASETS = {
     "VIPSegDataset": "vipseg",
     "YouTubeVISDataset_2019": "ytvis",
 }
-
-
-@dataclass(frozen=True)
-class Vocabulary:
-    """What the bundle stores in ``vocab.npz``.
-
-    Attributes:
-        names: K class strings, things first.
-        num_things: classes ``[0, num_things)`` are things.
-        bank: (K, S, D) float32 unit rows.
-        seen: (K,) bool, the class overlaps the training vocabulary (open-vocabulary ensemble).
-        source: where it came from (for the manifest).
-    """
-
-    names: tuple[str, ...]
-    num_things: int
-    bank: np.ndarray
-    seen: np.ndarray
-    source: str
 
 
 def training_vocabulary_words() -> list[str]:
@@ -211,12 +192,12 @@ def _finish(names: Sequence[str], num_things: int, bank: np.ndarray | None,
         seen = np.asarray(class_overlap(training_vocabulary_words(), names), dtype=bool)
     if seen.shape != (k,):
         raise InvalidInputError(f"vocab: seen expected bool ({k},), got {seen.shape}")
-    return Vocabulary(names, int(num_things), np.ascontiguousarray(bank, np.float32), seen,
-                      source)
+    return Vocabulary(names=tuple(names), num_things=int(num_things), seen=seen,
+                      class_bank=np.ascontiguousarray(bank, np.float32), source=source)
 
 
 def save_vocabulary(vocabulary: Vocabulary, path: Path) -> None:
     """``vocab.npz``: class_bank (K, S, D) float32, names (K,) str, num_things () int64,
     seen (K,) bool."""
-    np.savez(path, class_bank=vocabulary.bank, names=np.asarray(vocabulary.names, dtype=str),
+    np.savez(path, class_bank=vocabulary.class_bank, names=np.asarray(vocabulary.names, dtype=str),
              num_things=np.int64(vocabulary.num_things), seen=vocabulary.seen)

@@ -166,12 +166,18 @@ class Vocabulary:
         num_things: classes ``[0, num_things)`` are things, the rest stuff.
         seen: (K,) bool, True for classes of the training vocabulary (open-vocab ensemble).
         class_bank: (K, S, D) float32, unit-norm text embeddings, S synonyms per class.
+        source: where the names came from (``builtin:coco``, ``names:FILE``, ...; the exporter
+            records it in the manifest), "" when unknown.
+
+    The one vocabulary type: the exporter builds it (``export.vocab.resolve_vocabulary``) and
+    writes it to ``vocab.npz``; the runtime reads it back.
     """
 
     names: tuple[str, ...]
     num_things: int
     seen: np.ndarray
     class_bank: np.ndarray
+    source: str = ""
 
 
 @dataclass(frozen=True)

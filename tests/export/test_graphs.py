@@ -93,7 +93,7 @@ def test_names_file_with_stuff_separator(model, tmp_path):
     names.write_text("cat,kitty\ndog\n---\nsky\n")
     vocab = resolve_vocabulary(str(names), model, progress=False)
     assert vocab.names == ("cat,kitty", "dog", "sky") and vocab.num_things == 2
-    assert vocab.bank.shape == (3, 2, 64)
+    assert vocab.class_bank.shape == (3, 2, 64)
     assert vocab.seen.tolist() == [True, True, True]  # all in the training vocabulary words
     unseen = tmp_path / "odd.json"
     unseen.write_text(json.dumps({"names": ["zorblax"], "num_things": 1}))
@@ -107,7 +107,7 @@ def test_precomputed_banks_keep_their_values_and_find_their_names(model, tmp_pat
     by_size = tmp_path / "bank.npy"
     np.save(by_size, bank)
     vocab = resolve_vocabulary(by_size, model, progress=False)  # K = 40: YouTube-VIS
-    np.testing.assert_array_equal(vocab.bank, bank)
+    np.testing.assert_array_equal(vocab.class_bank, bank)
     assert vocab.names == VOCABULARIES["ytvis"].names
     official = tmp_path / "convnext_large_d_320_YouTubeVISDataset_2019.pth"
     torch.save(torch.from_numpy(bank), official)
