@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omg_rt.spec import PRESETS
+from training.presets import PRESETS
 
 __all__ = ["TASKS", "TRAIN_PRESETS", "TrainConfig", "TrainConfigError", "get_train_preset"]
 
@@ -32,9 +32,9 @@ class TrainConfigError(ValueError):
 class TrainConfig:
     """Everything one training run depends on (with the seed, it fixes the run bit for bit).
 
-    Model: ``model`` names a ``omg_rt.spec.PRESETS`` entry. The backbone trains unless the preset
-    freezes it; the CLIP text tower is always frozen (its embeddings of the class names are the
-    classifier's fixed bank). ``position_init_gain`` > 0 starts the cross-attention heads
+    Model: ``model`` names a ``training.presets.PRESETS`` entry. The backbone trains unless the
+    preset freezes it; the CLIP text tower is always frozen (its embeddings of the class names are
+    the classifier's fixed bank). ``position_init_gain`` > 0 starts the cross-attention heads
     looking where their query's position code points (prompts see their box from step 0; the
     official Xavier init, 0, leaves clicks to a slow DETR-like search: one-click mIoU 0.155 vs
     0.68 after the same 6000 synthetic steps).

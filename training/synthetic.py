@@ -81,8 +81,9 @@ import os
 import shutil
 from pathlib import Path
 
-from omg_rt.spec import ModelSpec, get_preset
+from omg_rt.spec import ModelSpec
 from training.config import TrainConfig, get_train_preset
+from training.presets import get_preset
 
 __all__ = ["PRESET", "default_cache_dir", "ensure_checkpoint", "is_complete_run"]
 

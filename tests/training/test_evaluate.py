@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from omg_rt.preprocess import prepare_image
-from omg_rt.spec import get_preset
 from training.data import SceneConfig, generate_dataset, read_coco_panoptic, read_ytvis
 from training.evaluate import evaluate
 from training.model.query_decoder import QueryPredictions
+from training.presets import get_preset
 
 NUM_CLASSES, NUM_THINGS, QUERIES = 7, 4, 16
 

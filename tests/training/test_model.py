@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from omg_rt.errors import CheckpointError
-from omg_rt.spec import PRESETS, ModelSpec, PixelDecoderSpec, get_preset
+from omg_rt.spec import ModelSpec, PixelDecoderSpec
 from tests.conftest import OFFICIAL_FIXTURES, TOLERANCES, seeded_tiny
 from training.model import build_model
 from training.model.checkpoint import load_checkpoint, remap_official_keys, save_checkpoint
@@ -21,6 +21,7 @@ from training.model.query_decoder import (
     QueryPredictions,
     _stack_frames,
 )
+from training.presets import PRESETS, get_preset
 
 
 @pytest.fixture(autouse=True)

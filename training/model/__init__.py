@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from omg_rt.spec import ModelSpec, get_preset
+from omg_rt.spec import ModelSpec
 from training.model.backbone import OpenCLIPBackbone
 from training.model.omg_seg import OMGSeg
 from training.model.pixel_decoder import MSDeformAttnPixelDecoder
 from training.model.prompt_encoder import BoxPromptEncoder
 from training.model.query_decoder import Mask2FormerQueryDecoder, QueryPredictions
 from training.model.text_encoder import CLIPTextEncoder
+from training.presets import get_preset
 
 
 def build_model(spec: ModelSpec | str, *, with_text_encoder: bool = True) -> OMGSeg:

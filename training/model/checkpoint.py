@@ -22,7 +22,8 @@ import torch
 
 from omg_rt.errors import CheckpointError
 from omg_rt.files import atomic_path
-from omg_rt.spec import ModelSpec, get_preset
+from omg_rt.spec import ModelSpec
+from training.presets import get_preset
 
 OFFICIAL_PREFIX = "panoptic_head."
 
