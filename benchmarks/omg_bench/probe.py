@@ -3,8 +3,8 @@
 Stage timings call the runtime's graph runners (``Segmenter.backend.runners``) with the feeds
 the runtime itself builds; the preprocessing and the post-processing are the runtime's own
 functions. Where the runtime has no public entry point for a step, this module reaches for its
-internal one (and falls back to the public building blocks of ``omg_rt`` when that moved), so a
-runtime refactor touches this file only.
+internal one, so a runtime refactor touches this file only (issue #13 replaces it with the
+runtime's public decoder layer).
 """
 
 from __future__ import annotations
@@ -39,20 +39,13 @@ def query_decoder_feeds(seg: Any, session: Any) -> dict[str, np.ndarray]:
 
 def class_scores(seg: Any, session: Any, outputs: dict[str, np.ndarray]) -> np.ndarray:
     """(Q, K + 1) class scores the post-processing takes (the open-vocabulary ensemble when
-    the runtime has it on)."""
-    if hasattr(seg, "_class_logits"):
-        return seg._class_logits(outputs, [session.encoded], seg.vocabulary,
-                                 getattr(seg, "_ensemble", False))
-    return outputs["class_logits"][0].astype(np.float32)
+    the runtime has it on), as ``Segmenter`` computes them."""
+    return seg._class_logits(outputs, [session.encoded], seg.vocabulary, seg._ensemble)
 
 
 def panoptic_postprocess(seg: Any, session: Any, cls: np.ndarray, mask_logits: np.ndarray
                          ) -> Any:
     """The runtime's panoptic assembly on (Q, h4, w4) stride-4 logits."""
-    try:
-        from omg_rt.assembly import panoptic_result  # type: ignore[import-not-found]
-    except ImportError:
-        return seg._panoptic_result(session, cls, mask_logits)
+    from omg_rt.assembly import panoptic_result
+
     return panoptic_result(session, cls, mask_logits, seg.vocabulary, seg.spec.postprocess)
-
-
