@@ -19,11 +19,6 @@ from omg_rt.errors import (
 )
 from omg_rt.vocabularies import VOCABULARIES
 
-EXIT_OK = ExitCode.OK
-EXIT_BAD_INPUT = ExitCode.INPUT  # a checkpoint, vocabulary or image that cannot be used
-EXIT_PARITY = ExitCode.PARITY
-EXIT_NO_TENSORRT = ExitCode.BACKEND
-
 EPILOG = f"""\
 {EXIT_CODES_HELP}
 
@@ -63,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--calib-images", metavar="DIR",
                         help="images for INT8 calibration (default: synthetic scenes)")
     parser.add_argument("--engine", action="store_true",
-                        help=f"also build TensorRT plans under engines/ (exit {EXIT_NO_TENSORRT} "
+                        help=f"also build TensorRT plans under engines/ (exit {ExitCode.BACKEND} "
                              "where TensorRT is missing)")
     parser.add_argument("--target", choices=TARGETS, default="cpu",
                         help="deployment target: cpu = portable graphs (GridSample deformable "
@@ -100,17 +95,17 @@ def main(argv: list[str] | None = None) -> int:
             engine=args.engine, progress=not args.quiet)
     except (InvalidInputError, CheckpointError) as exc:
         print(f"omg-export: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return ExitCode.INPUT
     except ParityError as exc:
         print(f"omg-export: parity check failed: {exc}", file=sys.stderr)
-        return EXIT_PARITY
+        return ExitCode.PARITY
     except BackendUnavailableError as exc:
         no_trt, bundle = exc, output
     print(summary(bundle, time.perf_counter() - start))
     if no_trt is not None:
         print(f"omg-export: --engine: {no_trt}", file=sys.stderr)
-        return EXIT_NO_TENSORRT
-    return EXIT_OK
+        return ExitCode.BACKEND
+    return ExitCode.OK
 
 
 def summary(bundle: Path, seconds: float) -> str:

@@ -41,8 +41,6 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE
-EXIT_INPUT, EXIT_BUNDLE, EXIT_BACKEND = ExitCode.INPUT, ExitCode.BUNDLE, ExitCode.BACKEND
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,16 +100,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return {"segment": _segment, "prompt": _prompt, "video": _video}[args.command](args)
     except InvalidInputError as exc:
         print(f"omg-rt: bad input: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return ExitCode.INPUT
     except BundleError as exc:
         print(f"omg-rt: bad bundle: {exc}", file=sys.stderr)
-        return EXIT_BUNDLE
+        return ExitCode.BUNDLE
     except BackendUnavailableError as exc:
         print(f"omg-rt: backend unavailable: {exc}", file=sys.stderr)
-        return EXIT_BACKEND
+        return ExitCode.BACKEND
     except OmgRtError as exc:
         print(f"omg-rt: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return ExitCode.FAILED
 
 
 def _open(args: argparse.Namespace) -> Segmenter:
@@ -176,7 +174,7 @@ def _segment(args: argparse.Namespace) -> int:
     ):
         del path
         _save(_confident(seg.segment(image, args.task), args.min_score), image, out, stem)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _confident(result: SegmentationResult, min_score: float) -> SegmentationResult:
@@ -228,7 +226,7 @@ def _prompt(args: argparse.Namespace) -> int:
         boxes=boxes or None,
     )
     _save(result, image, out, Path(args.image).stem)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _first_mask(path: str) -> np.ndarray:
@@ -294,7 +292,7 @@ def _video(args: argparse.Namespace) -> int:
         writer.release()
     if index == 0:
         raise InvalidInputError(f"video: {args.video!r} has no decodable frames")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

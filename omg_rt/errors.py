@@ -43,24 +43,24 @@ class ExitCode(enum.IntEnum):
     """The exit status of every command (``omg-rt``, ``omg-export``, ``omg-train``,
     ``omg-bench``): one table, printed in each ``--help`` (:data:`EXIT_CODES_HELP`)."""
 
-    OK = 0  # done
-    FAILED = 1  # it ran, but something failed (omg-bench: a target; any other omg-rt error)
-    USAGE = 2  # bad command line or config; nothing was done
-    INPUT = 3  # bad input: image, video, prompts, checkpoint, vocabulary, run directory
-    BUNDLE = 4  # bad bundle: missing file, checksum mismatch, unreadable manifest
-    BACKEND = 5  # backend unavailable (TensorRT, a GPU, onnxruntime-gpu); omg-export --engine:
-    # the ONNX bundle was written, no engines
-    PARITY = 6  # omg-export: graphs outside tolerance (kept at BUNDLE.failed, see verify.json)
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    INPUT = 3
+    BUNDLE = 4
+    BACKEND = 5
+    PARITY = 6
 
 
+_EXIT_MEANINGS = {
+    ExitCode.OK: "done",
+    ExitCode.FAILED: "it ran, but something failed (omg-bench: some target)",
+    ExitCode.USAGE: "bad command line or config; nothing was done",
+    ExitCode.INPUT: "bad input: image, video, prompts, checkpoint, vocabulary, run directory",
+    ExitCode.BUNDLE: "bad bundle: missing file, checksum mismatch, unreadable manifest",
+    ExitCode.BACKEND: "backend unavailable (TensorRT, GPU); omg-export --engine: the ONNX "
+                      "bundle was written, no engines",
+    ExitCode.PARITY: "omg-export: exported graphs outside tolerance (kept at BUNDLE.failed)",
+}
 EXIT_CODES_HELP = "exit codes (every omg-* command):\n" + "\n".join(
-    f"  {code.value}  {text}" for code, text in (
-        (ExitCode.OK, "done"),
-        (ExitCode.FAILED, "it ran, but something failed (omg-bench: some target)"),
-        (ExitCode.USAGE, "bad command line or config; nothing was done"),
-        (ExitCode.INPUT, "bad input: image, video, prompts, checkpoint, vocabulary, run directory"),
-        (ExitCode.BUNDLE, "bad bundle: missing file, checksum mismatch, unreadable manifest"),
-        (ExitCode.BACKEND, "backend unavailable (TensorRT, GPU); omg-export --engine: the ONNX "
-                           "bundle was written, no engines"),
-        (ExitCode.PARITY, "omg-export: exported graphs outside tolerance (kept at BUNDLE.failed)"),
-    ))
+    f"  {code.value}  {text}" for code, text in _EXIT_MEANINGS.items())

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from export.cli import EXIT_BAD_INPUT, EXIT_NO_TENSORRT, EXIT_OK, main
+from export.cli import main
 from export.manifest import check_hashes
+from omg_rt.errors import ExitCode
 from tests.conftest import _has_tensorrt, seeded_tiny
 from training.model.checkpoint import save_checkpoint
 
@@ -24,7 +25,7 @@ def test_engine_without_tensorrt_writes_the_bundle_and_exits_with_the_reason(
     code = main([str(checkpoint), "-o", str(out), "--image-size", "64", "--vocab", "ytvis",
                  "--engine", "--no-verify"])
     captured = capsys.readouterr()
-    assert code == EXIT_NO_TENSORRT
+    assert code == ExitCode.BACKEND
     assert "TensorRT is not installed" in captured.err and "no engines were built" in captured.err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["engines"] == [] and not (out / "engines").exists()
@@ -37,7 +38,7 @@ def test_cli_exports_verifies_and_prints_the_summary_table(checkpoint, tmp_path,
     code = main([str(checkpoint), "-o", str(out), "--image-size", "64", "--vocab", "ytvis",
                  "--target", "h100"])
     captured = capsys.readouterr()
-    assert code == EXIT_OK, captured.err
+    assert code == ExitCode.OK, captured.err
     assert "verification (ONNX Runtime vs PyTorch)" in captured.out
     assert "fp32" in captured.out and " yes " in captured.out
     manifest = json.loads((out / "manifest.json").read_text())
@@ -47,13 +48,13 @@ def test_cli_exports_verifies_and_prints_the_summary_table(checkpoint, tmp_path,
 
 
 def test_bad_input_exits_with_the_input_code_naming_the_problem(checkpoint, tmp_path, capsys):
-    assert main([str(tmp_path / "missing.pth"), "-o", str(tmp_path / "x")]) == EXIT_BAD_INPUT
+    assert main([str(tmp_path / "missing.pth"), "-o", str(tmp_path / "x")]) == ExitCode.INPUT
     assert "does not exist" in capsys.readouterr().err
     code = main([str(checkpoint), "-o", str(tmp_path / "x"), "--precision", "fp32,fp64"])
-    assert code == EXIT_BAD_INPUT
+    assert code == ExitCode.INPUT
     assert "precisions" in capsys.readouterr().err
     code = main([str(checkpoint), "-o", str(tmp_path / "x"), "--vocab", "klingon"])
-    assert code == EXIT_BAD_INPUT
+    assert code == ExitCode.INPUT
     assert "vocab" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
@@ -62,7 +63,7 @@ def test_help_documents_the_exit_codes(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    assert "exit codes" in text and "--engine" in text and str(EXIT_NO_TENSORRT) in text
+    assert "exit codes" in text and "--engine" in text and str(ExitCode.BACKEND) in text
 
 
 @pytest.mark.parametrize("module", ["omg_rt.cli", "export.cli", "training.cli", "benchmarks.cli"])

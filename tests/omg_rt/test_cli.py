@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from omg_rt.cli import EXIT_BUNDLE, EXIT_INPUT, EXIT_OK, main
+from omg_rt.cli import main
+from omg_rt.errors import ExitCode
 from tests.omg_rt.test_runtime_support import copy_bundle, moving_clip, scene, tiny_bundle
 
 
@@ -24,7 +25,7 @@ def test_segment_writes_json_and_pngs(tmp_path, task):
     out = tmp_path / "out"
     code = main(["segment", a, b, "--bundle", str(tiny_bundle()), "--task", task,
                  "--out", str(out), "--quiet", "--backend", "onnxruntime"])
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     for stem in ("a", "b"):
         record = json.loads((out / f"{stem}.json").read_text())
         assert record["task"] == task and (record["height"], record["width"]) == (96, 120)
@@ -42,7 +43,7 @@ def test_segment_with_a_vocabulary(tmp_path):
     code = main(["segment", a, "--bundle", str(tiny_bundle()), "--task", "instance",
                  "--vocab", "zebra", "person,people", "--num-things", "2", "--out",
                  str(tmp_path / "o"), "--quiet", "--min-score", "0"])
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     objects = json.loads((tmp_path / "o" / "a.json").read_text())["objects"]
     assert objects and {o["name"] for o in objects} <= {"zebra", "person,people"}
 
@@ -53,7 +54,7 @@ def test_segment_with_a_shipped_vocabulary_key(tmp_path):
     a = _write(tmp_path / "a.png", scene(1))
     code = main(["segment", a, "--bundle", str(tiny_bundle()), "--task", "panoptic",
                  "--vocab", "ytvis", "--out", str(tmp_path / "o"), "--quiet"])
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     objects = json.loads((tmp_path / "o" / "a.json").read_text())["objects"]
     assert objects and {o["name"] for o in objects} <= set(VOCABULARIES["ytvis"].names)
 
@@ -65,7 +66,7 @@ def test_min_score_keeps_the_confident_instances(tmp_path):
         out = tmp_path / min_score
         code = main(["segment", a, "--bundle", str(tiny_bundle()), "--task", "instance",
                      "--min-score", min_score, "--out", str(out), "--quiet"])
-        assert code == EXIT_OK
+        assert code == ExitCode.OK
         return [o["score"] for o in json.loads((out / "a.json").read_text())["objects"]]
 
     everything = scores("0")  # the official top-100 (query, class) pairs
@@ -79,7 +80,7 @@ def test_prompt_writes_one_mask_per_prompt(tmp_path):
     a = _write(tmp_path / "a.png", scene(3))
     code = main(["prompt", a, "--bundle", str(tiny_bundle()), "--points", "10,20", "50,60,1",
                  "--boxes", "0,0,60,50", "--out", str(tmp_path / "o"), "--quiet"])
-    assert code == EXIT_OK
+    assert code == ExitCode.OK
     assert len(json.loads((tmp_path / "o" / "a.json").read_text())["objects"]) == 3
 
 
@@ -87,16 +88,16 @@ def test_exit_codes_name_the_kind_of_failure(tmp_path, capsys):
     a = _write(tmp_path / "a.png", scene(3))
     bundle = str(tiny_bundle())
     assert main(["segment", str(tmp_path / "nope.png"), "--bundle", bundle, "--out",
-                 str(tmp_path / "o"), "--quiet"]) == EXIT_INPUT
+                 str(tmp_path / "o"), "--quiet"]) == ExitCode.INPUT
     assert "cannot read an image" in capsys.readouterr().err
     assert main(["prompt", a, "--bundle", bundle, "--points", "500,5", "--out",
-                 str(tmp_path / "o"), "--quiet"]) == EXIT_INPUT
+                 str(tmp_path / "o"), "--quiet"]) == ExitCode.INPUT
     assert main(["prompt", a, "--bundle", bundle, "--points", "5", "--out",
-                 str(tmp_path / "o"), "--quiet"]) == EXIT_INPUT
+                 str(tmp_path / "o"), "--quiet"]) == ExitCode.INPUT
     broken = copy_bundle(tmp_path / "broken")
     (broken / "encoder.onnx").write_bytes(b"not a graph")
     assert main(["segment", a, "--bundle", str(broken), "--out", str(tmp_path / "o"),
-                 "--quiet"]) == EXIT_BUNDLE
+                 "--quiet"]) == ExitCode.BUNDLE
     assert "encoder.onnx does not match" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["segment", a, "--bundle", bundle, "--task", "depth", "--out", "x"])
@@ -118,10 +119,10 @@ def test_video_writes_an_overlay_mp4_and_one_record_per_frame(tmp_path, task):
         first[20:50, 5:35] = 1
         cv2.imwrite(str(tmp_path / "first.png"), first)
         args += ["--first-mask", str(tmp_path / "first.png")]
-    assert main(args) == EXIT_OK
+    assert main(args) == ExitCode.OK
     records = (tmp_path / "o" / "clip.jsonl").read_text().splitlines()
     assert [json.loads(r)["frame_index"] for r in records] == list(range(7))
     capture = cv2.VideoCapture(str(tmp_path / "o" / "clip_overlay.mp4"))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 7
     assert main(["video", str(tmp_path / "none.mp4"), "--bundle", str(tiny_bundle()),
-                 "--out", str(tmp_path / "o"), "--quiet"]) == EXIT_INPUT
+                 "--out", str(tmp_path / "o"), "--quiet"]) == ExitCode.INPUT
