@@ -189,6 +189,10 @@ def keep_float_paths(graph: onnx.GraphProto) -> int:
         How many node inputs were rewired.
     """
     producers = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, i))
     weights = {i.name for i in graph.initializer}
     graph_outputs = {o.name for o in graph.output}
     rewired = 0
@@ -199,13 +203,10 @@ def keep_float_paths(graph: onnx.GraphProto) -> int:
         source = producers.get(q.input[0])
         if source is not None and source.op_type in INT8_OPS:
             continue
-        for node in graph.node:
-            if node.op_type in INT8_OPS or node is dq:
-                continue
-            for i, name in enumerate(node.input):
-                if name == dq.output[0]:
-                    node.input[i] = q.input[0]
-                    rewired += 1
+        for node, i in readers.get(dq.output[0], []):
+            if node.op_type not in INT8_OPS:
+                node.input[i] = q.input[0]
+                rewired += 1
     while True:  # drop Q / DQ nodes nobody reads any more
         read = {name for node in graph.node for name in node.input} | graph_outputs
         dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")

@@ -34,6 +34,7 @@ from omg_rt.backends.base import TensorSpec
 from omg_rt.backends.trt_build import BuildSettings, engine_key, plan_path
 from omg_rt.backends.trt_profiles import profile_shapes, runtime_ranges, spatial_ranges
 from omg_rt.errors import BackendUnavailableError, InvalidInputError
+from omg_rt.files import atomic_path
 from omg_rt.spec import PIXEL_DECODER
 
 log = logging.getLogger("omg_rt")
@@ -258,10 +259,8 @@ def _build_engine(
     settings = BuildSettings(precision, int(opts.workspace_bytes), opts.dla_core,
                              opts.gpu_fallback)
     serialized, _cache = trt_build.build_plan(trt, builder, network, settings, shapes)
-    plan.parent.mkdir(parents=True, exist_ok=True)
-    tmp = plan.with_suffix(".tmp")
-    tmp.write_bytes(serialized)
-    os.replace(tmp, plan)
+    with atomic_path(plan) as tmp:
+        tmp.write_bytes(serialized)
 
 
 _TRT_TO_NUMPY = {
