@@ -19,6 +19,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from benchmarks.omg_bench.options import (
     BACKENDS,
@@ -89,9 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
-    extra = {}
+    extra: dict[str, Any] = {}
     if args.out:
         extra["out"] = Path(args.out)
+    if args.no_results or args.results:  # else BenchOptions' default (a checkout's RESULTS.md)
+        extra["results"] = None if args.no_results else Path(args.results)
     return BenchOptions(
         model=args.model, checkpoint=args.checkpoint, backends=args.backends,
         precisions=args.precisions, tasks=args.tasks,
@@ -103,8 +106,6 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         num_videos=args.num_videos, frames_per_video=args.frames, seed=args.seed, runs=args.runs,
         warmup=args.warmup, video_passes=args.video_passes, accuracy=not args.no_accuracy,
         cold_start=not args.no_cold_start, threads=args.threads,
-        results=None if args.no_results else Path(args.results) if args.results else
-        (DEFAULT_RESULTS if DEFAULT_RESULTS.is_file() else None),
         results_section=args.results_section, verify_export=args.verify_export,
         progress=not args.quiet, **extra)
 

@@ -267,8 +267,7 @@ def markdown_report(report: dict[str, Any], options: BenchOptions) -> str:
 def _plot_points(report: dict[str, Any]) -> tuple[str, str, list[dict[str, Any]]]:
     lat = report.get("latency", {})
     e2e = lat.get("end_to_end", [])
-    task = next((t for t in IMAGE_TASKS if any(r["case"] == t
-                                                                        for r in e2e)), None)
+    task = next((t for t in IMAGE_TASKS if any(r["case"] == t for r in e2e)), None)
     if task:
         latencies = {(r["backend"], r["precision"], r["image_size"]): r["p50_ms"]
                      for r in e2e if r["case"] == task}
@@ -379,9 +378,9 @@ def summary_markdown(report: dict[str, Any], out: Path) -> str:
         e2e = find("end_to_end", key, "panoptic")
         thr = [r for r in lat.get("throughput", []) if _key(r) == key]
         best = max(thr, key=lambda r: r["images_per_s"]) if thr else None
-        prompt, many = (next((r for r in lat.get("prompt", [])
-                              if _key(r) == key and r["prompts"] == n), None) for n in (1, most))
-        frame = next((r for r in lat.get("video", []) if _key(r) == key), None)
+        prompt = find("prompt", key, prompts=1)
+        many = find("prompt", key, prompts=most) if most else None
+        frame = find("video", key)
         a = acc.get(key, {})
 
         def cell(m: str, a: dict = a) -> str:
