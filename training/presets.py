@@ -14,25 +14,28 @@ from omg_rt.spec import (
     TextEncoderSpec,
 )
 
+# The small models' shared parts: a convnext_atto trunk of the given widths, a 2-layer text tower
+# and a 2-layer pixel decoder, all 64 wide.
+_TINY_TEXT = TextEncoderSpec(context_length=16, vocab_size=49408, width=64, heads=2, layers=2)
+_TINY_PIXEL_DECODER = PixelDecoderSpec(
+    embed_dim=64, num_layers=2, num_heads=4, num_points=4, ffn_dim=128, num_groups=32
+)
+
+
+def _tiny_backbone(widths: tuple[int, int, int, int]) -> BackboneSpec:
+    return BackboneSpec(clip_model="custom", timm_model="convnext_atto", widths=widths,
+                        depths=(1, 1, 2, 1), embed_dim=64, frozen=False, pretrained_tag=None)
+
+
 PRESETS: dict[str, ModelSpec] = {
     # The published model: ConvNeXt-L CLIP, 300 queries, prompts on.
     "omg-convl": ModelSpec(),
     # Tests, CI and the demo: a few hundred thousand parameters, runs in milliseconds on a CPU.
     "tiny": ModelSpec(
         name="tiny",
-        backbone=BackboneSpec(
-            clip_model="custom",
-            timm_model="convnext_atto",
-            widths=(16, 32, 64, 128),
-            depths=(1, 1, 2, 1),
-            embed_dim=64,
-            frozen=False,
-            pretrained_tag=None,
-        ),
-        text=TextEncoderSpec(context_length=16, vocab_size=49408, width=64, heads=2, layers=2),
-        pixel_decoder=PixelDecoderSpec(
-            embed_dim=64, num_layers=2, num_heads=4, num_points=4, ffn_dim=128, num_groups=32
-        ),
+        backbone=_tiny_backbone((16, 32, 64, 128)),
+        text=_TINY_TEXT,
+        pixel_decoder=_TINY_PIXEL_DECODER,
         query_decoder=QueryDecoderSpec(
             embed_dim=64, num_layers=3, num_heads=4, ffn_dim=128, num_queries=20
         ),
@@ -44,19 +47,9 @@ PRESETS: dict[str, ModelSpec] = {
     # consistency at ~0.6, see training/synthetic.py), 3-frame video clips (as it trains on).
     "synthetic-tiny": ModelSpec(
         name="synthetic-tiny",
-        backbone=BackboneSpec(
-            clip_model="custom",
-            timm_model="convnext_atto",
-            widths=(32, 64, 128, 256),
-            depths=(1, 1, 2, 1),
-            embed_dim=64,
-            frozen=False,
-            pretrained_tag=None,
-        ),
-        text=TextEncoderSpec(context_length=16, vocab_size=49408, width=64, heads=2, layers=2),
-        pixel_decoder=PixelDecoderSpec(
-            embed_dim=64, num_layers=2, num_heads=4, num_points=4, ffn_dim=128, num_groups=32
-        ),
+        backbone=_tiny_backbone((32, 64, 128, 256)),
+        text=_TINY_TEXT,
+        pixel_decoder=_TINY_PIXEL_DECODER,
         query_decoder=QueryDecoderSpec(
             embed_dim=64, num_layers=6, num_heads=4, ffn_dim=256, num_queries=20
         ),
