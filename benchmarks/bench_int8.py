@@ -160,7 +160,7 @@ def golden_agreement(out: Path, *, runs: int, threads: int) -> dict:
         results, predictions = {}, {}
         for precision, seg in segs.items():
             session = seg.set_image(image)
-            predictions[precision] = seg._predict([session.encoded]).class_scores
+            predictions[precision] = seg.predict(session).class_scores
             results[precision] = seg.panoptic(session)
         fp32, int8 = predictions["fp32"], predictions["int8"]
         per_query = np.abs(int8 - fp32).max(1) / np.abs(fp32).max()

@@ -21,9 +21,10 @@ import numpy as np
 from omg_rt.bundle import InputContract
 from omg_rt.cache import EncodedImage, EncoderCache
 from omg_rt.inputs import read_image
+from omg_rt.pipeline import Pipeline
 from omg_rt.preprocess import keep_ratio_size, normalize_and_pad
 from omg_rt.sessions import ImageSession
-from omg_rt.spec import ENCODER, PIXEL_DECODER, PreprocessSpec
+from omg_rt.spec import PreprocessSpec
 
 
 @dataclass(frozen=True)
@@ -48,40 +49,33 @@ class ResizedImage:
 
 
 class ImageEncoder:
-    """The encoder and pixel decoder graphs behind the encoder cache.
+    """The encoder and pixel decoder of a :class:`~omg_rt.pipeline.Pipeline` behind the encoder
+    cache.
 
     Args:
-        runners: the opened graphs by name (``encoder`` and ``pixel_decoder`` are used).
+        pipeline: the graphs.
         contract: the bundle's input sizes (scales, size divisor, fixed size if any).
         preprocess: normalisation constants.
         cache_prefix: (bundle identity, precision), the first part of every cache key.
         cache: the encoder cache.
-        max_batch: images per encoder call when the encoder's batch axis is dynamic.
     """
 
     def __init__(
         self,
-        runners: dict[str, Any],
+        pipeline: Pipeline,
         *,
         contract: InputContract,
         preprocess: PreprocessSpec,
         cache_prefix: tuple[str, str],
         cache: EncoderCache,
-        max_batch: int,
     ) -> None:
-        self._encoder = runners[ENCODER.name]
-        self._pixel_decoder = runners[PIXEL_DECODER.name]
+        self.pipeline = pipeline
         self.contract = contract
         self.cache = cache
         self._preprocess = preprocess
         self._cache_prefix = cache_prefix
-        shape = self._encoder.inputs()["image"].shape
-        self._fixed_batch = isinstance(shape[0], int)
-        self.max_batch = shape[0] if self._fixed_batch else max(1, int(max_batch))
-        # a graph or engine built for one spatial size takes exactly that size
-        graph_hw = tuple(shape[2:4]) if all(isinstance(d, int) for d in shape[2:4]) else None
-        self.fixed_hw: tuple[int, int] | None = contract.fixed_hw or graph_hw
-
+        self.max_batch = pipeline.max_batch
+        self.fixed_hw: tuple[int, int] | None = contract.fixed_hw or pipeline.fixed_hw
     def prepare(self, image: Any, name: str, *, video: bool = False) -> ResizedImage:
         """Check and resize an image (array or path; ``name`` for error messages) into the
         image scale, or the video scale for a video frame."""
@@ -134,24 +128,13 @@ class ImageEncoder:
         return encoded  # type: ignore[return-value]
 
     def _encode_batch(self, chunk: list[ResizedImage]) -> list[EncodedImage]:
-        images = np.concatenate([self.tensor(p) for p in chunk], axis=0)
-        n = images.shape[0]
-        if self._fixed_batch and n < self.max_batch:  # pad a fixed-batch engine with zeros
-            images = np.concatenate(
-                [images, np.zeros((self.max_batch - n, *images.shape[1:]), np.float32)], axis=0
-            )
-        features = self._encoder({"image": images})
-        pixels = self._pixel_decoder({name: features[name] for name in PIXEL_DECODER.inputs})
-        return [
-            EncodedImage(
-                mask_features=_row(pixels["mask_features"], i),
-                memory_s32=_row(pixels["memory_s32"], i),
-                memory_s16=_row(pixels["memory_s16"], i),
-                memory_s8=_row(pixels["memory_s8"], i),
-                clip_features=_row(features["features_s32"], i),
-            )
-            for i in range(n)
-        ]
+        return self.pipeline.encode(np.concatenate([self.tensor(p) for p in chunk], axis=0))
+
+    def frame_session(self, frame: Any, name: str) -> ImageSession:
+        """A video frame's session: the cache serves repeated content, but frames are not
+        stored in it (a long stream would evict every image entry)."""
+        return self.sessions([self.prepare(frame, name, video=True)], store=False)[0]
+
     def sessions(self, prepared: list[ResizedImage], *, store: bool = True) -> list[ImageSession]:
         """Sessions for prepared images: cache hits reused, misses encoded together (each
         distinct image once) and, with ``store``, added to the cache."""
@@ -177,7 +160,3 @@ class ImageEncoder:
             )
             for p, value in zip(prepared, found, strict=True)
         ]
-
-
-def _row(array: np.ndarray, i: int) -> np.ndarray:
-    return np.ascontiguousarray(array[i : i + 1], dtype=np.float32)

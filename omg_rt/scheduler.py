@@ -192,7 +192,7 @@ class Scheduler:
             total = sum(b.shape[0] for b in boxes)  # type: ignore[union-attr]
             pad_to = 1 << (total - 1).bit_length()
             try:
-                results = self.segmenter._prompt_many(session, boxes, pad_to=pad_to)  # type: ignore[arg-type]
+                results = self.segmenter.prompt_groups(session, boxes, pad_to=pad_to)  # type: ignore[arg-type]
             except BaseException as exc:  # noqa: BLE001 - delivered to every waiting caller
                 for r, _ in members:
                     r.future.set_exception(exc)

@@ -17,7 +17,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -25,53 +25,20 @@ import numpy as np
 from omg_rt.assembly import instance_result, panoptic_result, prompt_result, semantic_result
 from omg_rt.backends import BackendChoice, open_backends
 from omg_rt.bundle import InputContract, ModelAssets, Vocabulary, load_bundle
-from omg_rt.cache import DEFAULT_CACHE_BYTES, EncodedImage, EncoderCache
+from omg_rt.cache import DEFAULT_CACHE_BYTES, EncoderCache
 from omg_rt.encoding import ImageEncoder, ResizedImage
 from omg_rt.errors import BundleError, InvalidInputError
 from omg_rt.inputs import first_mask_objects, prompt_boxes
-from omg_rt.postprocess.open_vocab import (
-    clip_class_logits,
-    mask_pooled_clip_features,
-    open_vocab_ensemble,
-)
+from omg_rt.pipeline import Pipeline, Predictions
 from omg_rt.postprocess.video import video_split
 from omg_rt.results import SegmentationResult
 from omg_rt.sessions import ImageSession
-from omg_rt.spec import (
-    CLIP_HEAD,
-    ENCODER,
-    IMAGE_TASKS,
-    PIXEL_DECODER,
-    PROMPT_ENCODER,
-    QUERY_DECODER,
-    TEXT_ENCODER,
-    VIDEO_TASKS,
-)
+from omg_rt.spec import IMAGE_TASKS, TEXT_ENCODER, VIDEO_TASKS
 from omg_rt.tokenizer import ClipTokenizer
 from omg_rt.video import VideoSession
 from omg_rt.vocabulary import build_class_bank, check_names, check_num_things, seen_classes
 
 DEFAULT_MAX_ENCODER_BATCH = 4
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """The learned queries' outputs for one image or one clip of T frames.
-
-    Attributes:
-        class_scores: (Q, K + 1) float32 class logits, or the open-vocabulary ensemble's
-            log-probabilities; void last.
-        mask_logits: (Q, T, h4, w4) stride-4 mask logits of the padded input.
-        iou_logits: (Q,) float32.
-        query_embeddings: (Q, C) float32 (video aligns clips on them).
-        vocabulary: the vocabulary ``class_scores`` is over.
-    """
-
-    class_scores: np.ndarray
-    mask_logits: np.ndarray
-    iou_logits: np.ndarray
-    query_embeddings: np.ndarray
-    vocabulary: Vocabulary
 
 
 class Segmenter:
@@ -101,27 +68,26 @@ class Segmenter:
         self.backend = backend
         self.precision = precision
         self.cache = EncoderCache(cache_bytes)
-        self._runners = backend.runners
         self._vocabulary = assets.vocabulary
         self._ensemble = False
         self._lock = threading.Lock()
-        for graph in (ENCODER, PIXEL_DECODER, QUERY_DECODER):
-            if graph.name not in self._runners:
-                raise BundleError(f"backend {backend.name} has no {graph.name!r} graph")
+        self._post = self.spec.postprocess
+        self.pipeline = Pipeline(
+            backend.runners,
+            query_content=assets.query_content,
+            query_position=assets.query_position,
+            postprocess=self._post,
+            logit_scale=float(np.exp(np.float32(self.spec.query_decoder.logit_scale_log))),
+            max_batch=max_encoder_batch,
+        )
         self.image_encoder = ImageEncoder(
-            self._runners,
+            self.pipeline,
             contract=assets.input,
             preprocess=self.spec.preprocess,
             cache_prefix=(assets.identity, precision),
             cache=self.cache,
-            max_batch=max_encoder_batch,
         )
         self.max_encoder_batch = self.image_encoder.max_batch
-        frames_axis = self._runners[QUERY_DECODER.name].inputs()["memory_s32"].shape[0]
-        # an exported decoder with a fixed frame axis takes exactly that many frames per clip
-        self._fixed_clip_size = frames_axis if isinstance(frames_axis, int) else None
-        self._post = self.spec.postprocess
-        self._logit_scale = np.exp(np.float32(self.spec.query_decoder.logit_scale_log))
 
     # ------------------------------------------------------------------ construction
 
@@ -276,13 +242,18 @@ class Segmenter:
         return self._vocabulary
 
     @property
+    def ensemble(self) -> bool:
+        """Whether class scores are the open-vocabulary ensemble's (see :meth:`set_vocabulary`)."""
+        return self._ensemble
+
+    @property
     def input_contract(self) -> InputContract:
         """The sizes the graphs take and how images and frames are resized for them."""
         return self.assets.input
 
     def graph_calls(self) -> dict[str, int]:
         """How often each graph ran (the cache's effect, measurable)."""
-        return {name: runner.calls for name, runner in self._runners.items()}
+        return {name: runner.calls for name, runner in self.backend.runners.items()}
 
     # ------------------------------------------------------------------ vocabulary
 
@@ -306,16 +277,15 @@ class Segmenter:
         """
         names = check_names(names)
         num_things = check_num_things(num_things, len(names))
-        runner = self._runners.get(TEXT_ENCODER.name)
         tokenizer = self.assets.tokenizer
-        if runner is None or tokenizer is None:
+        if TEXT_ENCODER.name not in self.pipeline.runners or tokenizer is None:
             raise BundleError(
                 "set_vocabulary: this bundle has no text encoder graph or tokenizer "
                 "(re-export with the text tower)"
             )
 
         def embed(texts: list[str]) -> np.ndarray:
-            return self._run_chunked(runner, "token_ids", tokenizer(texts), "text_embeddings")
+            return self.pipeline.embed_texts(tokenizer(texts))
 
         bank = build_class_bank(names, embed)
         base = self.assets.vocabulary
@@ -409,7 +379,7 @@ class Segmenter:
     def panoptic(self, image: Any) -> SegmentationResult:
         """Panoptic segmentation (official merge: things with instance ids, stuff merged)."""
         session = self._session(image)
-        p = self._predict([session.encoded])
+        p = self._predict([session])
         return panoptic_result(
             session, p.class_scores, p.mask_logits[:, 0], p.vocabulary, self._post
         )
@@ -417,7 +387,7 @@ class Segmenter:
     def instances(self, image: Any) -> SegmentationResult:
         """Instance segmentation (official top-k over queries x thing classes)."""
         session = self._session(image)
-        p = self._predict([session.encoded])
+        p = self._predict([session])
         return instance_result(
             session, p.class_scores, p.mask_logits[:, 0], p.vocabulary, self._post
         )
@@ -426,7 +396,7 @@ class Segmenter:
         """Semantic segmentation (Mask2Former per-pixel class argmax); a class's score is its
         mean mask-weighted class probability over its pixels."""
         session = self._session(image)
-        p = self._predict([session.encoded])
+        p = self._predict([session])
         return semantic_result(session, p.class_scores, p.mask_logits[:, 0], p.vocabulary)
 
     def segment(self, image: Any, task: str) -> SegmentationResult:
@@ -459,7 +429,52 @@ class Segmenter:
         """
         session = self._session(image)
         group = self.prompt_boxes(session, points=points, labels=labels, boxes=boxes)
-        return self._prompt_many(session, [group])[0]
+        return self.prompt_groups(session, [group])[0]
+
+    def prompt_groups(
+        self, image: Any, groups: Sequence[np.ndarray], *, pad_to: int | None = None
+    ) -> list[SegmentationResult]:
+        """Several prompt sets on one image in one prompt-encoder + query-decoder call (what
+        the :class:`~omg_rt.scheduler.Scheduler` batches concurrent requests into).
+
+        Args:
+            image: an image, a path, or an :class:`ImageSession`.
+            groups: (P_i, 4) float32 boxes in resized-image pixels (:meth:`prompt_boxes`).
+            pad_to: pad the prompt axis to this many prompts (fewer distinct graph shapes);
+                prompt queries attend only to themselves, so padding changes no mask.
+
+        Returns:
+            one result per group, as :meth:`prompt` gives it.
+        """
+        session = self._session(image)
+        vocabulary = self._vocabulary
+        outputs = self.pipeline.predict_prompts(
+            session.encoded, session.resized_hw, groups, vocabulary.class_bank, pad_to=pad_to
+        )
+        return [
+            prompt_result(session, p.mask_logits, p.iou_logits, p.class_logits, vocabulary)
+            for p in outputs
+        ]
+
+    def predict(self, image: Any) -> Predictions:
+        """The learned queries' raw outputs for one image (class scores over the current
+        vocabulary, stride-4 mask logits of the padded input, IoU logits, query embeddings):
+        what the task methods post-process."""
+        return self._predict([self._session(image)])
+
+    def predict_clip(self, frames: Sequence[ImageSession]) -> Predictions:
+        """The learned queries over one clip of frames decoded together (T = len(frames)); a
+        decoder with a fixed frame axis gets the last frame repeated, its outputs dropped."""
+        if not frames:
+            raise InvalidInputError("frames: expected at least one frame, got none")
+        encoded = [self._session(f).encoded for f in frames]
+        fixed = self.pipeline.fixed_clip_size
+        if fixed is not None and len(encoded) < fixed:
+            encoded = encoded + [encoded[-1]] * (fixed - len(encoded))
+        p = self.pipeline.predict(encoded, self._vocabulary, ensemble=self._ensemble)
+        if p.mask_logits.shape[1] == len(frames):
+            return p
+        return replace(p, mask_logits=p.mask_logits[:, : len(frames)])
 
     def prompt_boxes(
         self,
@@ -514,7 +529,7 @@ class Segmenter:
         ):
             raise InvalidInputError(f"clip_size: expected an int >= 1, got {clip_size!r}")
         # a decoder exported with a fixed frame axis takes exactly that many frames per clip
-        explicit = self._fixed_clip_size or clip_size
+        explicit = self.pipeline.fixed_clip_size or clip_size
         clip_size = explicit or self._post.clip_size
         clip_sizes: tuple[int, ...] = ()
         if num_frames is not None:
@@ -556,139 +571,7 @@ class Segmenter:
             return image
         return self.set_image(image)
 
-    def _frame_session(self, frame: Any, name: str) -> ImageSession:
-        """Video frames use the cache for repeated content but are not stored in it: a long
-        stream would evict every image entry. The session drops them after their clip."""
-        encoder = self.image_encoder
-        return encoder.sessions([encoder.prepare(frame, name, video=True)], store=False)[0]
-
-    # ------------------------------------------------------------------ internals: decoding
-
-    def _decode(
-        self,
-        frames: list[EncodedImage],
-        content: np.ndarray,
-        position: np.ndarray,
-        prompt_mode: bool,
-        vocabulary: Vocabulary,
-    ) -> dict[str, np.ndarray]:
-        """Query decoder over one clip (B = 1, T = len(frames)); outputs with batch axis 1."""
-        feeds = {
-            name: np.concatenate([getattr(f, name) for f in frames], axis=0)
-            if len(frames) > 1
-            else getattr(frames[0], name)
-            for name in ("memory_s32", "memory_s16", "memory_s8", "mask_features")
-        }
-        feeds["class_bank"] = vocabulary.class_bank
-        feeds["query_content"] = content[None] if content.ndim == 2 else content
-        feeds["query_position"] = position[None] if position.ndim == 2 else position
-        feeds["prompt_mode"] = np.array(prompt_mode)
-        return self._runners[QUERY_DECODER.name](feeds)
-
-    def _learned(self, frames: list[EncodedImage], vocabulary: Vocabulary) -> dict[str, np.ndarray]:
-        return self._decode(
-            frames, self.assets.query_content, self.assets.query_position, False, vocabulary
-        )
-
-    def _predict(self, frames: list[EncodedImage]) -> Predictions:
-        """The learned queries over one image or clip, scored with the current vocabulary."""
-        vocabulary, ensemble = self._vocabulary, self._ensemble
-        outputs = self._learned(frames, vocabulary)
-        return Predictions(
-            class_scores=self._class_logits(outputs, frames, vocabulary, ensemble),
-            mask_logits=outputs["mask_logits"][0],
-            iou_logits=outputs["iou_logits"][0].astype(np.float32),
-            query_embeddings=outputs["query_embeddings"][0].astype(np.float32),
-            vocabulary=vocabulary,
-        )
-
-    def _class_logits(
-        self,
-        outputs: dict[str, np.ndarray],
-        frames: list[EncodedImage],
-        vocabulary: Vocabulary,
-        ensemble: bool,
-    ) -> np.ndarray:
-        """(Q, K + 1) float32: the decoder's class logits, or the open-vocabulary ensemble's
-        log-probabilities (CLIP features mask-pooled over the clip) when enabled."""
-        cls: np.ndarray = outputs["class_logits"][0].astype(np.float32)
-        if not ensemble:
-            return cls
-        clip_features = np.concatenate([f.clip_features for f in frames], axis=0)  # (T, C, hc, wc)
-        h4, w4 = frames[0].mask_features.shape[-2:]  # stride 4 of the padded input
-        mask_logits = outputs["mask_logits"][0].astype(np.float32, copy=False)
-        pooled, valid = mask_pooled_clip_features(mask_logits, clip_features, (4 * h4, 4 * w4))
-        embeddings = self._runners[CLIP_HEAD.name]({"pooled_features": pooled[None]})
-        clip_logits = clip_class_logits(
-            embeddings["clip_embeddings"][0], vocabulary.class_bank, self._logit_scale
-        )
-        return open_vocab_ensemble(
-            cls,
-            clip_logits,
-            vocabulary.seen,
-            valid,
-            alpha=self._post.ov_alpha,
-            beta=self._post.ov_beta,
-        )
-
-    def _prompt_many(
-        self, session: ImageSession, groups: list[np.ndarray], pad_to: int | None = None
-    ) -> list[SegmentationResult]:
-        """Several prompt sets on one image in one prompt-encoder + query-decoder call.
-
-        The prompt axis is the concatenation of the groups, padded (with copies of the first
-        box) to ``pad_to``; prompt queries attend only to themselves, so each group's masks
-        equal those of a call of its own.
-        """
-        if PROMPT_ENCODER.name not in self._runners:
-            raise BundleError("prompt: this bundle has no prompt encoder graph")
-        vocabulary = self._vocabulary
-        boxes = np.concatenate(groups, axis=0)
-        total = boxes.shape[0]
-        fixed = self._runners[PROMPT_ENCODER.name].inputs()["prompt_boxes"].shape[1]
-        target = fixed if isinstance(fixed, int) else max(total, pad_to or 0)
-        if total > target:
-            raise InvalidInputError(
-                f"prompts: this bundle's prompt encoder takes {target} prompts per call, "
-                f"got {total}"
-            )
-        if target > total:
-            boxes = np.concatenate([boxes, np.repeat(boxes[:1], target - total, axis=0)], axis=0)
-        image_size = np.array([session.resized_hw], np.float32)
-        queries = self._runners[PROMPT_ENCODER.name](
-            {"prompt_boxes": boxes[None].astype(np.float32), "image_size": image_size}
-        )
-        outputs = self._decode(
-            [session.encoded], queries["query_content"], queries["query_position"], True, vocabulary
-        )
-        mask_logits = outputs["mask_logits"][0, :total, 0]
-        iou = outputs["iou_logits"][0, :total].astype(np.float32)
-        cls = outputs["class_logits"][0, :total].astype(np.float32)
-        results = []
-        start = 0
-        for group in groups:
-            stop = start + group.shape[0]
-            results.append(
-                prompt_result(
-                    session, mask_logits[start:stop], iou[start:stop], cls[start:stop], vocabulary
-                )
-            )
-            start = stop
-        return results
-
-    def _run_chunked(
-        self, runner: Any, input_name: str, values: np.ndarray, output_name: str
-    ) -> np.ndarray:
-        """Run a one-input graph over rows, honouring a fixed batch size (padding the tail)."""
-        batch = runner.inputs()[input_name].shape[0]
-        if not isinstance(batch, int):
-            whole: np.ndarray = runner({input_name: values})[output_name]
-            return whole
-        outs = []
-        for start in range(0, values.shape[0], batch):
-            chunk = values[start : start + batch]
-            n = chunk.shape[0]
-            if n < batch:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
-            outs.append(runner({input_name: chunk})[output_name][:n])
-        return np.concatenate(outs, axis=0)
+    def _predict(self, frames: list[ImageSession]) -> Predictions:
+        with self._lock:
+            vocabulary, ensemble = self._vocabulary, self._ensemble
+        return self.pipeline.predict([f.encoded for f in frames], vocabulary, ensemble=ensemble)

@@ -113,7 +113,7 @@ class VideoSession:
         (``clip_size`` frames at a time, in frame order; empty in between)."""
         if self.closed:
             raise InvalidInputError("session: this video session is finished; open a new one")
-        image = self.runtime._frame_session(frame, f"frame {self.frames_seen}")
+        image = self.runtime.image_encoder.frame_session(frame, f"frame {self.frames_seen}")
         if self.frame_hw is None:
             self.frame_hw = image.original_hw
         elif image.original_hw != self.frame_hw:  # a clip is decoded as one tensor
@@ -200,12 +200,7 @@ class VideoSession:
 
     def _decode_clip(self, frames: list[tuple[int, ImageSession]]) -> list[SegmentationResult]:
         """Decode one clip, align it to the previous one, return its frames' results."""
-        encoded = [s.encoded for _, s in frames]
-        fixed = self.runtime._fixed_clip_size
-        if fixed is not None and len(encoded) < fixed:
-            # a fixed-T decoder: repeat the last frame, drop its outputs
-            encoded = encoded + [encoded[-1]] * (fixed - len(encoded))
-        predictions = self.runtime._predict(encoded)
+        predictions = self.runtime.predict_clip([s for _, s in frames])
         self.vocabulary = predictions.vocabulary
         perm = self._align(predictions.query_embeddings)
         cls, iou = self._average(predictions.class_scores[perm], predictions.iou_logits[perm])

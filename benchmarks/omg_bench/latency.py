@@ -6,9 +6,9 @@ slows every target alike and the ratios stay honest. Timers are ``time.perf_coun
 calls that return host numpy arrays: on a GPU every backend has synchronised (and copied its
 outputs to the host) when the timer stops, as the nanosam / EfficientViT-SAM tables count it.
 
-Stages are the runtime's own graph runners called with the feeds it builds (see
-:mod:`.probe`); post-processing is the runtime's panoptic assembly on the query decoder's real
-outputs.
+Stages are the runtime's own graph runners called with the feeds its decoder layer builds
+(``Segmenter.pipeline``, :mod:`omg_rt.pipeline`); post-processing is the runtime's panoptic
+assembly on the query decoder's real outputs.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.harness import percentiles_ms
-from benchmarks.omg_bench import probe
 from benchmarks.omg_bench.targets import Target
+from omg_rt.assembly import panoptic_result
 from omg_rt.spec import ENCODER, IMAGE_TASKS, PIXEL_DECODER, QUERY_DECODER
 
 STAGES = ("preprocess", "encoder", "pixel decoder", "query decoder", "post-process")
@@ -70,26 +70,34 @@ def _cycle(items: list[Any]) -> Callable[[], Any]:
 def image_cases(target: Target, images: list[np.ndarray], tasks: tuple[str, ...]) -> list[Case]:
     """Stages (batch 1) and end-to-end per image task, for one target."""
     seg = target.segmenter
-    graphs = probe.runners(seg)
+    pipeline, encoder = seg.pipeline, seg.image_encoder
+    graphs = pipeline.runners
     image = images[0]
-    tensor = probe.preprocess(seg, image)
+
+    def preprocess() -> np.ndarray:
+        return encoder.tensor(encoder.prepare(image, "image"))
+
+    tensor = preprocess()
     with target.context():
         features = graphs[ENCODER.name]({"image": tensor})
         pixel_feeds = {name: features[name] for name in PIXEL_DECODER.inputs}
         seg.cache.clear()
         session = seg.set_image(image)
-        decoder_feeds = probe.query_decoder_feeds(seg, session)
+        frames = [session.encoded]
+        decoder_feeds = pipeline.feeds(frames, pipeline.query_content, pipeline.query_position,
+                                       False, seg.vocabulary.class_bank)
         outputs = graphs[QUERY_DECODER.name](decoder_feeds)
-        cls = probe.class_scores(seg, session, outputs)
+        cls = pipeline.class_scores(outputs, frames, seg.vocabulary, ensemble=seg.ensemble)
     mask_logits = outputs["mask_logits"][0][:, 0]
     cases = [
-        Case(target, "stage", "preprocess", lambda: probe.preprocess(seg, image)),
+        Case(target, "stage", "preprocess", preprocess),
         Case(target, "stage", "encoder", lambda: graphs[ENCODER.name]({"image": tensor})),
         Case(target, "stage", "pixel decoder", lambda: graphs[PIXEL_DECODER.name](pixel_feeds)),
         Case(target, "stage", "query decoder",
              lambda: graphs[QUERY_DECODER.name](decoder_feeds)),
         Case(target, "stage", "post-process",
-             lambda: probe.panoptic_postprocess(seg, session, cls, mask_logits)),
+             lambda: panoptic_result(session, cls, mask_logits, seg.vocabulary,
+                                     seg.spec.postprocess)),
     ]
     nxt = _cycle(images)
     methods = {"panoptic": seg.panoptic, "instance": seg.instances, "semantic": seg.semantic}

@@ -83,7 +83,7 @@ def test_the_image_is_encoded_at_its_own_padded_shape_not_a_square(meta, session
 
 def test_image_logits_match_the_official_model(seg, session):
     golden = load_npz("golden.npz")
-    p = seg._predict([session.encoded])
+    p = seg.predict(session)
     cls = np.concatenate([p.class_scores, p.iou_logits[:, None]], -1)
     assert_per_query_close(cls, golden["cls_scores"])
     masks = p.mask_logits[:, 0]
@@ -122,11 +122,9 @@ def test_box_and_click_prompts_match_the_official_model(seg, session, fixture):
     result = seg.prompt(session, **prompts)
     assert agreement(result.masks, golden["final_masks"]) >= PIXEL_AGREEMENT
     # the logits behind them, through the same graphs
-    runners = seg.backend.runners
-    queries = runners["prompt_encoder"]({
-        "prompt_boxes": boxes[None], "image_size": np.array([session.resized_hw], np.float32)})
-    out = seg._decode([session.encoded], queries["query_content"], queries["query_position"],
-                      True, seg.vocabulary)
+    content, position = seg.pipeline.prompt_queries(boxes, session.resized_hw)
+    out = seg.pipeline.decode([session.encoded], content, position, True,
+                              seg.vocabulary.class_bank)
     cls = np.concatenate([out["class_logits"][0], out["iou_logits"][0][:, None]], -1)
     assert relative_error(cls, golden["cls_scores"]) <= RTOL
     assert relative_error(out["mask_logits"][0, :, 0], golden["mask_logits"]) <= RTOL
@@ -138,7 +136,7 @@ def test_open_vocabulary_ensemble_matches_the_official_model(seg, session, bank)
     try:
         seg.set_class_bank(names, bank, num_things=DEMO_NUM_THINGS,
                            seen=golden["seen"].astype(bool), ensemble=True)
-        p = seg._predict([session.encoded])
+        p = seg.predict(session)
         assert_per_query_close(p.class_scores, golden["ov_cls"])
         result = seg.panoptic(session)
     finally:

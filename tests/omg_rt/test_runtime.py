@@ -90,7 +90,7 @@ def test_open_vocabulary_ensemble_matches_the_pytorch_reference():
         Segmenter.from_bundle(tiny_bundle(), backend="torch", checkpoint=tiny_checkpoint()),
     ):
         vocabulary = seg.set_vocabulary(names, num_things=2)
-        assert seg._ensemble  # "zebra" is not a training class
+        assert seg.ensemble  # "zebra" is not a training class
         np.testing.assert_array_equal(vocabulary.seen, [False, True, False, False])
         results.append((vocabulary.class_bank, seg.instances(scene(4)), seg.panoptic(scene(4))))
     (bank_a, inst_a, pan_a), (bank_b, inst_b, pan_b) = results
@@ -187,7 +187,7 @@ def test_video_frames_use_the_video_scale_and_one_size_per_stream(ort):
     clip = moving_clip(2, hw=(90, 160))
     session = ort.open_video("vis", clip_size=2)
     results = session.run(clip)
-    frame = session.runtime._frame_session(clip[0], "frame")
+    frame = ort.image_encoder.frame_session(clip[0], "frame")
     assert frame.resized_hw == keep_ratio_size((90, 160), ort.input_contract.video_scale)
     assert results[0].masks.shape[1:] == (90, 160)
     stream = ort.open_video("vis", clip_size=2)
@@ -452,7 +452,7 @@ def test_auto_backend_reports_why_faster_backends_were_skipped():
 
 
 def test_the_runner_validates_feeds_before_the_backend_runs(ort):
-    runner = ort._runners["encoder"]
+    runner = ort.backend.runners["encoder"]
     calls = runner.calls
     with pytest.raises(InvalidInputError, match=r"encoder.image: expected float32 .*got float64"):
         runner({"image": np.zeros((1, 3, 128, 128))})
