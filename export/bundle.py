@@ -139,8 +139,8 @@ def build_bundle(
 
     report: dict[str, Any] = {"skipped": True, "passed": None}
     if verify:
-        verifier = Verifier(defs, vocabulary.class_bank, (content, position), vocabulary.num_things,
-                            image_size, mean, std, progress=show)
+        verifier = Verifier(defs, spec, vocabulary.class_bank, (content, position),
+                            vocabulary.num_things, image_size, progress=show)
         files = {p: {g: work / e["files"][p] for g, e in graphs.items()} for p in precisions}
         report = run_verification(verifier, files, progress=show)
     (work / "verify.json").write_text(json.dumps(report, indent=1, sort_keys=True))

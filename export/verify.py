@@ -52,20 +52,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
 from export.graphs import GraphDef
+from omg_rt.backends import GraphRunner, TensorSpec
+from omg_rt.backends.onnxruntime import OnnxRuntimeGraph
+from omg_rt.cache import EncodedImage
 from omg_rt.errors import OmgRtError
 from omg_rt.metrics import interactive_miou
+from omg_rt.pipeline import Pipeline, Runner
 from omg_rt.postprocess.instance import instance_results
 from omg_rt.postprocess.interactive import prompt_results
 from omg_rt.postprocess.masks import upsample_masks
 from omg_rt.postprocess.panoptic import panoptic_results
 from omg_rt.postprocess.semantic import semantic_results
 from omg_rt.preprocess import prepare_image
-from omg_rt.spec import PIXEL_DECODER, QUERY_DECODER
+from omg_rt.spec import (
+    CLIP_HEAD,
+    ENCODER,
+    GRAPHS,
+    PIXEL_DECODER,
+    PROMPT_ENCODER,
+    QUERY_DECODER,
+    TEXT_ENCODER,
+    ModelSpec,
+)
 
 TOLERANCES: dict[str, dict[str, float]] = {
     "fp32": {"logit_atol": 1e-4, "mask_iou": 0.999, "top_class": 0.99},
@@ -92,40 +104,48 @@ class ParityError(OmgRtError):
         self.report = report
 
 
-Runner = Callable[[str, Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+Runners = Mapping[str, Runner]
 
 
-def torch_runner(defs: Mapping[str, GraphDef]) -> Runner:
-    """Run a graph's PyTorch wrapper on named numpy inputs."""
+class ModuleRunner:
+    """A graph's PyTorch wrapper (the module ``torch.onnx.export`` traces) as a runner: named
+    numpy inputs -> named numpy outputs, every exported dynamic axis dynamic."""
 
-    def run(graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        d = defs[graph]
+    def __init__(self, graph: GraphDef) -> None:
+        self.graph = graph
+        self._inputs = {
+            name: TensorSpec(
+                name=name,
+                shape=tuple(graph.dynamic_axes.get(name, {}).get(axis, size)
+                            for axis, size in enumerate(example.shape)),
+                dtype=str(example.numpy().dtype),
+            )
+            for name, example in zip(graph.io.inputs, graph.example)
+        }
+
+    def inputs(self) -> dict[str, TensorSpec]:
+        return dict(self._inputs)
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        d = self.graph
         args = [torch.from_numpy(np.asarray(feeds[name])) for name in d.io.inputs]
         with torch.no_grad():
             out = d.module(*args)
         out = out if isinstance(out, tuple) else (out,)
         return {name: t.numpy() for name, t in zip(d.io.outputs, out)}
 
-    return run
+
+def torch_runners(defs: Mapping[str, GraphDef]) -> dict[str, ModuleRunner]:
+    """Every graph's PyTorch wrapper as a runner (the reference)."""
+    return {name: ModuleRunner(d) for name, d in defs.items()}
 
 
-def ort_runner(files: Mapping[str, Path]) -> Runner:
-    """Run a graph file in ONNX Runtime (CPU); sessions are created on first use."""
-    sessions: dict[str, ort.InferenceSession] = {}
-
-    def run(graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if graph not in sessions:
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            sessions[graph] = ort.InferenceSession(str(files[graph]), options,
-                                                   providers=["CPUExecutionProvider"])
-        session = sessions[graph]
-        names = [o.name for o in session.get_outputs()]
-        wanted = {i.name for i in session.get_inputs()}
-        return dict(zip(names, session.run(None, {k: v for k, v in feeds.items()
-                                                  if k in wanted})))
-
-    return run
+def ort_runners(files: Mapping[str, Path]) -> dict[str, GraphRunner]:
+    """Every graph file in ONNX Runtime on the CPU, behind the runtime's validating runner."""
+    by_name = {g.name: g for g in GRAPHS}
+    return {name: GraphRunner(by_name[name],
+                              OnnxRuntimeGraph(Path(path), providers=["CPUExecutionProvider"]))
+            for name, path in files.items()}
 
 
 @dataclass
@@ -214,34 +234,35 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(ious.mean()) if len(ious) else 1.0
 
 
-def _run_image_pipeline(run: Runner, images: np.ndarray, queries: tuple[np.ndarray, np.ndarray],
-                        bank: np.ndarray, prompt_mode: bool,
-                        pixels: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    if pixels is None:
-        pixels = run(PIXEL_DECODER.name, run("encoder", {"image": images}))
-    feeds = {**pixels, "class_bank": bank, "query_content": queries[0],
-             "query_position": queries[1], "prompt_mode": np.array(prompt_mode)}
-    return run(QUERY_DECODER.name, feeds)
-
-
 class Verifier:
-    """Runs the checks of one precision against the PyTorch reference."""
+    """Runs the checks of one precision against the PyTorch reference.
 
-    def __init__(self, defs: Mapping[str, GraphDef], bank: np.ndarray,
-                 learned: tuple[np.ndarray, np.ndarray], num_things: int, image_size: int,
-                 mean: Sequence[float], std: Sequence[float], *, progress: bool = True) -> None:
-        self.defs, self.bank, self.learned = defs, bank, learned
+    Every end-to-end request goes through the runtime's decoder layer
+    (:class:`omg_rt.pipeline.Pipeline`): the same call on a pipeline of PyTorch runners and on
+    one of the exported graphs, compared.
+    """
+
+    def __init__(self, defs: Mapping[str, GraphDef], spec: ModelSpec, bank: np.ndarray,
+                 learned: tuple[np.ndarray, np.ndarray], num_things: int, image_size: int, *,
+                 progress: bool = True) -> None:
+        self.defs, self.spec, self.bank, self.learned = defs, spec, bank, learned
         self.num_things, self.image_size = num_things, image_size
-        self.mean, self.std = mean, std
+        self.mean, self.std = spec.preprocess.mean, spec.preprocess.std
         self.progress = progress
-        self.reference = torch_runner(defs)
-        self.scenes = synthetic_scenes(NUM_SCENES, image_size, mean, std, HELD_OUT_SEED)
-        self.clip = synthetic_clip(image_size, mean, std, HELD_OUT_SEED)
-        self._cache: dict[Any, dict[str, np.ndarray]] = {}
+        self.reference = torch_runners(defs)
+        self.reference_pipeline = self.pipeline(self.reference)
+        self.scenes = synthetic_scenes(NUM_SCENES, image_size, self.mean, self.std, HELD_OUT_SEED)
+        self.clip = synthetic_clip(image_size, self.mean, self.std, HELD_OUT_SEED)
+        self._cache: dict[Any, Any] = {}
         self._sensitivity: dict[tuple[str, int], dict[str, dict[str, float]]] = {}
 
-    def _ref(self, key: Any, compute: Callable[..., dict[str, np.ndarray]]
-             ) -> dict[str, np.ndarray]:
+    def pipeline(self, runners: Runners) -> Pipeline:
+        """The runtime's decoder layer over ``runners`` with this model's learned queries."""
+        return Pipeline(runners, query_content=self.learned[0], query_position=self.learned[1],
+                        postprocess=self.spec.postprocess,
+                        logit_scale=float(np.exp(self.spec.query_decoder.logit_scale_log)))
+
+    def _ref(self, key: Any, compute: Callable[[], Any]) -> Any:
         if key not in self._cache:
             self._cache[key] = compute()
         return self._cache[key]
@@ -250,10 +271,11 @@ class Verifier:
     def graph_inputs(self) -> dict[str, list[dict[str, np.ndarray]]]:
         rng = np.random.default_rng(7)
         s = self.image_size
+        ref = self.reference
         # landscape 3:4 as a photo (height and width are dynamic axes)
         image = rng.standard_normal((2, 3, -(-s * 3 // 4 // 32) * 32, s)).astype(np.float32)
-        features = self._ref("features", lambda: self.reference("encoder", {"image": image}))
-        pixels = self._ref("pixels", lambda: self.reference(PIXEL_DECODER.name, features))
+        features = self._ref("features", lambda: ref[ENCODER.name]({"image": image}))
+        pixels = self._ref("pixels", lambda: ref[PIXEL_DECODER.name](features))
         c = self.learned[0].shape[-1]
         learned = tuple(np.broadcast_to(q, (2, *q.shape)).copy() for q in self.learned)
         prompts = tuple(rng.standard_normal((2, 3, c)).astype(np.float32) for _ in range(2))
@@ -261,32 +283,33 @@ class Verifier:
                "query_position": learned[1], "prompt_mode": np.array(False)},
               {**pixels, "class_bank": self.bank, "query_content": prompts[0],
                "query_position": prompts[1], "prompt_mode": np.array(True)}]
-        inputs = {"encoder": [{"image": image}], PIXEL_DECODER.name: [features],
+        inputs = {ENCODER.name: [{"image": image}], PIXEL_DECODER.name: [features],
                   QUERY_DECODER.name: qd}
-        if "prompt_encoder" in self.defs:
+        if PROMPT_ENCODER.name in self.defs:
             boxes = np.sort(rng.uniform(0, s, (2, 5, 4)).astype(np.float32).reshape(2, 5, 2, 2),
                             axis=2).transpose(0, 1, 3, 2).reshape(2, 5, 4)
-            inputs["prompt_encoder"] = [{"prompt_boxes": boxes,
-                                         "image_size": np.full((2, 2), s, np.float32)}]
-        if "text_encoder" in self.defs:
-            tokens = self.defs["text_encoder"].example[0].numpy()
-            inputs["text_encoder"] = [{"token_ids": tokens}]
-        widths = self.defs["clip_head"].example[0].shape[-1]
-        inputs["clip_head"] = [{"pooled_features": rng.standard_normal((2, 4, widths))
-                                .astype(np.float32)}]
+            inputs[PROMPT_ENCODER.name] = [{"prompt_boxes": boxes,
+                                            "image_size": np.full((2, 2), s, np.float32)}]
+        if TEXT_ENCODER.name in self.defs:
+            tokens = self.defs[TEXT_ENCODER.name].example[0].numpy()
+            inputs[TEXT_ENCODER.name] = [{"token_ids": tokens}]
+        widths = self.defs[CLIP_HEAD.name].example[0].shape[-1]
+        inputs[CLIP_HEAD.name] = [{"pooled_features": rng.standard_normal((2, 4, widths))
+                                   .astype(np.float32)}]
         return inputs
 
-    def check_graphs(self, run: Runner) -> dict[str, Any]:
-        """Per graph and output: the errors of ``run`` against PyTorch on identical inputs (the
-        worst over the input cases). :data:`SENSITIVE_GRAPHS` add PyTorch's own
+    def check_graphs(self, runners: Runners) -> dict[str, Any]:
+        """Per graph and output: the errors of ``runners`` against PyTorch on identical inputs
+        (the worst over the input cases). :data:`SENSITIVE_GRAPHS` add PyTorch's own
         ``self_sensitivity_*`` and keep each input case's errors in ``cases`` (the bound is
         per case: one case's discontinuity must not loosen another's)."""
         report: dict[str, Any] = {}
         for graph, feeds_list in self.graph_inputs().items():
             results = []
             for i, feeds in enumerate(feeds_list):
-                ref = self._ref(("graph", graph, i), lambda g=graph, f=feeds: self.reference(g, f))
-                errors = output_errors(run(graph, feeds), ref)
+                ref = self._ref(("graph", graph, i),
+                                lambda g=graph, f=feeds: self.reference[g](f))
+                errors = output_errors(runners[graph](feeds), ref)
                 if graph in SENSITIVE_GRAPHS:
                     if (graph, i) not in self._sensitivity:
                         self._sensitivity[graph, i] = self.self_sensitivity(graph, feeds, ref)
@@ -314,34 +337,36 @@ class Verifier:
                 noise = rng.uniform(-SENSITIVITY_REL, SENSITIVITY_REL, value.shape)
                 value = (value * (1.0 + noise)).astype(np.float32)
             perturbed[name] = value
-        moved = self.reference(graph, perturbed)
+        moved = self.reference[graph](perturbed)
         return {k: v for k, v in output_errors(moved, ref).items() if "max_abs" in v}
 
     # -- tasks end to end ----------------------------------------------------------------------
-    def check_tasks(self, run: Runner) -> dict[str, Any]:
+    def check_tasks(self, runners: Runners) -> dict[str, Any]:
+        """The runtime's requests (learned queries on each scene, prompts, a 2-frame clip) on
+        the exported graphs and on PyTorch, compared after the official post-processing."""
         tasks: dict[str, list[dict[str, Any]]] = {
             "panoptic": [], "instance": [], "semantic": [], "prompts": [], "video": []}
-        learned1 = (self.learned[0][None], self.learned[1][None])
+        test, reference = self.pipeline(runners), self.reference_pipeline
         for i, scene in enumerate(self.scenes):
-            ref_pixels = self._ref(("pixels", i), lambda s=scene: self.reference(
-                PIXEL_DECODER.name, self.reference("encoder", {"image": s.tensor})))
-            pixels = run(PIXEL_DECODER.name, run("encoder", {"image": scene.tensor}))
-            ref = self._ref(("image", i), lambda s=scene, p=ref_pixels: _run_image_pipeline(
-                self.reference, s.tensor, learned1, self.bank, False, p))
-            test = _run_image_pipeline(run, scene.tensor, learned1, self.bank, False, pixels)
-            common = self._compare_queries(test, ref, scene)
-            tasks["panoptic"].append({**common, **self._panoptic(test, ref, scene)})
-            tasks["instance"].append({**common, **self._instance(test, ref, scene)})
-            tasks["semantic"].append({**common, **self._semantic(test, ref, scene)})
-            for count in PROMPT_COUNTS:
-                tasks["prompts"].append(self._prompts(run, scene, i, count, pixels, ref_pixels))
-        ref = self._ref("clip", lambda: _run_image_pipeline(
-            self.reference, np.concatenate([s.tensor for s in self.clip]), learned1, self.bank,
-            False))
-        test = _run_image_pipeline(run, np.concatenate([s.tensor for s in self.clip]), learned1,
-                                   self.bank, False)
-        video = self._compare_queries(test, ref, self.clip[0], frames=len(self.clip))
-        tasks["video"].append(video)
+            ref_frames = self._ref(("frames", i), lambda s=scene: reference.encode(s.tensor))
+            frames = test.encode(scene.tensor)
+            ref = self._ref(("image", i), lambda f=ref_frames: reference.decode_learned(
+                f, self.bank))
+            out = test.decode_learned(frames, self.bank)
+            common = self._compare_queries(out, ref, scene)
+            tasks["panoptic"].append({**common, **self._panoptic(out, ref, scene)})
+            tasks["instance"].append({**common, **self._instance(out, ref, scene)})
+            tasks["semantic"].append({**common, **self._semantic(out, ref, scene)})
+            if test.has_prompts:
+                for count in PROMPT_COUNTS:
+                    tasks["prompts"].append(
+                        self._prompts(test, scene, i, count, frames, ref_frames))
+        clip = np.concatenate([s.tensor for s in self.clip])
+        ref = self._ref("clip", lambda: reference.decode_learned(reference.encode(clip),
+                                                                 self.bank))
+        out = test.decode_learned(test.encode(clip), self.bank)
+        tasks["video"].append(self._compare_queries(out, ref, self.clip[0],
+                                                    frames=len(self.clip)))
         return {name: _worst(items) for name, items in tasks.items()}
 
     def _compare_queries(self, test, ref, scene: Scene, frames: int = 1) -> dict[str, Any]:
@@ -389,48 +414,37 @@ class Verifier:
         b = semantic_results(ref["class_logits"][0], self._full(ref, scene))
         return {"semantic_pixel_agreement": float((a == b).mean())}
 
-    def _prompts(self, run: Runner, scene: Scene, index: int, count: int,
-                 pixels: dict[str, np.ndarray], ref_pixels: dict[str, np.ndarray]
-                 ) -> dict[str, Any]:
-        if "prompt_encoder" not in self.defs:
-            return {}
-        boxes = np.resize(scene.boxes, (count, 4))[None].astype(np.float32)  # pad by repeating
-        size = np.asarray([scene.resized_hw], np.float32)
-        feeds = {"prompt_boxes": boxes, "image_size": size}
-        ref_q = self.reference("prompt_encoder", feeds)
-        test_q = run("prompt_encoder", feeds)
+    def _prompts(self, test: Pipeline, scene: Scene, index: int, count: int,
+                 frames: list[EncodedImage], ref_frames: list[EncodedImage]) -> dict[str, Any]:
+        boxes = np.resize(scene.boxes, (count, 4)).astype(np.float32)  # pad by repeating
+        reference = self.reference_pipeline
 
-        def decode(r: Runner, queries, p) -> dict[str, np.ndarray]:
-            return _run_image_pipeline(r, scene.tensor, (queries["query_content"],
-                                                         queries["query_position"]),
-                                       self.bank, True, p)
+        def decode(pipeline: Pipeline, f: list[EncodedImage]) -> dict[str, np.ndarray]:
+            queries = pipeline.prompt_queries(boxes, scene.resized_hw)
+            return pipeline.decode(f, *queries, True, self.bank)
 
-        ref = self._ref(("prompts", index, count),
-                        lambda: decode(self.reference, ref_q, ref_pixels))
-        test = decode(run, test_q, pixels)
-        common = self._compare_queries(test, ref, scene)
+        ref = self._ref(("prompts", index, count), lambda: decode(reference, ref_frames))
+        out = decode(test, frames)
+        common = self._compare_queries(out, ref, scene)
         args = (scene.padded_hw, scene.resized_hw, scene.original_hw)
-        a = prompt_results(test["mask_logits"][0, :, 0], test["iou_logits"][0], *args)
+        a = prompt_results(out["mask_logits"][0, :, 0], out["iou_logits"][0], *args)
         b = prompt_results(ref["mask_logits"][0, :, 0], ref["iou_logits"][0], *args)
         common["prompt_mask_iou"] = _mask_iou(a.masks, b.masks)
         common["prompts"] = count
         return common
 
     # -- held-out metric ------------------------------------------------------------------------
-    def interactive_miou(self, run: Runner, count: int) -> float:
+    def interactive_miou(self, runners: Runners, count: int) -> float:
         """Interactive mIoU of one box prompt per ground-truth segment, held-out scenes."""
+        pipeline = self.pipeline(runners)
         scenes = synthetic_scenes(count, self.image_size, self.mean, self.std, HELD_OUT_SEED + 1)
         values = []
         for scene in scenes:
-            feeds = {"prompt_boxes": scene.boxes[None], "image_size":
-                     np.asarray([scene.resized_hw], np.float32)}
-            queries = run("prompt_encoder", feeds)
-            out = _run_image_pipeline(run, scene.tensor, (queries["query_content"],
-                                                          queries["query_position"]),
-                                      self.bank, True)
-            result = prompt_results(out["mask_logits"][0, :, 0], out["iou_logits"][0],
-                                    scene.padded_hw, scene.resized_hw, scene.original_hw)
-            values.append(interactive_miou(result.masks, scene.masks))
+            (result,) = pipeline.predict_prompts(pipeline.encode(scene.tensor)[0],
+                                                 scene.resized_hw, [scene.boxes], self.bank)
+            masks = prompt_results(result.mask_logits, result.iou_logits, scene.padded_hw,
+                                   scene.resized_hw, scene.original_hw).masks
+            values.append(interactive_miou(masks, scene.masks))
         return float(np.mean(values))
 
 
@@ -507,10 +521,10 @@ def gate(precision: str, graphs: Mapping[str, Any], tasks: Mapping[str, Any]) ->
     return failures
 
 
-def check_precision(verifier: Verifier, precision: str, run: Runner) -> dict[str, Any]:
+def check_precision(verifier: Verifier, precision: str, runners: Runners) -> dict[str, Any]:
     """One precision's report entry: graphs, tasks, the logit bounds applied, the failures."""
-    graphs = verifier.check_graphs(run)
-    tasks = verifier.check_tasks(run)
+    graphs = verifier.check_graphs(runners)
+    tasks = verifier.check_tasks(runners)
     failures = gate(precision, graphs, tasks)
     return {"graphs": graphs, "tasks": tasks, "passed": not failures, "failures": failures,
             "logit_bounds": logit_bounds(precision, graphs)}
@@ -528,13 +542,15 @@ def verify(verifier: Verifier, files: Mapping[str, Mapping[str, Path]], *,
     steps = tqdm(list(files.items()), desc="verify", unit="precision", disable=not progress)
     for precision, graph_files in steps:
         steps.set_postfix_str(precision)
-        run = ort_runner(graph_files)
-        entry = check_precision(verifier, precision, run)
-        if "prompt_encoder" in verifier.defs and precision in ("fp32", "fp16", "int8"):
+        runners = ort_runners(graph_files)
+        entry = check_precision(verifier, precision, runners)
+        if PROMPT_ENCODER.name in verifier.defs and precision in ("fp32", "fp16", "int8"):
             if baseline is None:
-                baseline = verifier.interactive_miou(ort_runner(files["fp32"]), metric_images)
+                baseline = verifier.interactive_miou(
+                    runners if precision == "fp32" else ort_runners(files["fp32"]),
+                    metric_images)
             value = baseline if precision == "fp32" else verifier.interactive_miou(
-                run, metric_images)
+                runners, metric_images)
             entry["held_out_metric"] = {
                 "name": "interactive mIoU (box prompts, synthetic held-out scenes)",
                 "images": metric_images, "fp32": baseline, "value": value,

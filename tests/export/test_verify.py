@@ -20,7 +20,7 @@ from export.verify import (
     check_precision,
     gate,
     logit_bounds,
-    ort_runner,
+    ort_runners,
 )
 from omg_rt.spec import QUERY_DECODER
 from tests.conftest import seeded_tiny
@@ -55,15 +55,12 @@ def _verifier(model, defs) -> Verifier:
     bank = np.random.default_rng(0).standard_normal((40, 1, 64)).astype(np.float32)
     bank /= np.linalg.norm(bank, axis=-1, keepdims=True)
     learned = tuple(q[0].detach().numpy() for q in model.learned_queries(1))
-    spec = model.config
-    return Verifier(defs, bank, learned, NUM_THINGS, SIZE, spec.preprocess.mean,
-                    spec.preprocess.std, progress=False)
+    return Verifier(defs, model.config, bank, learned, NUM_THINGS, SIZE, progress=False)
 
 
 def _onnx_query_decoder(verifier: Verifier, path):
     """ONNX Runtime for the query decoder, PyTorch for every other graph."""
-    onnx_run = ort_runner({QD: path})
-    return lambda graph, feeds: (onnx_run if graph == QD else verifier.reference)(graph, feeds)
+    return {**verifier.reference, **ort_runners({QD: path})}
 
 
 def test_stable_pytorch_keeps_the_plain_tolerance_and_records_its_sensitivity(
