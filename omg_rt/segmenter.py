@@ -159,6 +159,7 @@ class Segmenter:
         *,
         vocabulary: Sequence[str] | None = None,
         num_things: int | None = None,
+        class_bank: np.ndarray | None = None,
         image_size: int | None = None,
         device: str = "auto",
         cache_bytes: int = DEFAULT_CACHE_BYTES,
@@ -171,8 +172,10 @@ class Segmenter:
                 model object.
             backend: only ``torch``.
             vocabulary: class names (comma-separated synonyms); the class bank comes from the
-                model's text encoder. Required.
+                model's text encoder unless ``class_bank`` is given. Required.
             num_things: classes ``[0, num_things)`` are things (default: all).
+            class_bank: (K, S, D) float32 unit-norm text embeddings of ``vocabulary`` (see
+                :meth:`set_class_bank`), instead of the model's text encoder.
             image_size: images are resized keeping their ratio into (image_size, image_size)
                 and padded to a multiple of 32 (default: the spec's image scale).
         """
@@ -212,7 +215,10 @@ class Segmenter:
         segmenter = cls(
             assets, choice, cache_bytes=cache_bytes, max_encoder_batch=max_encoder_batch
         )
-        segmenter.set_vocabulary(names, num_things=num_things, ensemble=False)
+        if class_bank is None:
+            segmenter.set_vocabulary(names, num_things=num_things, ensemble=False)
+        else:
+            segmenter.set_class_bank(names, class_bank, num_things=num_things, ensemble=False)
         return segmenter
 
     def close(self) -> None:

@@ -1,42 +1,37 @@
-"""Held-out evaluation with the runtime's own pre- and post-processing and metrics.
+"""Held-out evaluation through the runtime itself: the model behind
+``omg_rt.Segmenter.from_checkpoint`` (the torch backend), so every number goes through the code
+a deployed bundle runs (the runtime's preprocessing, its decoder layer, post-processing and
+video session; ``omg_rt.metrics``) and a training metric and a runtime benchmark agree:
 
-Every number goes through the code a deployed model runs (``omg_rt.preprocess``,
-``omg_rt.postprocess``, ``omg_rt.metrics``; numpy, no torch), so a training metric and a runtime
-benchmark agree:
-
-- panoptic: keep-ratio resize to the spec's image scale, normalise, pad; learned queries; masks
-  upsampled to the original image; the official panoptic merge (spec thresholds); PQ / SQ / RQ
-  (all, things, stuff) against the COCO panoptic ground truth.
+- panoptic: ``Segmenter.panoptic`` (keep-ratio resize to the spec's image scale, padding to a
+  multiple of 32, learned queries, the official panoptic merge with the spec's thresholds);
+  PQ / SQ / RQ (all, things, stuff) against the COCO panoptic ground truth.
 - interactive: one positive click per ground-truth segment at its interior centre (the pixel
-  farthest from the border), given to the model as the official ±3 px pseudo box in
-  resized-image pixels; mean IoU of ``sigmoid > 0.5`` masks (things, stuff and all).
-- video: frames decoded in consecutive clips of the spec's ``clip_size`` as the runtime streams
-  them; queries linked across clips with ``align_clips``, class logits averaged over the clips so
-  far, per-frame panoptic maps with ids stable per query (``vps_results``); ID consistency of the
-  thing tracks (``omg_rt.metrics.id_consistency``) over the frames where a track is visible
-  enough to be drawn (``MIN_VISIBLE_AREA``; ``id_consistency_all`` counts every frame) and the
-  mean per-frame IoU of those tracks.
+  farthest from the border) through ``Segmenter.prompt`` (the official ±3 px pseudo box in
+  resized-image pixels); mean IoU of the masks (things, stuff and all).
+- video: ``Segmenter.open_video("vps")`` streams clips of the spec's ``clip_size``, linked
+  across clips on their query embeddings, class logits averaged over the clips so far; ID
+  consistency of the thing tracks (``omg_rt.metrics.id_consistency``) over the frames where a
+  track is visible enough to be drawn (``MIN_VISIBLE_AREA``; ``id_consistency_all`` counts every
+  frame) and the mean per-frame IoU of those tracks.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from omg_rt import Segmenter
 from omg_rt.metrics import PQAccumulator, id_consistency, mask_ious
-from omg_rt.postprocess.interactive import prompt_results
-from omg_rt.postprocess.masks import upsample_masks
-from omg_rt.postprocess.panoptic import INSTANCE_OFFSET, PanopticResult, panoptic_results
-from omg_rt.postprocess.video import align_clips, vps_results
-from omg_rt.preprocess import PreparedImage, prepare_image
+from omg_rt.postprocess.panoptic import INSTANCE_OFFSET
+from omg_rt.results import SegmentationResult
 from training.data.prompts import sample_point
 from training.data.readers import CocoPanopticReader, YouTubeVISReader
 
-__all__ = ["evaluate", "evaluate_panoptic", "evaluate_prompts", "evaluate_video"]
+__all__ = ["evaluate", "evaluate_panoptic", "evaluate_prompts", "evaluate_video", "runtime"]
 
 # Frames where a track shows fewer pixels do not count for ``id_consistency`` (8 x 8 px: two
 # stride-4 mask cells across). An oracle answering the ground truth at stride 4 on 64 px
@@ -59,13 +54,14 @@ def evaluate(
     """Every held-out metric of one model.
 
     Args:
-        model: an ``OMGSeg`` (put in eval mode for the call, restored after).
+        model: an ``OMGSeg`` (put in eval mode for the call, restored after; it stays on its
+            device).
         class_bank: (K, S, D) float32 unit-norm text bank of the readers' classes (things first).
         images: held-out COCO panoptic split (panoptic and interactive metrics), or None.
         videos: held-out YouTube-VIS split (video metrics), or None.
         num_things: classes ``[0, num_things)`` are things.
         max_images, max_videos: evaluate only the first ones (None = all).
-        batch_size: images per forward pass.
+        batch_size: images per encoder call.
 
     Returns:
         ``pq, sq, rq, pq_things, pq_stuff`` (percent), ``prompt_miou`` (+ ``_things``,
@@ -74,51 +70,49 @@ def evaluate(
     """
     start = time.perf_counter()
     was_training = model.training
-    model.eval()
     try:
+        seg = runtime(model, class_bank, num_things)
         out: dict[str, Any] = {}
         if images is not None and len(images):
             n = len(images) if max_images is None else min(max_images, len(images))
-            out.update(evaluate_panoptic(model, class_bank, images, num_things=num_things,
-                                         count=n, batch_size=batch_size))
-            out.update(evaluate_prompts(model, class_bank, images, num_things=num_things,
-                                        count=n, batch_size=batch_size))
+            out.update(evaluate_panoptic(seg, images, count=n, batch_size=batch_size))
+            out.update(evaluate_prompts(seg, images, count=n, batch_size=batch_size))
         if videos is not None and len(videos):
             n = len(videos) if max_videos is None else min(max_videos, len(videos))
-            out.update(evaluate_video(model, class_bank, videos, num_things=num_things, count=n))
+            out.update(evaluate_video(seg, videos, count=n))
+        seg.close()
     finally:
         model.train(was_training)
     out["eval_seconds"] = time.perf_counter() - start
     return out
 
 
+def runtime(model: torch.nn.Module, class_bank: torch.Tensor, num_things: int) -> Segmenter:
+    """The model as the runtime serves it (torch backend, on the model's device), over the
+    readers' K classes (named ``class 0`` ...; things first)."""
+    bank = class_bank.detach().float().cpu().numpy()
+    names = [f"class {k}" for k in range(bank.shape[0])]
+    device = str(next(model.parameters()).device)
+    return Segmenter.from_checkpoint(model, vocabulary=names, num_things=num_things,
+                                     class_bank=bank, device=device)
+
+
 def evaluate_panoptic(
-    model: torch.nn.Module,
-    class_bank: torch.Tensor,
+    seg: Segmenter,
     images: CocoPanopticReader,
     *,
-    num_things: int,
     count: int,
     batch_size: int = 8,
 ) -> dict[str, Any]:
     """PQ of the learned queries on the first ``count`` images (see the module docstring)."""
-    spec = model.config
-    num_classes = class_bank.shape[0]
-    categories = [{"id": k + 1, "isthing": int(k < num_things)} for k in range(num_classes)]
+    vocabulary = seg.vocabulary
+    categories = [{"id": k + 1, "isthing": int(k < vocabulary.num_things)}
+                  for k in range(len(vocabulary.names))]
     accumulator = PQAccumulator(categories)
     for first in range(0, count, batch_size):
         records = [images[i] for i in range(first, min(first + batch_size, count))]
-        prepared = [_prepare(model, r.image) for r in records]
-        predictions = _forward(model, class_bank, prepared)
-        for b, (record, prep) in enumerate(zip(records, prepared)):
-            cls = predictions.class_logits[b].float().cpu().numpy()
-            masks = _full_size(predictions.mask_logits[b, :, 0], prep)
-            result = panoptic_results(
-                cls, masks, num_things,
-                object_mask_thr=spec.postprocess.object_mask_threshold,
-                iou_thr=spec.postprocess.overlap_threshold,
-            )
-            pred_map, pred_segments = _pq_prediction(result, num_classes)
+        for record, session in zip(records, seg.set_images([r.image for r in records])):
+            pred_map, pred_segments = _pq_prediction(seg.panoptic(session))
             gt_map = np.zeros(record.image.shape[:2], np.int64)
             for k, mask in enumerate(record.masks):
                 gt_map[mask] = k + 1
@@ -139,41 +133,23 @@ def evaluate_panoptic(
 
 
 def evaluate_prompts(
-    model: torch.nn.Module,
-    class_bank: torch.Tensor,
+    seg: Segmenter,
     images: CocoPanopticReader,
     *,
-    num_things: int,
     count: int,
     batch_size: int = 8,
 ) -> dict[str, Any]:
     """Interactive mIoU: one centre click per ground-truth segment of the first ``count`` images."""
-    radius = model.config.query_decoder.point_box_radius
+    num_things = seg.vocabulary.num_things
     ious, is_thing = [], []
     for first in range(0, count, batch_size):
         records = [images[i] for i in range(first, min(first + batch_size, count))]
         records = [r for r in records if len(r.masks)]
         if not records:
             continue
-        prepared = [_prepare(model, r.image) for r in records]
-        boxes = []
-        for record, prep in zip(records, prepared):
-            scale = np.array([prep.resized_hw[1] / prep.original_hw[1],
-                              prep.resized_hw[0] / prep.original_hw[0]], np.float32)
-            points = np.stack([sample_point(m, "center") for m in record.masks]) * scale
-            boxes.append(np.concatenate([points - radius, points + radius], axis=1))
-        width = max(len(b) for b in boxes)
-        # Prompt queries do not see each other: padding with copies changes no real mask.
-        padded = np.stack([np.concatenate([b, np.repeat(b[:1], width - len(b), 0)]) for b in boxes])
-        image_size = torch.tensor([p.resized_hw for p in prepared], dtype=torch.float32)
-        predictions = _forward(model, class_bank, prepared, torch.from_numpy(padded), image_size)
-        for b, (record, prep) in enumerate(zip(records, prepared)):
-            n = len(record.masks)
-            result = prompt_results(
-                predictions.mask_logits[b, :n, 0].float().cpu().numpy(),
-                predictions.iou_logits[b, :n].float().cpu().numpy(),
-                prep.padded_hw, prep.resized_hw, prep.original_hw,
-            )
+        for record, session in zip(records, seg.set_images([r.image for r in records])):
+            points = np.stack([sample_point(m, "center") for m in record.masks])
+            result = seg.prompt(session, points=points)
             ious.append(mask_ious(result.masks, record.masks))
             is_thing.append(record.labels < num_things)
     if not ious:
@@ -188,16 +164,14 @@ def evaluate_prompts(
 
 
 def evaluate_video(
-    model: torch.nn.Module,
-    class_bank: torch.Tensor,
+    seg: Segmenter,
     videos: YouTubeVISReader,
     *,
-    num_things: int,
     count: int,
     min_visible_area: int = MIN_VISIBLE_AREA,
 ) -> dict[str, Any]:
-    """ID consistency of thing tracks over the first ``count`` videos, decoded as the runtime
-    streams them (clips of ``spec.postprocess.clip_size`` frames linked by ``align_clips``).
+    """ID consistency of thing tracks over the first ``count`` videos, streamed as the runtime
+    streams them (``open_video("vps")``: clips of ``spec.postprocess.clip_size`` frames).
 
     ``id_consistency`` counts the frames where a track shows at least ``min_visible_area``
     pixels (an object entering, leaving or hidden behind another may show a handful, below what
@@ -206,8 +180,7 @@ def evaluate_video(
     the only thing of its class in its video (things of one class look alike in the shapes
     world, and the model separates look-alikes far less well).
     """
-    spec = model.config
-    clip_size = spec.postprocess.clip_size
+    num_things = seg.vocabulary.num_things
     per_track: list[float] = []
     per_track_all: list[float] = []
     per_track_distinct: list[float] = []  # the only thing of its class in the video
@@ -215,29 +188,8 @@ def evaluate_video(
     track_ious: list[float] = []
     for index in range(count):
         video = videos[index]
-        prepared = [_prepare(model, frame) for frame in video.frames]
-        frame_maps: list[np.ndarray] = []
-        target: np.ndarray | None = None
-        class_sum: np.ndarray | None = None
-        for clip_index, first in enumerate(range(0, len(prepared), clip_size)):
-            clip = prepared[first : first + clip_size]
-            predictions = _forward(model, class_bank, clip, num_frames=len(clip))
-            embeddings = predictions.query_embeddings[0].float().cpu().numpy()
-            perm = (np.arange(len(embeddings)) if target is None
-                    else align_clips([target, embeddings])[1])
-            target = embeddings[perm]
-            cls = predictions.class_logits[0].float().cpu().numpy()[perm]
-            class_sum = cls.copy() if class_sum is None else class_sum + cls
-            average = (class_sum / np.float32(clip_index + 1)).astype(np.float32)
-            mask_logits = predictions.mask_logits[0][torch.from_numpy(perm)]  # (Q, t, h4, w4)
-            frames = [_full_size(mask_logits[:, t], prep) for t, prep in enumerate(clip)]
-            for result in vps_results(
-                average, frames, num_things,
-                object_mask_thr=spec.postprocess.object_mask_threshold,
-                iou_thr=spec.postprocess.overlap_threshold,
-            ):
-                frame_maps.append(_thing_ids(result))
-        pred = np.stack(frame_maps)
+        results = seg.open_video("vps").run(list(video.frames))
+        pred = np.stack([_thing_ids(result) for result in results])
         things = np.flatnonzero(video.labels < num_things)
         if not things.size:
             continue
@@ -272,57 +224,16 @@ def evaluate_video(
 # ---------------------------------------------------------------------------------- helpers
 
 
-def _prepare(model: torch.nn.Module, image: np.ndarray) -> PreparedImage:
-    pre = model.config.preprocess
-    return prepare_image(image, pre.image_scale, pre.mean, pre.std, pre.size_divisor)
-
-
-def _forward(
-    model: torch.nn.Module,
-    class_bank: torch.Tensor,
-    prepared: Sequence[PreparedImage],
-    prompt_boxes: torch.Tensor | None = None,
-    image_size: torch.Tensor | None = None,
-    num_frames: int = 1,
-):
-    """The last prediction for B images (``num_frames=1``) or one clip of ``num_frames``."""
-    device = next(model.parameters()).device
-    tensors = _same_size([p.tensor for p in prepared])
-    images = torch.from_numpy(np.concatenate(tensors)).to(device)
-    return model(
-        images,
-        class_bank.to(device),
-        num_frames=num_frames,
-        prompt_boxes=None if prompt_boxes is None else prompt_boxes.to(device),
-        image_size=None if image_size is None else image_size.to(device),
-    )[-1]
-
-
-def _same_size(tensors: list[np.ndarray]) -> list[np.ndarray]:
-    """Pad (1, 3, H, W) inputs bottom/right with 0 to the largest H and W (as batching does)."""
-    h = max(t.shape[2] for t in tensors)
-    w = max(t.shape[3] for t in tensors)
-    if all(t.shape[2:] == (h, w) for t in tensors):
-        return tensors
-    return [np.pad(t, ((0, 0), (0, 0), (0, h - t.shape[2]), (0, w - t.shape[3]))) for t in tensors]
-
-
-def _full_size(mask_logits: torch.Tensor, prep: PreparedImage) -> np.ndarray:
-    """(Q, h4, w4) stride-4 logits -> (Q, H, W) float32 at the original image size."""
-    logits = np.ascontiguousarray(mask_logits.float().cpu().numpy())
-    return upsample_masks(logits, prep.padded_hw, prep.resized_hw, prep.original_hw)
-
-
-def _pq_prediction(result: PanopticResult, num_classes: int) -> tuple[np.ndarray, list[dict]]:
-    """A panoptic result (void = K) -> an id map with 0 = void and its segments (COCO ids)."""
+def _pq_prediction(result: SegmentationResult) -> tuple[np.ndarray, list[dict]]:
+    """A panoptic result (void = -1) -> an id map with 0 = void and its segments (COCO ids)."""
     id_map = result.id_map.astype(np.int64)
-    pred_map = np.where(id_map == num_classes, 0, id_map + 1)
-    segments = [{"id": int(s["id"]) + 1, "category_id": int(s["category_id"]) + 1}
-                for s in result.segments]
+    pred_map = np.where(id_map < 0, 0, id_map + 1)
+    segments = [{"id": int(i) + 1, "category_id": int(label) + 1}
+                for i, label in zip(result.ids, result.labels)]
     return pred_map, segments
 
 
-def _thing_ids(result: PanopticResult) -> np.ndarray:
+def _thing_ids(result: SegmentationResult) -> np.ndarray:
     """Per-frame object ids of a VPS map: things keep their id, stuff and void become 0."""
     id_map = result.id_map.astype(np.int64)
     return np.where(id_map >= INSTANCE_OFFSET, id_map, 0)

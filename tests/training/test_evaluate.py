@@ -1,8 +1,10 @@
 """Held-out evaluation: an oracle that predicts the ground truth scores (near) perfectly through the
-runtime's pre/post-processing, and the metrics fall when the predictions get worse.
+runtime (``Segmenter.from_checkpoint``: its pre/post-processing, decoder layer and video session),
+and the metrics fall when the predictions get worse.
 
-The oracle is a real ``nn.Module`` returning ``QueryPredictions``: it recognises each input
-image among the prepared held-out images and answers with that image's ground truth at stride 4.
+The oracle is a real ``nn.Module`` with the model's graph methods: its encoder recognises each
+input image among the prepared held-out images and passes that image's index through the pixel
+decoder's features; its query decoder answers with that image's ground truth at stride 4.
 """
 
 from __future__ import annotations
@@ -36,10 +38,13 @@ class Oracle(torch.nn.Module):
         super().__init__()
         self.config = get_preset("synthetic-tiny")
         self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.prompt_encoder = torch.nn.Identity()  # prompts supported
+        self.text_encoder = None
         self.mode = mode
         self.rng = np.random.default_rng(0)
         pre = self.config.preprocess
-        self.frames: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.index: dict[str, int] = {}
+        self.truth: list[tuple[np.ndarray, np.ndarray]] = []
         for record in images:
             self._remember(record.image, record.masks, record.labels, pre)
         for v in range(len(videos)):
@@ -49,17 +54,47 @@ class Oracle(torch.nn.Module):
 
     def _remember(self, image, masks, labels, pre) -> None:
         tensor = prepare_image(image, pre.image_scale, pre.mean, pre.std, pre.size_divisor).tensor
-        self.frames[_key(tensor[0])] = (masks, labels)
+        self.index.setdefault(_key(tensor[0]), len(self.truth))
+        self.truth.append((masks, labels))
 
-    def forward(self, images, class_bank, *, num_frames=1, prompt_boxes=None, image_size=None):
-        b = images.shape[0] // num_frames
-        h4, w4 = images.shape[-2] // 4, images.shape[-1] // 4
-        truth = [self.frames[_key(frame.numpy())] for frame in images]
-        if prompt_boxes is not None:
-            return [self._prompts(truth, prompt_boxes, (h4, w4))]
+    # -- the graph methods the torch backend calls ----------------------------------------
+    def encode(self, images):
+        n, _, h, w = images.shape
+        features = [torch.zeros(n, width, h // s, w // s)
+                    for width, s in zip(self.config.backbone.widths, (4, 8, 16, 32))]
+        for i, frame in enumerate(images):  # the image's index rides in one feature value
+            features[0][i, 0, 0, 0] = self.index[_key(frame.numpy())] + 1
+        return features
+
+    def decode_pixels(self, features):
+        c = self.config.pixel_decoder.embed_dim
+        n, _, h4, w4 = features[0].shape
+        mask_features = torch.zeros(n, c, h4, w4)
+        mask_features[:, 0, 0, 0] = features[0][:, 0, 0, 0]
+        memories = [torch.zeros(n, c, h4 // s, w4 // s) for s in (8, 4, 2)]
+        return mask_features, memories
+
+    def learned_queries(self, batch_size):
+        c = self.config.pixel_decoder.embed_dim
+        return torch.zeros(batch_size, QUERIES, c), torch.zeros(batch_size, QUERIES, c)
+
+    def encode_prompts(self, prompt_boxes, image_size):
+        b, p = prompt_boxes.shape[:2]
+        content = torch.zeros(b, p, self.config.pixel_decoder.embed_dim)
+        content[..., :4] = prompt_boxes  # the boxes ride in the prompt queries
+        return content, torch.zeros_like(content)
+
+    def decode_queries(self, memories, mask_features, class_bank, query_content,
+                       query_position, *, prompt_mode=False):
+        truth = [self.truth[int(i) - 1] for i in mask_features[:, 0, 0, 0].tolist()]
+        size = tuple(mask_features.shape[-2:])
+        if prompt_mode:
+            return [self._prompts(truth, query_content[..., :4], size)]
+        b = query_content.shape[0]
+        num_frames = mask_features.shape[0] // b
         cls = torch.full((b, QUERIES, NUM_CLASSES + 1), -10.0)
         cls[..., -1] = 10.0
-        masks = torch.full((b, QUERIES, num_frames, h4, w4), -10.0)
+        masks = torch.full((b, QUERIES, num_frames, *size), -10.0)
         embeddings = torch.eye(QUERIES)[None].repeat(b, 1, 1)
         for i in range(b):
             clip = truth[i * num_frames : (i + 1) * num_frames]
@@ -67,7 +102,7 @@ class Oracle(torch.nn.Module):
             cls[i, : len(labels)] = -10.0
             cls[i, torch.arange(len(labels)), torch.from_numpy(labels)] = 10.0
             for t, (frame_masks, _) in enumerate(clip):
-                masks[i, : len(labels), t] = _logits(frame_masks, (h4, w4))
+                masks[i, : len(labels), t] = _logits(frame_masks, size)
             if self.mode != "truth":
                 perm = torch.from_numpy(self.rng.permutation(QUERIES))
                 cls[i], masks[i] = cls[i][perm], masks[i][perm]
@@ -108,7 +143,9 @@ def held_out(tmp_path_factory):
 
 
 def _bank() -> torch.Tensor:
-    return torch.zeros(NUM_CLASSES, 1, 8)
+    """(K, 1, D) unit-norm class embeddings (the oracle ignores them)."""
+    dim = get_preset("synthetic-tiny").backbone.embed_dim
+    return torch.eye(NUM_CLASSES, dim)[:, None]
 
 
 def test_an_oracle_scores_near_perfectly(held_out):
@@ -145,8 +182,8 @@ def test_worse_masks_lower_pq_and_prompt_miou(held_out):
     images, videos = held_out
 
     class Shifted(Oracle):
-        def forward(self, images, *args, **kwargs):
-            out = super().forward(images, *args, **kwargs)[0]
+        def decode_queries(self, *args, **kwargs):
+            out = super().decode_queries(*args, **kwargs)[0]
             out.mask_logits = torch.roll(out.mask_logits, shifts=(3, 3), dims=(-2, -1))
             return [out]
 
