@@ -1,7 +1,7 @@
 """omg-rt export: checkpoint -> ONNX graphs -> verified bundle (-> TensorRT engines).
 
 ``build_bundle`` is the API; ``omg-export`` (``export.cli``) the command. The bundle and manifest
-format is documented in ``export.manifest``.
+format is ``omg_rt.manifest`` (its docstring documents the layout and every manifest key).
 """
 
 from export.bundle import PRECISIONS, TARGETS, build_bundle

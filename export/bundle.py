@@ -1,4 +1,4 @@
-"""Checkpoint -> verified bundle directory (the layout is documented in ``export.manifest``)."""
+"""Checkpoint -> verified bundle directory (the format is ``omg_rt.manifest``)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +18,30 @@ from tqdm import tqdm
 from export import precision as precision_mod
 from export.engines import build_engines
 from export.graphs import graph_defs
-from export.manifest import write_manifest
 from export.onnx_export import OPSET, describe_io, export_graph
 from export.verify import ParityError, Verifier
 from export.verify import verify as run_verification
 from export.vocab import resolve_vocabulary, save_vocabulary
-from omg_rt.bundle import InputContract, Vocabulary
 from omg_rt.errors import BackendUnavailableError, InvalidInputError
+from omg_rt.manifest import (
+    QUERIES_FILE,
+    TOKENIZER_FILE,
+    VERIFY_FILE,
+    VOCABULARY_FILE,
+    GraphEntry,
+    InputContract,
+    Manifest,
+    Vocabulary,
+    VocabularyRecord,
+    write_manifest,
+)
 from omg_rt.preprocess import prepare_image
-from omg_rt.spec import PIXEL_DECODER
+from omg_rt.spec import PIXEL_DECODER, PRECISIONS
 from training.model import OMGSeg
 from training.model.checkpoint import load_checkpoint
 
 TARGETS = ("cpu", "h100", "jetson-orin")
-PRECISIONS = ("fp32", "fp16", "int8")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-TOKENIZER_FILE = "bpe_simple_vocab_16e6.txt.gz"
 
 
 def build_bundle(
@@ -106,17 +115,15 @@ def build_bundle(
             graphs[name]["tensorrt_files"] = {"fp32": f"tensorrt/{name}.onnx"}
 
     content, position = (q[0].detach().numpy() for q in model.learned_queries(1))
-    np.savez(work / "queries.npz", query_content=content, query_position=position)
-    save_vocabulary(vocabulary, work / "vocab.npz")
-    tokenizer = None
-    if model.text_encoder is not None:
+    np.savez(work / QUERIES_FILE, query_content=content, query_position=position)
+    save_vocabulary(vocabulary, work / VOCABULARY_FILE)
+    has_tokenizer = model.text_encoder is not None
+    if has_tokenizer:
         import open_clip
 
-        (work / "tokenizer").mkdir()
-        shutil.copyfile(Path(open_clip.__file__).parent / TOKENIZER_FILE,
-                        work / "tokenizer" / TOKENIZER_FILE)
-        tokenizer = {"file": f"tokenizer/{TOKENIZER_FILE}",
-                     "context_length": spec.text.context_length}
+        (work / TOKENIZER_FILE).parent.mkdir()
+        shutil.copyfile(Path(open_clip.__file__).parent / Path(TOKENIZER_FILE).name,
+                        work / TOKENIZER_FILE)
 
     mean, std = spec.preprocess.mean, spec.preprocess.std
     if "fp16" in precisions:
@@ -143,7 +150,7 @@ def build_bundle(
                             vocabulary.num_things, image_size, progress=show)
         files = {p: {g: work / e["files"][p] for g, e in graphs.items()} for p in precisions}
         report = run_verification(verifier, files, progress=show)
-    (work / "verify.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+    (work / VERIFY_FILE).write_text(json.dumps(report, indent=1, sort_keys=True))
     if verify and not report["passed"]:
         failed = out_dir.with_name(out_dir.name + ".failed")
         shutil.rmtree(failed, ignore_errors=True)
@@ -154,13 +161,14 @@ def build_bundle(
             f"{failed / 'verify.json'}): " + "; ".join(failures[:8]), report)
 
     manifest = _manifest(spec, contract, target, precisions, graphs, vocabulary, content,
-                         tokenizer, report)
+                         has_tokenizer, report)
     missing_trt: BackendUnavailableError | None = None
     if engine:
         try:
-            manifest["engines"].append(build_engines(work, manifest, target=target,
-                                                     precisions=precisions, progress=show))
-            manifest["tools"]["tensorrt"] = manifest["engines"][-1]["tensorrt"]
+            record = build_engines(work, manifest, target=target, precisions=precisions,
+                                   progress=show)
+            manifest = replace(manifest, engines=(*manifest.engines, record),
+                               tools={**manifest.tools, "tensorrt": record.tensorrt})
         except BackendUnavailableError as exc:
             missing_trt = exc
     write_manifest(work, manifest)
@@ -252,33 +260,27 @@ def _quantize(work: Path, images: list[np.ndarray], target: str, show: bool) -> 
                                 symmetric_activations=symmetric)
 
 
-def _manifest(spec, contract: InputContract, target, precisions, graphs, vocabulary: Vocabulary,
-              content, tokenizer, report) -> dict[str, Any]:
+def _manifest(spec, contract: InputContract, target, precisions, graphs: dict[str, Any],
+              vocabulary: Vocabulary, content, has_tokenizer: bool, report) -> Manifest:
     import onnx
     import onnxruntime
     import onnxslim
 
-    return {
-        "model": spec.to_dict(),
-        "input": contract.to_dict(),
-        "preprocess": {"mean": list(spec.preprocess.mean), "std": list(spec.preprocess.std),
-                       "size_divisor": spec.preprocess.size_divisor, "pad_value": 0.0},
-        "target": target,
-        "deform_attn": "grid_sample" if target == "cpu" else "trt_plugin",
-        "graphs": graphs,
-        "prompts": {"padding": "any P; padded prompts (SAM label -1) do not affect the others "
-                               "(diagonal self-attention); drop their outputs on the host"},
-        "precisions": list(precisions),
-        "opset": OPSET,
-        "exporter": "torch.onnx TorchScript (dynamo=False) + onnxslim",
-        "tools": {"torch": torch.__version__, "onnx": onnx.__version__,
-                  "onnxruntime": onnxruntime.__version__, "onnxslim": onnxslim.__version__},
-        "vocabulary": {"names": list(vocabulary.names), "num_things": vocabulary.num_things,
-                       "seen": vocabulary.seen.tolist(),
-                       "synonyms": int(vocabulary.class_bank.shape[1]),
-                       "source": vocabulary.source, "file": "vocab.npz"},
-        "queries": {"file": "queries.npz", "num_queries": int(content.shape[0])},
-        "tokenizer": tokenizer,
-        "verify": {"file": "verify.json", "passed": report.get("passed")},
-        "engines": [],
-    }
+    return Manifest(
+        model=spec,
+        input=contract,
+        target=target,
+        deform_attn="grid_sample" if target == "cpu" else "trt_plugin",
+        graphs={name: GraphEntry.from_dict(name, entry, f"graphs.{name}")
+                for name, entry in graphs.items()},
+        precisions=tuple(precisions),
+        opset=OPSET,
+        exporter="torch.onnx TorchScript (dynamo=False) + onnxslim",
+        tools={"torch": torch.__version__, "onnx": onnx.__version__,
+               "onnxruntime": onnxruntime.__version__, "onnxslim": onnxslim.__version__},
+        vocabulary=VocabularyRecord.of(vocabulary),
+        num_queries=int(content.shape[0]),
+        tokenizer_file=TOKENIZER_FILE if has_tokenizer else None,
+        tokenizer_context_length=spec.text.context_length if has_tokenizer else None,
+        verify_passed=report.get("passed"),
+    )

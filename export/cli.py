@@ -17,6 +17,7 @@ from omg_rt.errors import (
     ExitCode,
     InvalidInputError,
 )
+from omg_rt.manifest import MANIFEST, Manifest
 from omg_rt.vocabularies import VOCABULARIES
 
 EPILOG = f"""\
@@ -110,24 +111,26 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary(bundle: Path, seconds: float) -> str:
     """The table printed at the end: graphs per precision with sizes, verification results."""
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    report = json.loads((bundle / "verify.json").read_text())
-    precisions = manifest["precisions"]
+    path = bundle / MANIFEST
+    manifest = Manifest.from_json(path.read_bytes(), str(path))
+    report = json.loads((bundle / manifest.verify_file).read_text())
+    precisions = manifest.precisions
     rows = [["graph", *precisions]]
-    for name, entry in manifest["graphs"].items():
+    for name, entry in manifest.graphs.items():
         cells = [name]
         for p in precisions:
-            path = bundle / entry["files"][p]
-            size = path.stat().st_size
-            data = path.with_name(path.name + ".data")
+            graph = bundle / entry.files[p]
+            size = graph.stat().st_size
+            data = graph.with_name(graph.name + ".data")
             size += data.stat().st_size if data.exists() else 0
-            shared = p != "fp32" and entry["files"][p] == entry["files"]["fp32"]
+            shared = p != "fp32" and entry.files[p] == entry.files["fp32"]
             cells.append("= fp32" if shared else f"{size / 2**20:.1f} MiB")
         rows.append(cells)
-    lines = [f"bundle {bundle}  ({seconds:.0f} s, target {manifest['target']}, "
-             f"{len(manifest['vocabulary']['names'])} classes, input "
-             f"scale {manifest['input']['image_scale'][0]}, any HxW up to "
-             f"{manifest['input']['max_hw'][0]}x{manifest['input']['max_hw'][1]})", _table(rows)]
+    max_h, max_w = manifest.input.max_hw
+    lines = [f"bundle {bundle}  ({seconds:.0f} s, target {manifest.target}, "
+             f"{len(manifest.vocabulary.names)} classes, input "
+             f"scale {manifest.input.image_scale[0]}, any HxW up to {max_h}x{max_w})",
+             _table(rows)]
     if report.get("skipped"):
         lines.append("verification: skipped (--no-verify)")
     else:
@@ -143,8 +146,8 @@ def summary(bundle: Path, seconds: float) -> str:
                 f"{min(t.get('top_class_agreement', 1.0) for t in tasks):.3f}",
                 "-" if metric is None else f"{metric['value']:.4f} ({metric['drop']:+.4f})"])
         lines += ["verification (ONNX Runtime vs PyTorch):", _table(rows)]
-    engines = manifest.get("engines", [])
-    lines.append("engines: " + (", ".join(e["key"] for e in engines) if engines else "none"))
+    engines = manifest.engines
+    lines.append("engines: " + (", ".join(e.key for e in engines) if engines else "none"))
     return "\n".join(lines)
 
 

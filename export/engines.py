@@ -31,6 +31,7 @@ from omg_rt.backends import trt_build, trt_profiles
 from omg_rt.backends.trt_build import BuildSettings, engine_key
 from omg_rt.backends.trt_profiles import TARGET_RANGES
 from omg_rt.errors import BackendUnavailableError
+from omg_rt.manifest import EngineRecord, GraphEntry, InputContract, Manifest
 
 WORKSPACE_BYTES = 4 << 30
 
@@ -60,19 +61,20 @@ def current_gpu() -> tuple[str, tuple[int, int]]:
 Shape = tuple[int, ...]
 
 
-def profile_shapes(io: Mapping[str, Any], target: str, defaults: Mapping[str, int],
-                   contract: Mapping[str, Any]) -> dict[str, tuple[Shape, Shape, Shape]]:
-    """(min, opt, max) shapes of every input of a manifest graph entry with symbolic dimensions,
-    for an export target (``defaults``: the bundle's ``Q``, ``K``, ``S``; ``contract``: the
-    manifest's ``input`` section, which gives the height and width ranges)."""
-    inputs = {name: tensor["shape"] for name, tensor in io["inputs"].items()}
-    ranges = {**TARGET_RANGES[target], **trt_profiles.spatial_ranges(contract)}
+def profile_shapes(entry: GraphEntry, target: str, defaults: Mapping[str, int],
+                   contract: InputContract) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """(min, opt, max) shapes of every input of a graph with symbolic dimensions, for an export
+    target (``defaults``: the bundle's ``Q``, ``K``, ``S``; ``contract``: the bundle's input
+    sizes, which give the height and width ranges)."""
+    inputs: dict[str, list[int | str | None]] = {
+        name: list(tensor.shape) for name, tensor in entry.inputs.items()}
+    ranges = {**TARGET_RANGES[target], **trt_profiles.spatial_ranges(contract.to_dict())}
     return trt_profiles.profile_shapes(inputs, ranges, defaults)
 
 
-def build_engines(bundle: Path, manifest: Mapping[str, Any], *, target: str,
+def build_engines(bundle: Path, manifest: Manifest, *, target: str,
                   precisions: tuple[str, ...], progress: bool = True, trt: Any = None,
-                  gpu: tuple[str, tuple[int, int]] | None = None) -> dict[str, Any]:
+                  gpu: tuple[str, tuple[int, int]] | None = None) -> EngineRecord:
     """Build every graph's plan for every precision into ``engines/<key>/``.
 
     Args:
@@ -80,7 +82,7 @@ def build_engines(bundle: Path, manifest: Mapping[str, Any], *, target: str,
             the device (None: CUDA device 0).
 
     Returns:
-        The manifest's ``engines`` entry for this key.
+        The manifest's engine record for this key (also written to ``engines.json``).
 
     Raises:
         BackendUnavailableError: TensorRT or a GPU is missing.
@@ -96,17 +98,16 @@ def build_engines(bundle: Path, manifest: Mapping[str, Any], *, target: str,
     builder = trt.Builder(logger)
     cache_path = out / "timing.cache"
     cache_bytes = cache_path.read_bytes() if cache_path.exists() else b""
-    vocab = manifest["vocabulary"]
-    defaults = {"Q": manifest["queries"]["num_queries"], "K": len(vocab["names"]),
-                "S": vocab["synonyms"]}
+    vocab = manifest.vocabulary
+    defaults = {"Q": manifest.num_queries, "K": len(vocab.names), "S": vocab.synonyms}
     files: dict[str, dict[str, str]] = {}
     profiles: dict[str, Any] = {}
-    jobs = [(g, p) for g in manifest["graphs"] for p in precisions]
+    jobs = [(g, p) for g in manifest.graphs for p in precisions]
     for graph, precision in tqdm(jobs, desc="tensorrt", unit="plan", disable=not progress):
-        entry = manifest["graphs"][graph]
-        source = entry.get("tensorrt_files", entry["files"])[precision]
-        network, _parser = trt_build.parse(trt, builder, logger, bundle / source)
-        shapes = profile_shapes(entry, target, defaults, manifest["input"])
+        entry = manifest.graphs[graph]
+        network, _parser = trt_build.parse(trt, builder, logger,
+                                           bundle / entry.tensorrt_source(precision))
+        shapes = profile_shapes(entry, target, defaults, manifest.input)
         plan, cache_bytes = trt_build.build_plan(
             trt, builder, network, BuildSettings(precision, WORKSPACE_BYTES), shapes, cache_bytes)
         relative = trt_build.plan_path(key, graph, precision)
@@ -114,8 +115,8 @@ def build_engines(bundle: Path, manifest: Mapping[str, Any], *, target: str,
         files.setdefault(graph, {})[precision] = f"engines/{relative.as_posix()}"
         profiles[graph] = {k: [list(s) for s in v] for k, v in shapes.items()}
     cache_path.write_bytes(cache_bytes)
-    record = {"key": key, "gpu": name, "compute_capability": list(capability),
-              "tensorrt": trt.__version__, "target": target, "files": files,
-              "profiles": profiles, "timing_cache": f"engines/{key}/timing.cache"}
-    (out / "engines.json").write_text(json.dumps(record, indent=1, sort_keys=True))
+    record = EngineRecord(key=key, gpu=name, compute_capability=tuple(capability),
+                          tensorrt=trt.__version__, target=target, files=files,
+                          profiles=profiles, timing_cache=f"engines/{key}/timing.cache")
+    (out / "engines.json").write_text(json.dumps(record.to_dict(), indent=1, sort_keys=True))
     return record

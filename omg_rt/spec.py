@@ -21,6 +21,7 @@ IMAGENET_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 SIZE_DIVISOR = 32
 
 # What the runtime segments: image tasks, prompts, video tasks.
+PRECISIONS = ("fp32", "fp16", "int8")  # graph precisions a bundle may hold
 IMAGE_TASKS = ("panoptic", "instance", "semantic")
 VIDEO_TASKS = ("vis", "vps", "vss", "vos")
 TASKS = (*IMAGE_TASKS, "prompt", *VIDEO_TASKS)

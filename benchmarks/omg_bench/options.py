@@ -7,9 +7,10 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omg_rt.spec import PRECISIONS
+
 # "onnxruntime" is the CPU execution provider; "onnxruntime-cuda" the CUDA one (onnxruntime-gpu).
 BACKENDS = ("torch", "onnxruntime", "onnxruntime-cuda", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
 # panoptic -> PQ, instance -> mask AP, semantic -> mIoU, prompt -> interactive mIoU (cached
 # image, 1/4/16 prompts), video -> J&F (VOS) and per-frame latency (VIS stream).
 TASKS = ("panoptic", "instance", "semantic", "prompt", "video")

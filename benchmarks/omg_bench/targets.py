@@ -4,7 +4,6 @@ image size, or the reason that combination was skipped (never dropped silently).
 from __future__ import annotations
 
 import contextlib
-import json
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.omg_bench.options import BenchOptions, OptionError
+from omg_rt.manifest import MANIFEST, Manifest
 
 # Reasons a combination cannot exist anywhere (not a property of this machine).
 NO_TORCH_INT8 = ("PyTorch has no INT8 path here: INT8 is the bundle's QDQ graphs "
@@ -84,12 +84,12 @@ class Target:
 
 
 def _is_bundle(path: Path) -> bool:
-    return path.is_dir() and (path / "manifest.json").is_file()
+    return path.is_dir() and (path / MANIFEST).is_file()
 
 
 def _bundle_size(path: Path) -> int:
-    manifest = json.loads((path / "manifest.json").read_text())
-    return int(manifest["input"]["image_scale"][0])
+    manifest = Manifest.from_json((path / MANIFEST).read_bytes(), str(path / MANIFEST))
+    return int(manifest.input.image_scale[0])
 
 
 def check_model(options: BenchOptions) -> None:

@@ -134,9 +134,11 @@ def open_tensorrt_graphs(bundle: Any, precision: str, options: dict[str, Any]) -
     if count < 1:
         raise BackendUnavailableError("tensorrt: no CUDA device is visible")
     version = tuple(int(v) for v in trt.__version__.split(".")[:2])
-    pixel_entry = bundle.manifest.get("graphs", {}).get(PIXEL_DECODER.name, {})
-    if version >= _GRIDSAMPLE_BROKEN_FROM and "tensorrt_files" not in pixel_entry:
-        target = bundle.manifest.get("target", "cpu")
+    pixel_entry = bundle.graphs.get(PIXEL_DECODER.name)
+    if version >= _GRIDSAMPLE_BROKEN_FROM and (
+        pixel_entry is None or pixel_entry.tensorrt_files is None
+    ):
+        target = bundle.manifest.target
         raise BackendUnavailableError(
             f"tensorrt: this bundle was exported for target {target!r} (deformable attention "
             f"as GridSample only), which TensorRT {trt.__version__} computes wrongly "
@@ -184,14 +186,9 @@ def _shipped_plans(bundle: Any, trt: Any, gpu: str, capability: tuple[int, int]
                    ) -> dict[str, dict[str, str]]:
     """Plans ``omg-export --engine`` built into the bundle for this GPU and TensorRT version
     (manifest ``engines``: records with gpu, compute_capability, tensorrt, files)."""
-    for record in bundle.manifest.get("engines") or []:
-        if (
-            isinstance(record, dict)
-            and tuple(record.get("compute_capability", [])) == capability
-            and record.get("tensorrt") == trt.__version__
-            and str(record.get("gpu", "")).strip("\x00 ") == gpu
-        ):
-            files: dict[str, dict[str, str]] = record.get("files", {})
+    for record in bundle.manifest.engines:
+        if record.matches(gpu, capability, trt.__version__):
+            files: dict[str, dict[str, str]] = record.files
             return files
     return {}
 
@@ -244,9 +241,8 @@ def _build_engine(
     opts: TensorRTOptions,
 ) -> None:
     """Build and save one plan with the exporter's builder (:func:`trt_build.build_plan`)."""
-    entry = bundle.manifest.get("graphs", {}).get(graph, {})
-    flavour = entry.get("tensorrt_files", {}).get(precision)  # the plugin-node flavour
-    onnx_path = bundle.root / flavour if flavour else bundle.graph_file(graph, precision)
+    entry = bundle.graphs[graph]
+    onnx_path = bundle.root / entry.tensorrt_source(precision)  # the plugin-node flavour
     print(
         f"omg-rt: building the TensorRT {precision} engine for {graph} (first use on this "
         f"device; minutes for large graphs) -> {plan}",

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from omg_rt.errors import BundleError
+from omg_rt.spec import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "int8")
 # Layer types computed in FP32 in every reduced-precision plan.
 FP32_ISLANDS = ("NORMALIZATION", "SOFTMAX", "REDUCE")
 

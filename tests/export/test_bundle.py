@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from export import ParityError, build_bundle
-from export.manifest import check_hashes
 from export.verify import SENSITIVITY_FACTOR, TOLERANCES
 from omg_rt.errors import InvalidInputError
+from omg_rt.manifest import FORMAT_VERSION, check_files
 from omg_rt.preprocess import prepare_image
 from omg_rt.spec import GRAPHS
 from tests.conftest import OFFICIAL_FIXTURES, seeded_tiny
@@ -67,9 +67,9 @@ def test_bundle_holds_every_graph_and_the_manifest_hashes_every_file(bundle, man
     for name in ("queries.npz", "vocab.npz", "verify.json",
                  "tokenizer/bpe_simple_vocab_16e6.txt.gz"):
         assert name in manifest["files"]
-    assert check_hashes(bundle) == []
+    assert check_files(bundle) == []
     assert manifest["precisions"] == ["fp32", "fp16", "int8"]
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == FORMAT_VERSION
     # images resized into the (SIZE, SIZE) box, padded to 32 only: any H x W up to max_hw
     assert manifest["input"]["image_scale"] == [SIZE, SIZE]
     assert manifest["input"]["fixed_hw"] is None
@@ -86,7 +86,7 @@ def test_a_changed_file_fails_the_hash_check(bundle, tmp_path):
         f.seek(100)
         f.write(bytes([byte[0] ^ 0xFF]))
     (copy / "extra.bin").write_bytes(b"x")
-    assert sorted(check_hashes(copy)) == ["extra.bin: not in the manifest",
+    assert sorted(check_files(copy)) == ["extra.bin: not in the manifest",
                                           "queries.npz: sha256 mismatch"]
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from export.cli import main
-from export.manifest import check_hashes
 from omg_rt.errors import ExitCode
+from omg_rt.manifest import check_files
 from tests.conftest import _has_tensorrt, seeded_tiny
 from training.model.checkpoint import save_checkpoint
 
@@ -29,7 +29,7 @@ def test_engine_without_tensorrt_writes_the_bundle_and_exits_with_the_reason(
     assert "TensorRT is not installed" in captured.err and "no engines were built" in captured.err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["engines"] == [] and not (out / "engines").exists()
-    assert check_hashes(out) == []
+    assert check_files(out) == []
     assert "query_decoder" in captured.out and "verification: skipped" in captured.out
 
 

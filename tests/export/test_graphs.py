@@ -15,7 +15,9 @@ from export.engines import engine_key, profile_shapes
 from export.graphs import graph_defs
 from export.onnx_export import export_graph, op_types
 from export.vocab import resolve_vocabulary
+from omg_rt.backends import TensorSpec
 from omg_rt.errors import InvalidInputError
+from omg_rt.manifest import GraphEntry, InputContract
 from omg_rt.vocabularies import VOCABULARIES
 from omg_rt.vocabulary import split_label
 from tests.conftest import seeded_tiny
@@ -140,13 +142,12 @@ def test_bad_banks_and_names_raise_naming_vocab(model, tmp_path):
 
 
 def test_engine_profiles_cover_every_dynamic_axis():
-    io = {"inputs": {"class_bank": {"shape": ["K", "S", 64]},
-                     "query_content": {"shape": ["B", "Q", 64]},
-                     "prompt_mode": {"shape": []}}}
-    io["inputs"]["mask_features"] = {"shape": ["N", 64, "H/4", "W/4"]}
-    contract = {"image_scale": [1024, 1024], "video_scale": [1280, 736], "size_divisor": 32,
-                "min_hw": [32, 32], "max_hw": [1280, 1280], "fixed_hw": None}
-    shapes = profile_shapes(io, "h100", {"K": 133, "S": 17, "Q": 300}, contract)
+    inputs = {"class_bank": ["K", "S", 64], "query_content": ["B", "Q", 64], "prompt_mode": [],
+              "mask_features": ["N", 64, "H/4", "W/4"]}
+    entry = GraphEntry("query_decoder", {"fp32": "query_decoder.onnx"},
+                       {n: TensorSpec(n, tuple(s), "float32") for n, s in inputs.items()}, {})
+    contract = InputContract.for_scales((1024, 1024), (1280, 736))
+    shapes = profile_shapes(entry, "h100", {"K": 133, "S": 17, "Q": 300}, contract)
     assert set(shapes) == {"class_bank", "query_content", "mask_features"}
     # height and width in padded pixels divided by the map's stride; opt = a 3:4 photo
     lo, opt, hi = shapes["mask_features"]

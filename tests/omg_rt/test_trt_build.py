@@ -20,6 +20,7 @@ from omg_rt.backends import trt_build
 from omg_rt.backends.trt_build import BuildSettings, engine_key, plan_path
 from omg_rt.bundle import load_bundle
 from omg_rt.errors import BundleError
+from omg_rt.manifest import EngineRecord
 from tests.omg_rt.test_runtime_support import NAMES, NUM_THINGS, tiny_checkpoint
 
 GPU = ("NVIDIA H100 80GB HBM3", (9, 0))
@@ -199,13 +200,15 @@ def test_export_and_runtime_build_plans_with_the_same_flags_and_fp32_islands(
         bundle_dir, precision, tmp_path):
     from export.engines import build_engines
 
-    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest = load_bundle(bundle_dir).manifest
     record = build_engines(bundle_dir, manifest, target="h100", precisions=(precision,),
                            progress=False, trt=_fake_tensorrt(), gpu=GPU)
     key = engine_key(*GPU, "10.9.0")
-    assert record["key"] == key
+    assert record.key == key and record.matches(GPU[0], GPU[1], "10.9.0")
+    recorded = json.loads((bundle_dir / "engines" / key / "engines.json").read_text())
+    assert EngineRecord.from_dict(recorded, "engines.json") == record
     pinned_somewhere = False
-    for graph, files in record["files"].items():
+    for graph, files in record.files.items():
         assert files[precision] == f"engines/{plan_path(key, graph, precision).as_posix()}"
         exported = json.loads((bundle_dir / files[precision]).read_bytes())
         built = _runtime_plan(bundle_dir, graph, precision, tmp_path)
