@@ -6,6 +6,6 @@ format is ``omg_rt.manifest`` (its docstring documents the layout and every mani
 
 from export.bundle import PRECISIONS, TARGETS, build_bundle
 from export.verify import ParityError
-from omg_rt.bundle import Vocabulary
+from omg_rt.manifest import Vocabulary
 
 __all__ = ["build_bundle", "ParityError", "Vocabulary", "PRECISIONS", "TARGETS"]

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from omg_rt.bundle import Vocabulary
 from omg_rt.errors import InvalidInputError
+from omg_rt.manifest import Vocabulary
 from omg_rt.vocabularies import VOCABULARIES
 from omg_rt.vocabulary import VILD_TEMPLATES, class_overlap, split_label
 from training.model import OMGSeg

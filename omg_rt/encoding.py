@@ -18,9 +18,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from omg_rt.bundle import InputContract
 from omg_rt.cache import EncodedImage, EncoderCache
 from omg_rt.inputs import read_image
+from omg_rt.manifest import InputContract
 from omg_rt.pipeline import Pipeline
 from omg_rt.preprocess import keep_ratio_size, normalize_and_pad
 from omg_rt.sessions import ImageSession

@@ -24,9 +24,9 @@ from typing import Protocol
 import numpy as np
 
 from omg_rt.backends.base import TensorSpec
-from omg_rt.bundle import Vocabulary
 from omg_rt.cache import EncodedImage
 from omg_rt.errors import BundleError, InvalidInputError
+from omg_rt.manifest import Vocabulary
 from omg_rt.postprocess.open_vocab import (
     clip_class_logits,
     mask_pooled_clip_features,

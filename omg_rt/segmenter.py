@@ -24,11 +24,12 @@ import numpy as np
 
 from omg_rt.assembly import instance_result, panoptic_result, prompt_result, semantic_result
 from omg_rt.backends import BackendChoice, open_backends
-from omg_rt.bundle import InputContract, ModelAssets, Vocabulary, load_bundle
+from omg_rt.bundle import ModelAssets, load_bundle
 from omg_rt.cache import DEFAULT_CACHE_BYTES, EncoderCache
 from omg_rt.encoding import ImageEncoder, ResizedImage
 from omg_rt.errors import BundleError, InvalidInputError
 from omg_rt.inputs import first_mask_objects, prompt_boxes
+from omg_rt.manifest import InputContract, Vocabulary
 from omg_rt.pipeline import Pipeline, Predictions
 from omg_rt.postprocess.video import video_split
 from omg_rt.results import SegmentationResult

@@ -32,8 +32,8 @@ from omg_rt.assembly import (
     semantic_result,
     track_id_offset,
 )
-from omg_rt.bundle import Vocabulary
 from omg_rt.errors import InvalidInputError
+from omg_rt.manifest import Vocabulary
 from omg_rt.postprocess._common import sigmoid
 from omg_rt.postprocess.instance import masks_to_boxes
 from omg_rt.postprocess.panoptic import INSTANCE_OFFSET
