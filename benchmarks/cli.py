@@ -6,7 +6,7 @@
 
 MODEL is a bundle directory (add --checkpoint for the torch backend), a checkpoint (bundles are
 exported into the output directory first), ``synthetic`` (the synthetic-tiny checkpoint of
-``training.synthetic.ensure_checkpoint``) or ``preset:NAME`` (random weights: latency only).
+``training.default_run.ensure_checkpoint``) or ``preset:NAME`` (random weights: latency only).
 
 Writes report.md, report.json and plot.png to --out (default ./omg-bench-reports/<date>) and the
 summary table of benchmarks/RESULTS.md. Exit status: 0 measured, 1 some target failed, 2 a bad

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint:
         run = Path(args.checkpoint)
     else:
-        from training.synthetic import ensure_checkpoint
+        from training.default_run import ensure_checkpoint
 
         run = ensure_checkpoint(args.cache)
     timings["train_or_load_s"] = time.perf_counter() - start

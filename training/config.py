@@ -282,14 +282,14 @@ def _describe(hint: Any) -> str:
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     # The embedded default: a small model learns the shapes world on the 2-core CPU in at most
-    # 15 minutes (the measured curve and what it reaches: ``training/synthetic.py``).
+    # 15 minutes (the measured curve and what it reaches: ``training/EXPERIMENTS.md``).
     "synthetic-tiny": TrainConfig(
         model="synthetic-tiny",
         num_train_images=2000,
         num_train_videos=300,
         num_val_images=100,
         # Busier training scenes (2 to 6 things; held out: 1 to 4) hold more same-class pairs,
-        # the case that limits video IDs (training/synthetic.py)
+        # the case that limits video IDs (training/EXPERIMENTS.md)
         train_things=(2, 6),
         # 200 held-out videos (~480 thing tracks): with 48, a run's ID consistency differed
         # by 0.04 between two video sets of the same world (one standard error)

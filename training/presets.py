@@ -44,7 +44,7 @@ PRESETS: dict[str, ModelSpec] = {
     # The embedded default trained by ``omg-train --preset synthetic-tiny`` on the generated
     # shapes world (64 px scenes) in minutes on a 2-core CPU: tiny widths, 64 px inputs, 20
     # queries, 6 decoder layers (two rounds of the three levels; 3 layers kept video ID
-    # consistency at ~0.6, see training/synthetic.py), 3-frame video clips (as it trains on).
+    # consistency at ~0.6, see training/EXPERIMENTS.md), 3-frame video clips (as it trains on).
     "synthetic-tiny": ModelSpec(
         name="synthetic-tiny",
         backbone=_tiny_backbone((32, 64, 128, 256)),
@@ -57,7 +57,7 @@ PRESETS: dict[str, ModelSpec] = {
         # Overlap threshold 0.5 instead of the official 0.8: this small model's masks of two
         # same-class shapes overlap more, and at 0.8 the merge drops the second one. Swept on
         # 100 generated videos and 200 images no run trains or is scored on: video ID
-        # consistency 0.794 -> 0.820, PQ 81.1 -> 81.4 (training/synthetic.py).
+        # consistency 0.794 -> 0.820, PQ 81.1 -> 81.4 (training/EXPERIMENTS.md).
         postprocess=PostprocessSpec(clip_size=3, clip_size_small=3, overlap_threshold=0.5),
     ),
 }

@@ -30,7 +30,7 @@ class BenchOptions:
 
     Attributes:
         model: a bundle directory, a checkpoint (directory, ``.safetensors`` or official
-            ``.pth``), ``synthetic`` (``training.synthetic.ensure_checkpoint()``) or
+            ``.pth``), ``synthetic`` (``training.default_run.ensure_checkpoint()``) or
             ``preset:NAME`` (random weights of ``build_model(NAME)``: latency only, accuracy
             meaningless).
         checkpoint: with a bundle, the checkpoint it came from (enables the torch backend).

@@ -143,10 +143,10 @@ def resolve_model(options: BenchOptions, vocab: Any, work: Path,
         checkpoint = None
     elif source == "synthetic":
         try:
-            from training.synthetic import ensure_checkpoint  # type: ignore[import-not-found]
+            from training.default_run import ensure_checkpoint  # type: ignore[import-not-found]
         except ImportError as exc:
             raise OptionError(
-                "MODEL 'synthetic': training.synthetic.ensure_checkpoint is not available in "
+                "MODEL 'synthetic': training.default_run.ensure_checkpoint is not available in "
                 f"this checkout ({exc}); pass a checkpoint path or preset:tiny") from exc
         progress("training/fetching the synthetic checkpoint (ensure_checkpoint)")
         checkpoint = Path(ensure_checkpoint())

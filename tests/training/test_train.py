@@ -15,9 +15,9 @@ from training.cli import main as cli_main
 from training.config import TrainConfig, TrainConfigError
 from training.data import SceneConfig
 from training.data.dataset import collate_samples
+from training.default_run import is_complete_run
 from training.model import build_model
 from training.model.checkpoint import load_checkpoint
-from training.synthetic import is_complete_run
 from training.train import (
     TrainingError,
     _optimizer,
@@ -117,7 +117,7 @@ def test_run_directory_holds_a_loadable_checkpoint_and_metrics(data_root, tmp_pa
     assert curve["eval"][-1]["pq"] == metrics["pq"]
     assert TrainConfig.from_json((run / "train_config.json").read_text()) == config
     assert "step 3/3" in (run / "train.log").read_text()
-    # the cache check of training.synthetic.ensure_checkpoint
+    # the cache check of training.default_run.ensure_checkpoint
     assert is_complete_run(run, config)
     assert is_complete_run(run, config.replace(data_root="/moved/elsewhere"))
     assert not is_complete_run(run, config.replace(steps=4))

@@ -253,7 +253,7 @@ class Mask2FormerQueryDecoder(nn.Module):
         and outputs keep their init; everything stays trainable.
 
         Measured on the ``synthetic-tiny`` recipe (then with 3 decoder layers): one-click mIoU
-        0.155 with Xavier, 0.68 with gain 2 after the same 6000 steps (``training/synthetic.py``).
+        0.155 with Xavier, 0.68 with gain 2 after the same 6000 steps (``training/EXPERIMENTS.md``).
         """
         c = self.embed_dim
         half = c // 2  # the key code is [y (half) | x (half)]
