@@ -3,6 +3,13 @@
     from omg_rt import Segmenter
     seg = Segmenter.from_bundle("bundle/", backend="auto")
 
+Rooms: ``segmenter`` (the API: images, prompts, vocabularies, video) over ``pipeline`` (the
+decoder layer every graph call goes through) and ``backends`` (ONNX Runtime, TensorRT, PyTorch
+behind one runner); ``encoding`` + ``cache`` (preprocessing, the encoder cache); ``assembly`` +
+``postprocess`` (the official post-processing into results); ``video`` (streaming sessions),
+``scheduler`` (request batching); ``manifest`` (the bundle format) + ``bundle`` (loading it);
+``spec`` (model spec, graph contracts, constants), ``vocabularies``, ``errors``, ``metrics``.
+
 Importing this package (and running a bundle on ONNX Runtime or TensorRT) never imports torch;
 the PyTorch backend imports it lazily.
 """
@@ -30,6 +37,9 @@ _LAZY = {
     "EncoderCache": "omg_rt.cache",
     "load_bundle": "omg_rt.bundle",
     "Bundle": "omg_rt.bundle",
+    "Manifest": "omg_rt.manifest",
+    "Pipeline": "omg_rt.pipeline",
+    "Predictions": "omg_rt.pipeline",
     "ClipTokenizer": "omg_rt.tokenizer",
 }
 
