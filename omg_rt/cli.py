@@ -33,7 +33,7 @@ from omg_rt.errors import (
     OmgRtError,
 )
 from omg_rt.results import DEFAULT_MIN_SCORE, SegmentationResult
-from omg_rt.spec import VIDEO_TASKS
+from omg_rt.spec import IMAGE_TASKS, VIDEO_TASKS
 from omg_rt.vocabularies import VOCABULARIES
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 
     seg = sub.add_parser("segment", help="panoptic / instance / semantic segmentation of images")
     seg.add_argument("images", nargs="+")
-    seg.add_argument("--task", default="panoptic", choices=["panoptic", "instance", "semantic"])
+    seg.add_argument("--task", default="panoptic", choices=list(IMAGE_TASKS))
     min_score(seg)
     common(seg)
 

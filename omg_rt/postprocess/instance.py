@@ -20,8 +20,9 @@ from omg_rt.errors import InvalidInputError
 from omg_rt.postprocess._common import check_array, sigmoid, softmax
 from omg_rt.postprocess.tiles import TiledLogits
 from omg_rt.postprocess.topk import topk_indices
+from omg_rt.spec import PostprocessSpec
 
-MAX_PER_IMAGE = 100  # m2_convl_300q.py test_cfg
+MAX_PER_IMAGE = PostprocessSpec().max_per_image  # m2_convl_300q.py test_cfg
 # instances_from_tiles resizes a query whole when it needs this fraction of the tiles.
 _WHOLE_FRACTION = 0.3
 

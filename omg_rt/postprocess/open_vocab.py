@@ -30,9 +30,10 @@ import numpy as np
 from omg_rt.errors import InvalidInputError
 from omg_rt.postprocess._common import check_array, softmax
 from omg_rt.postprocess.masks import _resize_separable, linear_taps
+from omg_rt.spec import PostprocessSpec
 
-ALPHA = 0.4  # CLIP weight for seen classes (Mask2formerVideo.__init__)
-BETA = 0.8  # CLIP weight for unseen classes
+ALPHA = PostprocessSpec().ov_alpha  # CLIP weight for seen classes (Mask2formerVideo.__init__)
+BETA = PostprocessSpec().ov_beta  # CLIP weight for unseen classes
 
 
 def open_vocab_ensemble(

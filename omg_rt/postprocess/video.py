@@ -30,12 +30,16 @@ from omg_rt.postprocess.panoptic import (
     _panoptic,
 )
 from omg_rt.postprocess.topk import topk_indices
+from omg_rt.spec import PostprocessSpec
 
-# Official YouTube-VIS / DAVIS settings (eval_m2_convl_300q_ov_{y19,y21,davis}.py).
-CLIP_SIZE = 5
-CLIP_SIZE_SMALL = 3
-SMALL_CLIP_THR = 15
-NUM_PROPOSALS = 25  # davis test_cfg num_proposals
+_OFFICIAL = PostprocessSpec()
+
+# Official YouTube-VIS / DAVIS settings (eval_m2_convl_300q_ov_{y19,y21,davis}.py), kept in
+# omg_rt.spec.PostprocessSpec.
+CLIP_SIZE = _OFFICIAL.clip_size
+CLIP_SIZE_SMALL = _OFFICIAL.clip_size_small
+SMALL_CLIP_THR = _OFFICIAL.small_clip_threshold
+NUM_PROPOSALS = _OFFICIAL.num_proposals  # davis test_cfg num_proposals
 
 
 def video_split(
