@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,36 +33,51 @@ __all__ = ["Bundle", "InputContract", "ModelAssets", "Vocabulary", "load_bundle"
 
 @dataclass(frozen=True)
 class Bundle:
-    """A loaded (and verified) bundle.
+    """A loaded (and verified) bundle: its manifest and the arrays it points at.
 
     Attributes:
         root: the bundle directory.
-        manifest: the parsed ``manifest.json``.
-        spec: the model spec it was exported from.
+        manifest: the parsed ``manifest.json`` (:class:`~omg_rt.manifest.Manifest`).
         identity: sha256 (hex, 16 chars) of ``manifest.json``, which lists every file's sha256:
             the encoder cache keys include it, so two bundles never share entries.
-        input: the sizes the graphs take and how images are sized for them.
-        graphs: name -> :class:`GraphEntry`.
-        precisions: the precisions exported.
         vocabulary: the default vocabulary (``vocab.npz``).
         query_content, query_position: (Q, C) float32 learned queries (``queries.npz``).
-        tokenizer_file: path of the BPE vocabulary, or None.
-        context_length: token ids per text for the text encoder.
     """
 
     root: Path
     manifest: Manifest
-    spec: ModelSpec
     identity: str
-    input: InputContract
-    graphs: dict[str, GraphEntry]
-    precisions: tuple[str, ...]
     vocabulary: Vocabulary
     query_content: np.ndarray
     query_position: np.ndarray
-    tokenizer_file: Path | None
-    context_length: int
-    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.manifest.model
+
+    @property
+    def input(self) -> InputContract:
+        """The sizes the graphs take and how images are sized for them."""
+        return self.manifest.input
+
+    @property
+    def graphs(self) -> dict[str, GraphEntry]:
+        return self.manifest.graphs
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return self.manifest.precisions
+
+    @property
+    def tokenizer_file(self) -> Path | None:
+        """The BPE vocabulary's path, or None without a text tower."""
+        rel = self.manifest.tokenizer_file
+        return None if rel is None else self.root / rel
+
+    @property
+    def context_length(self) -> int:
+        """Token ids per text for the text encoder."""
+        return self.manifest.tokenizer_context_length or self.spec.text.context_length
 
     def graph_file(self, name: str, precision: str) -> Path:
         """The file of graph ``name`` at ``precision`` (BundleError if the bundle lacks it)."""
@@ -159,21 +174,13 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
             f"{root / manifest.queries_file}: expected ({manifest.num_queries}, C) queries, got "
             f"{content.shape} and {position.shape}"
         )
-    spec = manifest.model
     return Bundle(
         root=root,
         manifest=manifest,
-        spec=spec,
         identity=hashlib.sha256(raw).hexdigest()[:16],
-        input=manifest.input,
-        graphs=dict(manifest.graphs),
-        precisions=manifest.precisions,
         vocabulary=vocabulary,
         query_content=content,
         query_position=position,
-        tokenizer_file=None if manifest.tokenizer_file is None else root / manifest.tokenizer_file,
-        context_length=manifest.tokenizer_context_length or spec.text.context_length,
-        files=dict(files),
     )
 
 
