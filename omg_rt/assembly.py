@@ -5,9 +5,10 @@
 Every function takes the stride-4 mask logits of the padded input and resizes only what can
 change its result: panoptic, instance and prompt results go through
 :class:`~omg_rt.postprocess.tiles.TiledLogits` (tiles of the original image decided from bounds,
-the undecided ones resized exactly); semantic results resize every query
-(:func:`full_resolution`). Each output sample of a bilinear resize depends on its own input
-samples only, so both give the values of resizing everything, bit for bit.
+the undecided ones resized exactly, or every query a band of rows at a time when few tiles are
+decided); semantic results resize every query a band of rows at a time. Each output sample of a
+bilinear resize depends on its own input samples only, so both give the values of resizing
+everything (:func:`full_resolution`), bit for bit.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from omg_rt.postprocess.instance import instances_from_tiles, masks_to_boxes, se
 from omg_rt.postprocess.interactive import prompt_results
 from omg_rt.postprocess.masks import upsample_masks
 from omg_rt.postprocess.panoptic import INSTANCE_OFFSET, PanopticResult, panoptic_from_tiles
-from omg_rt.postprocess.semantic import semantic_with_scores
+from omg_rt.postprocess.semantic import semantic_from_tiles
 from omg_rt.postprocess.tiles import TiledLogits
 from omg_rt.results import SegmentationResult
 from omg_rt.sessions import ImageSession
@@ -135,8 +136,9 @@ def semantic_result(
 ) -> SegmentationResult:
     """One mask per class present (Mask2Former per-pixel argmax); ids = labels = class indices;
     scores = the mean per-pixel class score over the class's pixels
-    (:func:`~omg_rt.postprocess.semantic.semantic_with_scores`)."""
-    label_map, class_scores = semantic_with_scores(cls, full_resolution(session, mask_logits))
+    (:func:`~omg_rt.postprocess.semantic.semantic_with_scores`, resized a band of rows at a
+    time: :func:`~omg_rt.postprocess.semantic.semantic_from_tiles`)."""
+    label_map, class_scores = semantic_from_tiles(cls, tiled(session, mask_logits))
     classes = np.unique(label_map)
     masks = label_map[None] == classes[:, None, None]
     return SegmentationResult(

@@ -31,7 +31,7 @@ from omg_rt.errors import InvalidInputError
 # ~1 GB at 768x1024, and its first touch alone costs more than the arithmetic.
 _QUERY_BLOCK = 16
 # Channel chunk for the numpy path: bounds the temporaries to about this many floats.
-_CHUNK_ELEMENTS = 1 << 23
+_CHUNK_ELEMENTS = 1 << 18
 
 
 def _hw(value: Sequence[int], name: str) -> tuple[int, int]:
@@ -221,6 +221,20 @@ def upsample_masks(
     return out
 
 
+_Taps = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _first(taps: _Taps, n: int) -> _Taps:
+    """The taps of the first ``n`` outputs."""
+    return _rows(taps, 0, n)
+
+
+def _rows(taps: _Taps, top: int, stop: int) -> _Taps:
+    """The taps of outputs ``[top, stop)``."""
+    i0, i1, l0, l1 = taps
+    return i0[top:stop], i1[top:stop], l0[top:stop], l1[top:stop]
+
+
 class ResizePlan:
     """The taps of :func:`upsample_masks` for one set of sizes, and its first stage.
 
@@ -243,11 +257,13 @@ class ResizePlan:
         (h4, w4), (hp, wp), (hr, wr), (h, w) = stride4_hw, padded_hw, resized_hw, original_hw
         self.padded_hw, self.resized_hw = (hp, wp), (hr, wr)
         self.use_opencv = _opencv_agrees(h4, hp) and _opencv_agrees(w4, wp)
-        self.rows1 = tuple(t[:hr] for t in linear_taps(h4, hp))
-        self.cols1 = tuple(t[:wr] for t in linear_taps(w4, wp))
+        self.rows1 = _first(linear_taps(h4, hp), hr)
+        self.cols1 = _first(linear_taps(w4, wp), wr)
         self.rows2, self.cols2 = linear_taps(hr, h), linear_taps(wr, w)
+        self.original_hw = (h, w)
         self.copy = (hr, wr) == (h, w)
         self._buffer: np.ndarray | None = None
+        self._window: np.ndarray | None = None
 
     def padded_crop(self, block: np.ndarray) -> np.ndarray:
         """(n <= 16, h4, w4) float32 -> (n, Hr, Wr) logits at the padded size, cropped (a view
@@ -255,7 +271,76 @@ class ResizePlan:
         hp, wp = self.padded_hw
         hr, wr = self.resized_hw
         if not self.use_opencv:
-            return _resize_separable(block, self.rows1, self.cols1)  # type: ignore[arg-type]
+            return _resize_separable(block, self.rows1, self.cols1)
         if self._buffer is None or self._buffer.shape[0] < block.shape[0]:
             self._buffer = np.empty((max(block.shape[0], 1), hp, wp), dtype=np.float32)
         return _resize_opencv(block, (hp, wp), self._buffer[: block.shape[0]])[:, :hr, :wr]
+
+    def output_rows(
+        self, block: np.ndarray, top: int, stop: int, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Rows ``[top, stop)`` of :func:`upsample_masks` of ``block``, bit for bit.
+
+        Only the padded-size rows those output rows read are computed (see
+        :meth:`_padded_rows`), a few queries at a time, so a caller can go through all queries a
+        band of rows at a time.
+
+        Args:
+            block: (n, h4, w4) float32 stride-4 logits.
+            top, stop: ``0 <= top < stop <= H``.
+            out: optional (n, stop - top, W) float32 C-contiguous array to write into.
+
+        Returns:
+            (n, stop - top, W) float32 (``out`` when given).
+        """
+        n = block.shape[0]
+        if out is None:
+            out = np.empty((n, stop - top, self.original_hw[1]), dtype=np.float32)
+        if self.copy:
+            first, last, second = top, stop, None
+        else:
+            r0, r1, l0, l1 = _rows(self.rows2, top, stop)
+            first, last = int(r0.min()), int(r1.max()) + 1
+            second = (r0 - first, r1 - first, l0, l1)
+        step = max(1, _CHUNK_ELEMENTS // max((last - first) * self.padded_hw[1], 1))
+        for start in range(0, n, step):
+            cropped = self._padded_rows(block[start : start + step], first, last)
+            if second is None:
+                out[start : start + step] = cropped
+            else:
+                _resize_separable(cropped, second, self.cols2, out=out[start : start + step])
+        return out
+
+    def _padded_rows(self, block: np.ndarray, top: int, stop: int) -> np.ndarray:
+        """Rows ``[top, stop)`` of :meth:`padded_crop`: (n, stop - top, Wr) float32.
+
+        OpenCV resizes only the stride-4 rows these rows read (their taps ``rows1``, plus one
+        row of margin) by the same integer factor: each output row has the same source rows and
+        weights as in the whole image, so the same values (tests/omg_rt/test_postprocess_fast.py
+        checks every band of several sizes). The result is a view into a buffer reused by the
+        next call on that path.
+        """
+        i0, i1, l0, l1 = _rows(self.rows1, top, stop)
+        if not self.use_opencv:
+            out: np.ndarray = _resize_separable(block, (i0, i1, l0, l1), self.cols1)
+            return out
+        hp, wp = self.padded_hw
+        factor = hp // block.shape[1]
+        # The stride-4 rows read, and one more on each side: OpenCV treats a window's first and
+        # last rows as edges, so these must be the image's own edges or rows no output reads.
+        first = max(int(i0.min()) - 1, 0)
+        last = min(int(i1.max()) + 2, block.shape[1])
+        rows = (last - first) * factor
+        n = block.shape[0]
+        if self._window is None or self._window.shape[0] < n or self._window.shape[1] < rows:
+            self._window = np.empty((max(n, 1), rows, wp), dtype=np.float32)
+        window = self._window[:n, :rows]
+        for index in range(n):
+            cv2.resize(
+                block[index, first:last],
+                (wp, rows),
+                dst=window[index],
+                interpolation=cv2.INTER_LINEAR,
+            )
+        offset = top - first * factor
+        return window[:, offset : offset + stop - top, : self.resized_hw[1]]

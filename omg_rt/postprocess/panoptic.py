@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TypedDict
 
 import numpy as np
+from scipy.special import expit
 
 from omg_rt.errors import InvalidInputError
 from omg_rt.postprocess._common import check_array, sigmoid, sigmoid_threshold, softmax
@@ -34,6 +35,19 @@ IOU_THR = 0.8
 FILTER_LOW_SCORE = True
 # Pixels per band when scanning the masks: bounds the (Q, band) temporaries.
 _BAND_ELEMENTS = 1 << 24
+# Cost of a pixel evaluated on a tile (_assign_tiles) against a query-pixel of _assign_dense
+# (measured: benchmarks/bench_postprocess.py); _assign_tiles hands over when it would cost more.
+_TILE_COST = 10.0
+# Query-pixels per band of _assign_dense (its logits, comparisons and candidate lists).
+_DENSE_ELEMENTS = 1 << 22
+# _assign_dense bounds the winner's value per group of this many queries of similar scores.
+_GROUP = 8
+# Relative slack of _assign_dense's float32 bounds: their own rounding is below 1e-6.
+_SLACK = np.float32(2e-4)
+# Bounds below this are treated as 0: float32 products lose relative precision near 1e-38.
+_TINY = np.float32(1e-30)
+# expit(x) is exactly 0 for float32 x < -88.7228 (expf(-x) overflows).
+_EXPIT_ZERO = np.float32(-89.0)
 
 
 class PanopticSegment(TypedDict):
@@ -254,17 +268,22 @@ def _assign_tiles(
     alone = alive.sum(0) == 1
     ty, tx = tiles.grid
     t = tiles.tile
+    z_lo = np.take_along_axis(lo, first[None], 0)[0]
+    z_hi = np.take_along_axis(hi, first[None], 0)[0]
+    unsure = alone & (z_lo < thr) & (z_hi >= thr)
+    evaluated = (int(unsure.sum()) + int(alive[:, ~alone].sum())) * t * t
+    h, w = tiles.original_hw
+    if _dense_is_cheaper(evaluated, n * h * w):
+        return _assign_dense(tiles, kept, scores)
     winner = np.empty((ty, tx, t, t), np.int64)
     confident = np.empty((ty, tx, t, t), bool)
 
     # Tiles z wins outright: confident where its bounds say so. Then one exact evaluation for
     # z on the tiles where they do not, and for every candidate of the contested tiles.
     winner[alone] = first[alone][:, None, None]
-    z_lo = np.take_along_axis(lo, first[None], 0)[0]
-    z_hi = np.take_along_axis(hi, first[None], 0)[0]
     confident[alone & (z_lo >= thr)] = True
     confident[alone & (z_hi < thr)] = False
-    uy, ux = np.nonzero(alone & (z_lo < thr) & (z_hi >= thr))
+    uy, ux = np.nonzero(unsure)
     my, mx = np.nonzero(~alone)
     tile_of, slots = np.nonzero(alive[:, my, mx].T)  # tile-major, slots ascending
     logits = tiles.evaluate(
@@ -296,3 +315,106 @@ def _assign_tiles(
         counts = np.bincount(wi, weights=above.sum((1, 2)), minlength=won.size)
         original_area[won] += counts.astype(np.int64)
     return winner_map, confident_map, original_area
+
+
+def _dense_is_cheaper(tile_pixels: int, query_pixels: int) -> bool:
+    """Whether :func:`_assign_dense` over ``query_pixels`` (kept queries x image pixels) costs
+    less than evaluating ``tile_pixels`` pixels on tiles."""
+    return tile_pixels * _TILE_COST > query_pixels
+
+
+def _assign_dense(
+    tiles: TiledLogits, kept: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_assign_pixels` of the resized kept queries, a band of rows at a time, without the
+    sigmoid of every query at every pixel.
+
+    Queries are sorted by score and cut into groups of :data:`_GROUP`. Per pixel, each group's
+    largest logit ``M`` gives a lower bound ``min score * sigmoid(M)`` of the best value
+    ``v``; a query of the group can reach ``v`` only where ``sigmoid(logit) >= v / max score``,
+    i.e. where its logit is at least ``logit(v / max score)`` (float32 bounds, widened by
+    :data:`_SLACK`). Only those (query, pixel) candidates get the exact
+    ``score * expit(logit)``; the first largest wins, as ``argmax``. Where every value may be 0
+    (the bound underflows) the candidates are the queries whose sigmoid can be positive and the
+    first query, which wins all-zero ties (elsewhere the winner's value is positive, so queries
+    whose sigmoid is exactly 0 never need evaluating). A pixel left without candidates (NaN
+    logits) is evaluated whole.
+
+    Args:
+        tiles: all queries' stride-4 logits.
+        kept: (N,) int query indices; scores: (N,) float32.
+
+    Returns:
+        as :func:`_assign_pixels`.
+    """
+    n = kept.shape[0]
+    h, w = tiles.original_hw
+    scores = scores.astype(np.float32)
+    order = np.argsort(-scores, kind="stable")  # position -> slot, best score first
+    position = np.argsort(order)  # slot -> position
+    ordered = scores[order]
+    groups = [(a, min(a + _GROUP, n)) for a in range(0, n, _GROUP)]
+    low_score = np.array([ordered[b - 1] for _, b in groups], np.float32)[:, None]  # (G, 1)
+    high_score = np.array([ordered[a] for a, _ in groups], np.float32)[:, None]
+    thr = sigmoid_threshold()
+    winner = np.empty(h * w, np.int64)
+    confident = np.empty(h * w, bool)
+    area = np.zeros(n, np.int64)  # in score order
+    rows = max(1, _DENSE_ELEMENTS // max(n * w, 1))
+    flags = np.empty(n * rows * w, bool)
+    maxima = np.empty((len(groups), rows * w), np.float32)
+    for top, band in tiles.row_bands(kept[order], rows):
+        p = band.shape[1] * w
+        logits = band.reshape(n, p)  # (N, P) in score order
+        mask = flags[: n * p].reshape(n, p)
+        area += np.count_nonzero(np.greater_equal(logits, thr, out=mask), axis=1)
+        for g, (a, b) in enumerate(groups):
+            np.maximum.reduce(logits[a:b], axis=0, out=maxima[g, :p])
+        low = _value_lower_bound(maxima[:, :p], low_score)
+        cutoff = _logit_cutoff(low, high_score)  # (G, P)
+        for g, (a, b) in enumerate(groups):
+            np.greater_equal(logits[a:b], cutoff[g], out=mask[a:b])
+        mask[position[0], low == 0] = True  # all values may be 0: the first slot wins ties
+        qi, pi = np.divmod(np.flatnonzero(mask), p)
+        picked = logits[qi, pi]
+        values = ordered[qi] * expit(picked)
+        best = np.full(p, -np.inf, np.float32)
+        np.maximum.at(best, pi, values)
+        slot = order[qi]
+        tie = values == best[pi]
+        first = np.full(p, n, np.int64)
+        np.minimum.at(first, pi[tie], slot[tie])
+        mine = tie & (slot == first[pi])  # one entry per pixel: the winner's
+        band_confident = np.empty(p, bool)
+        band_confident[pi[mine]] = picked[mine] >= thr
+        left = np.flatnonzero(first == n)
+        if left.size:  # no candidate (NaN): as _assign_pixels
+            rest = logits[position][:, left]  # (N, r) in slot order
+            first[left] = (expit(rest) * scores[:, None]).argmax(0)
+            band_confident[left] = rest[first[left], np.arange(left.size)] >= thr
+        winner[top * w : top * w + p] = first
+        confident[top * w : top * w + p] = band_confident
+    return winner.reshape(h, w), confident.reshape(h, w), area[position]
+
+
+def _value_lower_bound(maxima: np.ndarray, low_score: np.ndarray) -> np.ndarray:
+    """(G, P) group maxima of the logits -> (P,) float32 lower bound of the best value (0 where
+    it underflows; NaN where a logit is NaN)."""
+    with np.errstate(over="ignore"):
+        approx = low_score / (np.float32(1.0) + np.exp(-maxima))  # np.exp: a few ulp off expit
+    low: np.ndarray = approx.max(0) * (np.float32(1.0) - _SLACK)
+    low[low < _TINY] = 0.0
+    return low
+
+
+def _logit_cutoff(low: np.ndarray, high_score: np.ndarray) -> np.ndarray:
+    """(G, P) float32 logit below which no query of a group (scores <= high_score) reaches the
+    value bound ``low``: ``logit(low / high_score)``, lowered by :data:`_SLACK` (the ratio's
+    slack is worth >= 1e-4 in logit, above float32's error of this log, < 3e-5 for |logit| <=
+    104), and at least :data:`_EXPIT_ZERO`. NaN where the group cannot reach ``low`` (no logit
+    compares >= NaN)."""
+    ratio = low[None] * ((np.float32(1.0) - _SLACK) / high_score)  # (G, P)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cutoff: np.ndarray = np.log(ratio / (np.float32(1.0) - ratio))  # NaN for ratio > 1
+    np.maximum(cutoff, _EXPIT_ZERO, out=cutoff)
+    return cutoff

@@ -5,16 +5,29 @@ whose head OMG-Seg reuses, computes a per-pixel class score
 ``einsum("qc,qhw->chw", softmax(cls)[:, :K], sigmoid(mask))`` and takes the argmax over classes.
 Each class present also gets a score: the mean over its pixels of the class probability of the
 queries covering the pixel, weighted by their masks (:func:`semantic_with_scores`).
+
+Both entry points run the same loop over bands of rows (the same bands, the same float32 BLAS
+product per band): :func:`semantic_with_scores` reads the bands from logits already at the output
+size, :func:`semantic_from_tiles` resizes each band from the stride-4 logits as it goes
+(:meth:`~omg_rt.postprocess.tiles.TiledLogits.row_bands`), so it never holds the (Q, H, W)
+logits and gives the same map and scores bit for bit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
+from scipy.special import expit
 
 from omg_rt.errors import InvalidInputError
-from omg_rt.postprocess._common import check_array, sigmoid, softmax
+from omg_rt.postprocess._common import check_array, softmax
+from omg_rt.postprocess.tiles import TiledLogits
 
+# Pixels x max(Q, K + 1) per band: bounds the (Q, band) sigmoids and the (K, band) class scores.
 _BAND_ELEMENTS = 1 << 22
+# Query-pixels resized at once by semantic_from_tiles (a whole number of bands).
+_RESIZE_ELEMENTS = 1 << 23
 
 
 def semantic_results(cls_logits: np.ndarray, mask_logits: np.ndarray) -> np.ndarray:
@@ -48,28 +61,94 @@ def semantic_with_scores(
         ``(label_map, class_scores)``: (H, W) int32 class indices in ``[0, K)`` (the first class
         on exact ties) and (K,) float32 scores, 0 for classes that label no pixel.
     """
-    cls_logits = check_array(cls_logits, "cls_logits", 2, "float32", "float32 (Q, K + 1)")
     mask_logits = check_array(mask_logits, "mask_logits", 3, "float32", "float32 (Q, H, W)")
-    q, k1 = cls_logits.shape
+    class_probs = _class_probs(cls_logits, mask_logits.shape[0])
+    h, w = mask_logits.shape[1:]
+    band = _band_rows(class_probs.shape, w)
+    bands = ((top, mask_logits[:, top : top + band]) for top in range(0, h, band))
+    return _semantic(class_probs, bands, (h, w))
+
+
+def semantic_from_tiles(
+    cls_logits: np.ndarray, tiles: TiledLogits
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`semantic_with_scores` of ``upsample_masks(stride-4 logits)``, resized band by band:
+    the same map and scores, in memory bounded by the band size.
+
+    Args:
+        cls_logits: (Q, K + 1) float32, void last (no IoU column).
+        tiles: the Q queries' stride-4 mask logits with the image's sizes.
+    """
+    q = tiles.logits.shape[0]
+    class_probs = _class_probs(cls_logits, q)
+    h, w = tiles.original_hw
+    band = _band_rows(class_probs.shape, w)
+    chunk = band * max(1, _RESIZE_ELEMENTS // max(band * q * w, 1))
+
+    def bands() -> Iterator[tuple[int, np.ndarray]]:
+        for top, logits in tiles.row_bands(np.arange(q), chunk):
+            for start in range(0, logits.shape[1], band):
+                yield top + start, logits[:, start : start + band]
+
+    return _semantic(class_probs, bands(), (h, w))
+
+
+def _class_probs(cls_logits: np.ndarray, q: int) -> np.ndarray:
+    """(Q, K + 1) class logits -> (Q, K) float32 probabilities (void dropped after the softmax)."""
+    cls_logits = check_array(cls_logits, "cls_logits", 2, "float32", "float32 (Q, K + 1)")
+    k1 = cls_logits.shape[1]
     if k1 < 2:
         raise InvalidInputError(f"cls_logits: expected at least 2 columns, got {k1}")
-    if mask_logits.shape[0] != q:
+    if q != cls_logits.shape[0]:
         raise InvalidInputError(
-            f"mask_logits: expected {q} masks (one per query of cls_logits), "
-            f"got {mask_logits.shape[0]}"
+            f"mask_logits: expected {cls_logits.shape[0]} masks (one per query of cls_logits), "
+            f"got {q}"
         )
-    h, w = mask_logits.shape[1:]
-    class_probs = softmax(cls_logits)[:, : k1 - 1]  # (Q, K)
+    out: np.ndarray = softmax(cls_logits)[:, : k1 - 1]
+    return out
+
+
+def _band_rows(class_probs_shape: tuple[int, ...], w: int) -> int:
+    q, k = class_probs_shape
+    return max(1, _BAND_ELEMENTS // max(max(q, k + 1) * w, 1))
+
+
+def _semantic(
+    class_probs: np.ndarray, bands: Iterator[tuple[int, np.ndarray]], hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The per-band loop of :func:`semantic_with_scores`.
+
+    Args:
+        class_probs: (Q, K) float32.
+        bands: ``(top, (Q, b, W) float32 mask logits of rows [top, top + b))`` in order, the
+            bands of :func:`_band_rows`.
+        hw: (H, W).
+    """
+    q, k = class_probs.shape
+    h, w = hw
     out = np.empty((h, w), dtype=np.int32)
-    score_sum = np.zeros(k1 - 1, dtype=np.float64)
-    band = max(1, _BAND_ELEMENTS // max(max(q, k1) * w, 1))
-    for top in range(0, h, band):
-        probs = sigmoid(mask_logits[:, top : top + band]).reshape(q, -1)  # (Q, b * W)
+    score_sum = np.zeros(k, dtype=np.float64)
+    for top, logits in bands:
+        b = logits.shape[1]
+        probs = expit(logits).reshape(q, -1)  # (Q, b * W) float32 sigmoid
         per_class = class_probs.T @ probs  # (K, b * W)
-        best = per_class.argmax(0)
-        out[top : top + band] = best.reshape(-1, w)
+        best_score = per_class.max(0)
+        best = _first_argmax(per_class, best_score)
+        out[top : top + b] = best.reshape(-1, w)
         weight = np.maximum(probs.sum(0), np.finfo(np.float32).tiny)  # (b * W,)
-        score_sum += np.bincount(best, weights=per_class.max(0) / weight, minlength=k1 - 1)
-    area = np.bincount(out.ravel(), minlength=k1 - 1)
+        score_sum += np.bincount(best, weights=best_score / weight, minlength=k)
+    area = np.bincount(out.ravel(), minlength=k)
     scores = np.where(area > 0, score_sum / np.maximum(area, 1), 0.0).astype(np.float32)
     return out, scores
+
+
+def _first_argmax(values: np.ndarray, maxima: np.ndarray) -> np.ndarray:
+    """``values.argmax(0)`` given ``maxima = values.max(0)``: for a (K, N) array, one pass per
+    row instead of numpy's strided argmax along axis 0 (several times slower)."""
+    best = np.zeros(values.shape[1], dtype=np.int64)
+    for row in range(values.shape[0] - 1, -1, -1):
+        best[values[row] == maxima] = row
+    nan = np.isnan(maxima)  # argmax takes the first NaN, which == never matches
+    if nan.any():
+        best[nan] = values[:, nan].argmax(0)
+    return best

@@ -18,7 +18,7 @@ Callers decide from the bounds and evaluate only the undecided (query, tile) pai
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,6 +144,23 @@ class TiledLogits:
     def dense(self, queries: np.ndarray) -> np.ndarray:
         """(N,) int queries -> (N, H, W) float32, ``upsample_masks`` of those queries."""
         return upsample_masks(self.logits[queries], *self._sizes)
+
+    def row_bands(self, queries: np.ndarray, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """:meth:`dense` of ``queries``, ``rows`` output rows at a time, top to bottom.
+
+        Args:
+            queries: (N,) int query indices.
+            rows: band height (>= 1).
+
+        Yields:
+            ``(top, logits)``: (N, b, W) float32 rows ``[top, top + b)`` of ``upsample_masks``
+            of those queries, bit for bit (b = ``rows`` except at the bottom). A band may be a
+            view into a buffer that the next band overwrites.
+        """
+        logits = self.logits if _is_all(queries, self.logits.shape[0]) else self.logits[queries]
+        h = self.original_hw[0]
+        for top in range(0, h, rows):
+            yield top, self.plan.output_rows(logits, top, min(top + rows, h))
 
     def bounds(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per query and tile, float32 ``(lo, hi)`` with ``lo <= logit <= hi`` on the whole tile.
