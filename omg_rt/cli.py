@@ -3,6 +3,10 @@
     omg-rt segment IMAGES... --bundle B --task panoptic|instance|semantic [--vocab ...] --out DIR
     omg-rt prompt IMAGE --bundle B --points x,y[,label] ... --boxes x0,y0,x1,y1 ... --out DIR
     omg-rt video VIDEO --bundle B --task vis|vps|vss|vos [--first-mask PNG] --out DIR
+    omg-rt serve BUNDLE [--port 8000] [--host 127.0.0.1] [--workers N]
+
+``segment``, ``prompt`` and ``video`` take ``--server http://HOST:PORT`` (an ``omg-rt serve``)
+instead of ``--bundle`` and write the same files.
 
 Outputs per image: ``<name>.json`` (every mask as COCO RLE with id, label, name, score, box) and
 ``<name>_overlay.png``; panoptic adds ``<name>_panoptic.png`` + ``<name>_segments.json`` (COCO
@@ -37,6 +41,7 @@ from omg_rt.spec import IMAGE_TASKS, VIDEO_TASKS
 from omg_rt.vocabularies import VOCABULARIES
 
 if TYPE_CHECKING:
+    from omg_rt.client import Client
     from omg_rt.segmenter import Segmenter
 
 _T = TypeVar("_T")
@@ -50,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--bundle", required=True, help="exported bundle directory")
+        where = p.add_mutually_exclusive_group(required=True)
+        where.add_argument("--bundle", help="exported bundle directory")
+        where.add_argument("--server", help="an omg-rt serve endpoint, http://HOST:PORT")
         p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
         p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
         p.add_argument("--out", required=True, help="output directory")
@@ -91,13 +98,29 @@ def _parser() -> argparse.ArgumentParser:
     vid.add_argument("--max-frames", type=int, help="stop after this many frames")
     min_score(vid)
     common(vid)
+
+    srv = sub.add_parser("serve", help="serve a bundle on Triton Inference Server (PyTriton)")
+    srv.add_argument("bundle")
+    srv.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
+    srv.add_argument("--port", type=int, default=8000, help="HTTP port; gRPC port+1, "
+                     "metrics port+2")
+    srv.add_argument("--workers", type=int, default=1, help="model instances per model")
+    srv.add_argument("--max-batch", type=int, default=4, help="images per dynamic batch")
+    srv.add_argument("--max-queue", type=int, default=32,
+                     help="waiting requests per model before answering busy")
+    srv.add_argument("--idle-seconds", type=float, default=300.0,
+                     help="free a video stream after this long without frames")
+    srv.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
+    srv.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    srv.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0 = all)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"segment": _segment, "prompt": _prompt, "video": _video}[args.command](args)
+        return {"segment": _segment, "prompt": _prompt, "video": _video,
+                "serve": _serve}[args.command](args)
     except InvalidInputError as exc:
         print(f"omg-rt: bad input: {exc}", file=sys.stderr)
         return ExitCode.INPUT
@@ -112,10 +135,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.FAILED
 
 
-def _open(args: argparse.Namespace) -> Segmenter:
-    from omg_rt.segmenter import Segmenter
+def _open(args: argparse.Namespace) -> Segmenter | Client:
+    seg: Segmenter | Client
+    if args.server:
+        from omg_rt.client import Client
 
-    seg = Segmenter.from_bundle(args.bundle, backend=args.backend, precision=args.precision)
+        seg = Client(args.server)
+        if not seg.ready():
+            raise BackendUnavailableError(f"--server: no ready omg-rt serve at {args.server}")
+    else:
+        from omg_rt.segmenter import Segmenter
+
+        seg = Segmenter.from_bundle(args.bundle, backend=args.backend,
+                                    precision=args.precision)
     if not args.quiet:
         print(f"omg-rt: backend {seg.backend_name}", file=sys.stderr)
     if args.vocab:
@@ -292,6 +324,27 @@ def _video(args: argparse.Namespace) -> int:
         writer.release()
     if index == 0:
         raise InvalidInputError(f"video: {args.video!r} has no decodable frames")
+    return ExitCode.OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from omg_rt.segmenter import Segmenter
+    from omg_rt.serve import ServeOptions, check_interpreter, serve
+
+    check_interpreter()  # before minutes of loading, one line on what to do
+    seg = Segmenter.from_bundle(args.bundle, backend=args.backend, precision=args.precision,
+                                threads=args.threads)
+    options = ServeOptions(host=args.host, port=args.port, workers=args.workers,
+                           max_batch=args.max_batch, max_queue=args.max_queue,
+                           idle_seconds=args.idle_seconds)
+
+    def ready() -> None:
+        print(f"omg-rt: serving {args.bundle} ({seg.backend_name}) on http://{args.host}:"
+              f"{args.port} (gRPC {args.port + 1}, metrics {args.port + 2}); Ctrl-C stops",
+              file=sys.stderr, flush=True)
+
+    serve(seg, options, ready=ready)
+    seg.close()
     return ExitCode.OK
 
 

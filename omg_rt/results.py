@@ -3,7 +3,10 @@ and IDs, and conversions to COCO RLE, a COCO panoptic PNG + segments JSON, and o
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +120,62 @@ class SegmentationResult:
                 for i in range(len(self))
             ],
         }
+
+    def to_wire(self) -> bytes:
+        """The whole result as UTF-8 JSON (:meth:`to_json` plus the vocabulary and the id map,
+        zlib-compressed int32): what ``omg-rt serve`` sends; :meth:`from_wire` reads it back
+        equal (masks, ids, labels and float32 scores exactly)."""
+        record = self.to_json()
+        record["class_names"] = list(self.class_names)
+        record["has_is_thing"] = bool(self.is_thing.size)
+        if self.id_map is not None:
+            packed = zlib.compress(np.ascontiguousarray(self.id_map, np.int32).tobytes(), 1)
+            record["id_map"] = base64.b64encode(packed).decode("ascii")
+        return json.dumps(record).encode()
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> SegmentationResult:
+        """A result from :meth:`to_wire`'s bytes (InvalidInputError if they are not one)."""
+        try:
+            record = json.loads(data)
+        except ValueError as exc:
+            raise InvalidInputError(f"result: not JSON ({exc})") from exc
+        return cls.from_record(record)
+
+    @classmethod
+    def from_record(cls, record: Any) -> SegmentationResult:
+        """A result from :meth:`to_wire`'s JSON, parsed (InvalidInputError if it is not one)."""
+        from pycocotools import mask as mask_utils
+
+        try:
+            h, w = int(record["height"]), int(record["width"])
+            objects = record["objects"]
+            if objects:
+                rles = [dict(o["segmentation"], counts=o["segmentation"]["counts"].encode())
+                        for o in objects]
+                masks = mask_utils.decode(rles).transpose(2, 0, 1).astype(bool)
+            else:
+                masks = np.zeros((0, h, w), bool)
+            id_map = None
+            if record.get("id_map") is not None:
+                raw = zlib.decompress(base64.b64decode(record["id_map"]))
+                id_map = np.frombuffer(raw, np.int32).reshape(h, w).copy()
+            boxes = [o["box"] for o in objects if o["box"] is not None]
+            return cls(
+                task=str(record["task"]),
+                masks=masks,
+                scores=np.array([o["score"] for o in objects], np.float32),
+                labels=np.array([o["label"] for o in objects], np.int64),
+                ids=np.array([o["id"] for o in objects], np.int64),
+                class_names=tuple(record.get("class_names", ())),
+                boxes=np.array(boxes, np.float32).reshape(-1, 4),
+                id_map=id_map,
+                is_thing=np.array([o["isthing"] for o in objects], bool)
+                if record.get("has_is_thing", True) else np.zeros(0, bool),
+                frame_index=record.get("frame_index"),
+            )
+        except (KeyError, TypeError, ValueError, zlib.error) as exc:
+            raise InvalidInputError(f"result: not an omg-rt result record ({exc})") from exc
 
     def to_panoptic_png(self) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """COCO panoptic format: an RGB PNG array (``id = R + 256 G + 256^2 B``, 0 = void) and

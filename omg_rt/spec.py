@@ -25,6 +25,8 @@ PRECISIONS = ("fp32", "fp16", "int8")  # graph precisions a bundle may hold
 IMAGE_TASKS = ("panoptic", "instance", "semantic")
 VIDEO_TASKS = ("vis", "vps", "vss", "vos")
 TASKS = (*IMAGE_TASKS, "prompt", *VIDEO_TASKS)
+# the Triton models of ``omg-rt serve`` (omg_rt.serve), which omg_rt.client calls
+SERVED_MODELS = (*IMAGE_TASKS, "encode", "prompt", "vocabulary", "video")
 
 
 @dataclass(frozen=True)
