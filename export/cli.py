@@ -13,6 +13,7 @@ from export.verify import ParityError
 from omg_rt.errors import (
     EXIT_CODES_HELP,
     BackendUnavailableError,
+    BundleError,
     CheckpointError,
     ExitCode,
     InvalidInputError,
@@ -67,6 +68,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(default cpu)")
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                         help="run the parity checks against PyTorch (default on)")
+    parser.add_argument("--triton-repo", metavar="DIR",
+                        help="also write a Triton Inference Server model repository (graphs, "
+                             "Python pre/post-processing, an ensemble) for the full server")
+    parser.add_argument("--triton-backend", choices=("onnxruntime", "tensorrt"),
+                        default="onnxruntime",
+                        help="the repository's graph backend (tensorrt needs --engine plans)")
+    parser.add_argument("--triton-precision", default="fp32",
+                        help="the bundle precision the repository serves (default fp32)")
     return parser.parse_args(argv)
 
 
@@ -103,6 +112,19 @@ def main(argv: list[str] | None = None) -> int:
     except BackendUnavailableError as exc:
         no_trt, bundle = exc, output
     print(summary(bundle, time.perf_counter() - start))
+    if args.triton_repo:
+        from export.triton_repo import write_triton_repo
+
+        try:
+            repo = write_triton_repo(bundle, args.triton_repo, backend=args.triton_backend,
+                                     precision=args.triton_precision)
+        except InvalidInputError as exc:
+            print(f"omg-export: --triton-repo: {exc}", file=sys.stderr)
+            return ExitCode.INPUT
+        except BundleError as exc:
+            print(f"omg-export: --triton-repo: {exc}", file=sys.stderr)
+            return ExitCode.BUNDLE
+        print(f"triton model repository: {repo} (tritonserver --model-repository {repo})")
     if no_trt is not None:
         print(f"omg-export: --engine: {no_trt}", file=sys.stderr)
         return ExitCode.BACKEND

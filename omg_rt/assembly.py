@@ -23,11 +23,11 @@ from omg_rt.postprocess.panoptic import INSTANCE_OFFSET, PanopticResult, panopti
 from omg_rt.postprocess.semantic import semantic_from_tiles
 from omg_rt.postprocess.tiles import TiledLogits
 from omg_rt.results import SegmentationResult
-from omg_rt.sessions import ImageSession
+from omg_rt.sessions import ImageSizes
 from omg_rt.spec import PostprocessSpec
 
 
-def full_resolution(session: ImageSession, mask_logits: np.ndarray) -> np.ndarray:
+def full_resolution(session: ImageSizes, mask_logits: np.ndarray) -> np.ndarray:
     """(N, h4, w4) stride-4 logits of the padded input -> (N, H, W) float32 at the original size."""
     return upsample_masks(
         np.ascontiguousarray(mask_logits, dtype=np.float32),
@@ -37,7 +37,7 @@ def full_resolution(session: ImageSession, mask_logits: np.ndarray) -> np.ndarra
     )
 
 
-def tiled(session: ImageSession, mask_logits: np.ndarray) -> TiledLogits:
+def tiled(session: ImageSizes, mask_logits: np.ndarray) -> TiledLogits:
     """(N, h4, w4) stride-4 logits of the padded input, evaluated lazily at the original size."""
     return TiledLogits(
         np.ascontiguousarray(mask_logits, dtype=np.float32),
@@ -48,7 +48,7 @@ def tiled(session: ImageSession, mask_logits: np.ndarray) -> TiledLogits:
 
 
 def panoptic_result(
-    session: ImageSession,
+    session: ImageSizes,
     cls: np.ndarray,
     mask_logits: np.ndarray,
     vocabulary: Vocabulary,
@@ -87,7 +87,7 @@ def panoptic_result(
 
 
 def instance_result(
-    session: ImageSession,
+    session: ImageSizes,
     cls: np.ndarray,
     mask_logits: np.ndarray,
     vocabulary: Vocabulary,
@@ -126,7 +126,7 @@ def instance_result(
 
 
 def semantic_result(
-    session: ImageSession,
+    session: ImageSizes,
     cls: np.ndarray,
     mask_logits: np.ndarray,
     vocabulary: Vocabulary,
@@ -156,7 +156,7 @@ def semantic_result(
 
 
 def prompt_result(
-    session: ImageSession,
+    session: ImageSizes,
     mask_logits: np.ndarray,
     iou_logits: np.ndarray,
     class_logits: np.ndarray,

@@ -80,20 +80,7 @@ class ImageEncoder:
         """Check and resize an image (array or path; ``name`` for error messages) into the
         image scale, or the video scale for a video frame."""
         image = read_image(image, name)
-        contract = self.contract
-        hr, wr = keep_ratio_size(image.shape[:2], contract.video_scale if video
-                                 else contract.image_scale)
-        if self.fixed_hw is not None:
-            hin, win = self.fixed_hw
-            if hr > hin or wr > win:  # does not fit the fixed input: fit it instead
-                factor = min(hin / image.shape[0], win / image.shape[1])
-                hr = min(hin, int(image.shape[0] * factor + 0.5))
-                wr = min(win, int(image.shape[1] * factor + 0.5))
-            padded = (hin, win)
-        else:
-            d = contract.size_divisor
-            padded = (-(-hr // d) * d, -(-wr // d) * d)
-        resized = cv2.resize(image, (wr, hr), interpolation=cv2.INTER_LINEAR)
+        resized, padded = resize_for_encoder(image, self.contract, self.fixed_hw, video=video)
         digest = hashlib.blake2b(resized.tobytes(), digest_size=16)
         digest.update(np.asarray((*resized.shape, *padded), np.int64).tobytes())
         key = (*self._cache_prefix, digest.hexdigest())
@@ -103,14 +90,8 @@ class ImageEncoder:
 
     def tensor(self, prepared: ResizedImage) -> np.ndarray:
         """(1, 3, Hp, Wp) float32: normalised, zero padded to ``prepared.padded_hw``."""
-        pre = self._preprocess
-        tensor = normalize_and_pad(prepared.resized, pre.mean, pre.std, self.contract.size_divisor)
-        hp, wp = prepared.padded_hw
-        if tensor.shape[2:] == (hp, wp):
-            return tensor
-        out = np.zeros((1, 3, hp, wp), np.float32)
-        out[:, :, : tensor.shape[2], : tensor.shape[3]] = tensor[:, :, :hp, :wp]
-        return out
+        return encoder_tensor(prepared.resized, prepared.padded_hw, self._preprocess,
+                              self.contract.size_divisor)
 
     def encode(self, prepared: list[ResizedImage]) -> list[EncodedImage]:
         """Encoder + pixel decoder, images of one padded size batched up to ``max_batch``
@@ -160,3 +141,37 @@ class ImageEncoder:
             )
             for p, value in zip(prepared, found, strict=True)
         ]
+
+
+def resize_for_encoder(
+    image: np.ndarray, contract: InputContract, fixed_hw: tuple[int, int] | None = None,
+    *, video: bool = False
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """(H, W, 3) uint8 RGB -> (the keep-ratio resize into the image or video scale, the padded
+    (Hp, Wp) it goes into: a multiple of the size divisor, or ``fixed_hw`` — fitting the image
+    into it — for a fixed-shape graph)."""
+    hr, wr = keep_ratio_size(image.shape[:2], contract.video_scale if video
+                             else contract.image_scale)
+    if fixed_hw is not None:
+        hin, win = fixed_hw
+        if hr > hin or wr > win:  # does not fit the fixed input: fit it instead
+            factor = min(hin / image.shape[0], win / image.shape[1])
+            hr = min(hin, int(image.shape[0] * factor + 0.5))
+            wr = min(win, int(image.shape[1] * factor + 0.5))
+        padded = (hin, win)
+    else:
+        d = contract.size_divisor
+        padded = (-(-hr // d) * d, -(-wr // d) * d)
+    return cv2.resize(image, (wr, hr), interpolation=cv2.INTER_LINEAR), padded
+
+
+def encoder_tensor(resized: np.ndarray, padded_hw: tuple[int, int], preprocess: PreprocessSpec,
+                   size_divisor: int) -> np.ndarray:
+    """(1, 3, Hp, Wp) float32: ``resized`` normalised and zero padded to ``padded_hw``."""
+    tensor = normalize_and_pad(resized, preprocess.mean, preprocess.std, size_divisor)
+    hp, wp = padded_hw
+    if tensor.shape[2:] == (hp, wp):
+        return tensor
+    out = np.zeros((1, 3, hp, wp), np.float32)
+    out[:, :, : tensor.shape[2], : tensor.shape[3]] = tensor[:, :, :hp, :wp]
+    return out

@@ -42,13 +42,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 
 from omg_rt.errors import BackendUnavailableError, InvalidInputError, OmgRtError
 from omg_rt.segmenter import Segmenter
 from omg_rt.sessions import ImageSession
 from omg_rt.spec import IMAGE_TASKS, SERVED_MODELS, VIDEO_TASKS
+from omg_rt.triton_steps import decode_image_bytes
 from omg_rt.video import VideoSession
 
 MAX_IMAGE_IDS = 1024  # metadata only; the arrays live in the (byte-bounded) encoder cache
@@ -99,15 +99,6 @@ def check_interpreter() -> None:
         ) from exc
 
 
-def decode_image(data: Any, name: str) -> np.ndarray:
-    """Encoded image bytes -> (H, W, 3) uint8 RGB (InvalidInputError naming ``name``)."""
-    raw = bytes(data) if not isinstance(data, bytes) else data
-    image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR) if raw else None
-    if image is None:
-        raise InvalidInputError(f"{name}: not a decodable image ({len(raw)} bytes)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 @dataclass
 class _Stream:
     session: VideoSession
@@ -133,7 +124,8 @@ class Service:
 
     def _image(self, inputs: dict[str, np.ndarray], name: str = "image") -> np.ndarray:
         if inputs.get(name) is not None:
-            return decode_image(inputs[name].reshape(-1)[0], name)
+            image = decode_image_bytes(bytes(inputs[name].reshape(-1)[0]))
+            return image
         if inputs.get("pixels") is not None:
             pixels: np.ndarray = np.asarray(inputs["pixels"])[0]
             return pixels

@@ -6,9 +6,31 @@ and task queries on it only run the decoders. (A video stream's state is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from omg_rt.cache import EncodedImage
+
+
+class ImageSizes(Protocol):
+    """The sizes post-processing needs: the user's image, the resized image, the padded input."""
+
+    @property
+    def original_hw(self) -> tuple[int, int]: ...
+
+    @property
+    def resized_hw(self) -> tuple[int, int]: ...
+
+    @property
+    def padded_hw(self) -> tuple[int, int]: ...
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """:class:`ImageSizes` on their own (a post-processing step that holds no encoder output)."""
+
+    original_hw: tuple[int, int]
+    resized_hw: tuple[int, int]
+    padded_hw: tuple[int, int]
 
 
 @dataclass(frozen=True)

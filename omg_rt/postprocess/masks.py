@@ -291,9 +291,12 @@ class ResizePlan:
             out: optional (n, stop - top, W) float32 C-contiguous array to write into.
 
         Returns:
-            (n, stop - top, W) float32 (``out`` when given).
+            (n, stop - top, W) float32: ``out`` when given; without ``out`` and a second
+            resize, a view into a buffer reused by the next call.
         """
         n = block.shape[0]
+        if self.copy and out is None and self.use_opencv:
+            return self._padded_rows(block, top, stop)
         if out is None:
             out = np.empty((n, stop - top, self.original_hw[1]), dtype=np.float32)
         if self.copy:

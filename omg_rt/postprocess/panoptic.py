@@ -38,8 +38,12 @@ _BAND_ELEMENTS = 1 << 24
 # Cost of a pixel evaluated on a tile (_assign_tiles) against a query-pixel of _assign_dense
 # (measured: benchmarks/bench_postprocess.py); _assign_tiles hands over when it would cost more.
 _TILE_COST = 10.0
+# _assign_tiles first decides on every _SAMPLE-th row of tiles.
+_SAMPLE = 4
 # Query-pixels per band of _assign_dense (its logits, comparisons and candidate lists).
 _DENSE_ELEMENTS = 1 << 22
+# ... resized _RESIZE_BANDS bands at a time (less of the first resize's margin rows).
+_RESIZE_BANDS = 4
 # _assign_dense bounds the winner's value per group of this many queries of similar scores.
 _GROUP = 8
 # Relative slack of _assign_dense's float32 bounds: their own rounding is below 1e-6.
@@ -259,22 +263,20 @@ def _assign_tiles(
     n = kept.shape[0]
     s = scores.astype(np.float32)[:, None, None]
     thr = sigmoid_threshold()
-    lo, hi = tiles.bounds(kept)  # (n, ty, tx)
-    low, high = sigmoid(lo) * s, sigmoid(hi) * s
-    first = low.argmax(0)  # (ty, tx) z: the first largest lower bound
-    best = np.take_along_axis(low, first[None], 0)
-    slot = np.arange(n)[:, None, None]
-    alive = (high > best) | ((high >= best) & (slot < first)) | (slot == first)
-    alone = alive.sum(0) == 1
     ty, tx = tiles.grid
     t = tiles.tile
+    h, w = tiles.original_hw
+    if ty >= 2 * _SAMPLE:  # decide on a sample of tile rows first: bounds cost too
+        sample = np.arange(0, ty, _SAMPLE)
+        *_, evaluated = _decide(*tiles.bounds(kept, sample), s, thr)
+        if _dense_is_cheaper(evaluated * t * t * ty // sample.size, n * h * w):
+            return _assign_dense(tiles, kept, scores)
+    lo, hi = tiles.bounds(kept)  # (n, ty, tx)
+    first, alive, alone, unsure, evaluated = _decide(lo, hi, s, thr)
+    if _dense_is_cheaper(evaluated * t * t, n * h * w):
+        return _assign_dense(tiles, kept, scores)
     z_lo = np.take_along_axis(lo, first[None], 0)[0]
     z_hi = np.take_along_axis(hi, first[None], 0)[0]
-    unsure = alone & (z_lo < thr) & (z_hi >= thr)
-    evaluated = (int(unsure.sum()) + int(alive[:, ~alone].sum())) * t * t
-    h, w = tiles.original_hw
-    if _dense_is_cheaper(evaluated, n * h * w):
-        return _assign_dense(tiles, kept, scores)
     winner = np.empty((ty, tx, t, t), np.int64)
     confident = np.empty((ty, tx, t, t), bool)
 
@@ -315,6 +317,32 @@ def _assign_tiles(
         counts = np.bincount(wi, weights=above.sum((1, 2)), minlength=won.size)
         original_area[won] += counts.astype(np.int64)
     return winner_map, confident_map, original_area
+
+
+def _decide(
+    lo: np.ndarray, hi: np.ndarray, s: np.ndarray, thr: np.float32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """What the tile bounds decide (:func:`_assign_tiles`).
+
+    Args:
+        lo, hi: (n, ty, tx) float32 logit bounds; s: (n, 1, 1) float32 scores; thr: the
+            sigmoid threshold.
+
+    Returns:
+        ``first`` (ty, tx) int64 z, ``alive`` (n, ty, tx) bool candidates, ``alone`` (ty, tx)
+        bool tiles z wins outright, ``unsure`` (ty, tx) bool of those where z's confidence is
+        not decided, and the number of (query, tile) pairs to evaluate.
+    """
+    low, high = sigmoid(lo) * s, sigmoid(hi) * s
+    first = low.argmax(0)  # (ty, tx) z: the first largest lower bound
+    best = np.take_along_axis(low, first[None], 0)
+    slot = np.arange(lo.shape[0])[:, None, None]
+    alive = (high > best) | ((high >= best) & (slot < first)) | (slot == first)
+    alone = alive.sum(0) == 1
+    z_lo = np.take_along_axis(lo, first[None], 0)[0]
+    z_hi = np.take_along_axis(hi, first[None], 0)[0]
+    unsure = alone & (z_lo < thr) & (z_hi >= thr)
+    return first, alive, alone, unsure, int(unsure.sum()) + int(alive[:, ~alone].sum())
 
 
 def _dense_is_cheaper(tile_pixels: int, query_pixels: int) -> bool:
@@ -363,11 +391,12 @@ def _assign_dense(
     rows = max(1, _DENSE_ELEMENTS // max(n * w, 1))
     flags = np.empty(n * rows * w, bool)
     maxima = np.empty((len(groups), rows * w), np.float32)
-    for top, band in tiles.row_bands(kept[order], rows):
+    for top, band in tiles.row_bands(kept[order], rows, _RESIZE_BANDS * rows):
         p = band.shape[1] * w
         logits = band.reshape(n, p)  # (N, P) in score order
         mask = flags[: n * p].reshape(n, p)
-        area += np.count_nonzero(np.greater_equal(logits, thr, out=mask), axis=1)
+        np.greater_equal(logits, thr, out=mask)
+        area += np.add.reduce(mask.view(np.uint8), axis=1, dtype=np.int32)
         for g, (a, b) in enumerate(groups):
             np.maximum.reduce(logits[a:b], axis=0, out=maxima[g, :p])
         low = _value_lower_bound(maxima[:, :p], low_score)

@@ -84,13 +84,7 @@ def semantic_from_tiles(
     h, w = tiles.original_hw
     band = _band_rows(class_probs.shape, w)
     chunk = band * max(1, _RESIZE_ELEMENTS // max(band * q * w, 1))
-
-    def bands() -> Iterator[tuple[int, np.ndarray]]:
-        for top, logits in tiles.row_bands(np.arange(q), chunk):
-            for start in range(0, logits.shape[1], band):
-                yield top + start, logits[:, start : start + band]
-
-    return _semantic(class_probs, bands(), (h, w))
+    return _semantic(class_probs, tiles.row_bands(np.arange(q), band, chunk), (h, w))
 
 
 def _class_probs(cls_logits: np.ndarray, q: int) -> np.ndarray:

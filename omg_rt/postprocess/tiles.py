@@ -145,12 +145,16 @@ class TiledLogits:
         """(N,) int queries -> (N, H, W) float32, ``upsample_masks`` of those queries."""
         return upsample_masks(self.logits[queries], *self._sizes)
 
-    def row_bands(self, queries: np.ndarray, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    def row_bands(
+        self, queries: np.ndarray, rows: int, resize_rows: int | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """:meth:`dense` of ``queries``, ``rows`` output rows at a time, top to bottom.
 
         Args:
             queries: (N,) int query indices.
             rows: band height (>= 1).
+            resize_rows: rows resized at once, a multiple of ``rows`` (default ``rows``). The
+                first resize reads a margin of rows around each band, so taller ones waste less.
 
         Yields:
             ``(top, logits)``: (N, b, W) float32 rows ``[top, top + b)`` of ``upsample_masks``
@@ -159,23 +163,33 @@ class TiledLogits:
         """
         logits = self.logits if _is_all(queries, self.logits.shape[0]) else self.logits[queries]
         h = self.original_hw[0]
-        for top in range(0, h, rows):
-            yield top, self.plan.output_rows(logits, top, min(top + rows, h))
+        step = resize_rows or rows
+        for top in range(0, h, step):
+            chunk = self.plan.output_rows(logits, top, min(top + step, h))
+            for start in range(0, chunk.shape[1], rows):
+                yield top + start, chunk[:, start : start + rows]
 
-    def bounds(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def bounds(
+        self, queries: np.ndarray, tile_rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Per query and tile, float32 ``(lo, hi)`` with ``lo <= logit <= hi`` on the whole tile.
 
         Args:
             queries: (N,) int query indices.
+            tile_rows: (R,) int rows of tiles to bound (default: all ty).
 
         Returns:
-            two (N, ty, tx) float32 arrays.
+            two (N, R, tx) float32 arrays.
         """
         logits = self.logits if _is_all(queries, self.logits.shape[0]) else self.logits[queries]
-        lo = _window_reduce(np.minimum, logits, self.rows, axis=1)
-        lo = _window_reduce(np.minimum, lo, self.cols, axis=2)
-        hi = _window_reduce(np.maximum, logits, self.rows, axis=1)
-        hi = _window_reduce(np.maximum, hi, self.cols, axis=2)
+        r_lo, r_hi = self.rows.src_lo, self.rows.src_hi
+        if tile_rows is not None:
+            r_lo, r_hi = r_lo[tile_rows], r_hi[tile_rows]
+        c_lo, c_hi = self.cols.src_lo, self.cols.src_hi
+        lo = _window_reduce(np.minimum, logits, r_lo, r_hi, axis=1)
+        lo = _window_reduce(np.minimum, lo, c_lo, c_hi, axis=2)
+        hi = _window_reduce(np.maximum, logits, r_lo, r_hi, axis=1)
+        hi = _window_reduce(np.maximum, hi, c_lo, c_hi, axis=2)
         margin = np.maximum(np.abs(lo), np.abs(hi)) * _MARGIN
         return lo - margin, hi + margin
 
@@ -233,10 +247,11 @@ def _is_all(queries: np.ndarray, q: int) -> bool:
     return queries.shape[0] == q and bool(np.all(queries == np.arange(q)))
 
 
-def _window_reduce(ufunc: np.ufunc, values: np.ndarray, axis_: _Axis, axis: int) -> np.ndarray:
-    """``ufunc`` over ``values[src_lo[t] : src_hi[t] + 1]`` along ``axis``, for every tile t
-    (windows are a few samples wide: one gather per offset)."""
-    lo, hi = axis_.src_lo, axis_.src_hi
+def _window_reduce(
+    ufunc: np.ufunc, values: np.ndarray, lo: np.ndarray, hi: np.ndarray, axis: int
+) -> np.ndarray:
+    """``ufunc`` over ``values[lo[t] : hi[t] + 1]`` along ``axis``, for every tile t (windows
+    are a few samples wide: one gather per offset)."""
     out = np.take(values, lo, axis=axis)
     for offset in range(1, int((hi - lo).max()) + 1):
         ufunc(out, np.take(values, np.minimum(lo + offset, hi), axis=axis), out=out)
