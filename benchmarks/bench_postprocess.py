@@ -1,6 +1,7 @@
 """Post-processing benchmark: each task's result assembly at the ConvNeXt-L shapes, on the CPU.
 
-    python -m benchmarks.bench_postprocess [--runs 5] [--quick] [--json rows.json]
+    python -m benchmarks.bench_postprocess [--runs 5] [--quick] [--kinds ...] [--only ...]
+        [--baseline REV] [--json rows.json]
 
 What ``Segmenter.panoptic`` / ``instances`` / ``semantic`` / prompts and a video session's
 per-frame results spend after the decoder: ``omg_rt.assembly`` from the stride-4 mask logits
@@ -10,19 +11,29 @@ to a :class:`~omg_rt.results.SegmentationResult` (resize, merge, masks, boxes). 
   (the 1024 demo scale), 240 classes (139 things);
 - video frame: 720x960 at the official (1280, 736) video scale -> 736x981 in 736x992,
   (184, 248) logits, 40 classes (YouTube-VIS);
+- photo: a photo at its own padded size, no second resize: (192, 256) -> 768x1024 and
+  (120, 160) -> 480x640 (``random-model`` logits only);
 - prompts: 1 and 16 prompt queries on the image.
 
-Two kinds of logits: ``trained`` (a trained model's look: mask logits of magnitude ~10 with a
-few large blobs per query, ~50 non-void queries) and ``random`` (random weights, as the official
-golden fixture: |mask logits| up to ~1e4, every query non-void). Prints a markdown table of
-medians with provenance (benchmarks/harness.py).
+Three kinds of logits: ``trained`` (a trained model's look: mask logits of magnitude ~10 with a
+few large blobs per query, ~50 non-void queries), ``random`` (random weights, as the official
+golden fixture: |mask logits| up to ~1e4, every query non-void) and ``random-model`` (the
+exported ConvNeXt-L with random weights: near-uniform class logits, every query kept; mask
+logits ~N(0, 3), smooth, near-identical across queries, so tile bounds decide almost nothing).
+
+``--baseline REV`` also times the ``omg_rt`` of a git revision (``git archive``, in a child
+process, same cases) and prints both side by side. Prints a markdown table of medians with
+provenance (benchmarks/harness.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -30,12 +41,23 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# --baseline's child process: the omg_rt package of another revision, extracted there.
+_TREE = "OMG_BENCH_OMG_RT_TREE"
+if os.environ.get(_TREE):
+    sys.path.insert(0, os.environ[_TREE])
 
 QUERIES = 300
 IMAGE = {"padded": (768, 1024), "resized": (768, 1024), "original": (480, 640),
          "classes": 240, "things": 139}
 VIDEO = {"padded": (736, 992), "resized": (736, 981), "original": (720, 960),
          "classes": 40, "things": 40}
+PHOTOS = {
+    "photo 768x1024": {"padded": (768, 1024), "resized": (768, 1024), "original": (768, 1024),
+                       "classes": 240, "things": 139},
+    "photo 480x640": {"padded": (480, 640), "resized": (480, 640), "original": (480, 640),
+                      "classes": 240, "things": 139},
+}
+KINDS = ("trained", "random", "random-model")
 
 
 def synthetic_logits(
@@ -47,6 +69,21 @@ def synthetic_logits(
     coarse = rng.standard_normal((queries, max(h4 // 16, 2), max(w4 // 16, 2))).astype(np.float32)
     smooth = np.stack([cv2.resize(c, (w4, h4), interpolation=cv2.INTER_CUBIC) for c in coarse])
     cls = np.zeros((queries, classes + 2), np.float32)
+    if kind == "random-model":
+        # The exported ConvNeXt-L with random weights (benchmarks/RESULTS.md, issue #12): class
+        # logits near-uniform (every query kept, best probabilities within a factor of a few);
+        # mask logits ~N(0, 3), a field shared by every query plus a smaller one of each query's
+        # own (measured on that model: across-query spread / spatial spread ~0.43), rough at
+        # stride 4 (mean |neighbour difference| / std ~0.32).
+        cls[:, : classes + 1] = rng.normal(0, 1, (queries, classes + 1))
+        cells = (max(h4 // 4, 2), max(w4 // 4, 2))
+        fields = rng.standard_normal((queries + 1, *cells)).astype(np.float32)
+        fields = np.stack([cv2.resize(f, (w4, h4), interpolation=cv2.INTER_CUBIC)
+                           for f in fields])
+        fields /= fields.std()
+        masks = np.float32(3.0) * (np.float32(0.92) * fields[:1] + np.float32(0.39) * fields[1:])
+        cls[:, -1] = rng.normal(0, 2, queries)
+        return cls, np.ascontiguousarray(masks, dtype=np.float32)
     if kind == "random":
         # The golden fixture's statistics: class logits ~N(0, 3.4), void 0 (every query kept),
         # mask logits ~1e4 with ~8% positive.
@@ -76,7 +113,7 @@ def synthetic_logits(
         cells = np.float32(8.0) - np.float32(4.0) * (dist - dist.min(0))
         masks[active] = np.maximum(cells, np.float32(-15.0)) + smooth[active]
     else:
-        raise ValueError(f"kind: expected 'trained' or 'random', got {kind!r}")
+        raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
     cls[:, -1] = rng.normal(0, 2, queries)
     return cls, np.ascontiguousarray(masks, dtype=np.float32)
 
@@ -96,18 +133,19 @@ def _vocabulary(shape: dict):
                       seen=np.ones(k, bool), class_bank=np.zeros((k, 1, 1), np.float32))
 
 
-def cases(quick: bool) -> list[tuple[str, str, object]]:
-    """(subject, case, zero-argument callable) for every task and logit kind."""
+def cases(kinds: tuple[str, ...]) -> list[tuple[str, str, object]]:
+    """(subject, case, zero-argument callable) for every task, frame and logit kind."""
     from omg_rt import assembly
     from omg_rt.spec import PostprocessSpec
 
     post = PostprocessSpec()
     out = []
-    kinds = ["trained"] if quick else ["trained", "random"]
-    for frame, shape in (("image 480x640", IMAGE), ("video 720x960", VIDEO)):
+    frames = [("image 480x640", IMAGE, KINDS), ("video 720x960", VIDEO, ("trained", "random"))]
+    frames += [(name, shape, ("random-model",)) for name, shape in PHOTOS.items()]
+    for frame, shape, frame_kinds in frames:
         session, vocab = _session(shape), _vocabulary(shape)
         h4w4 = (shape["padded"][0] // 4, shape["padded"][1] // 4)
-        for kind in kinds:
+        for kind in (k for k in kinds if k in frame_kinds):
             cls_iou, masks = synthetic_logits(kind, QUERIES, shape["classes"], h4w4)
             cls = np.ascontiguousarray(cls_iou[:, :-1])
             case = f"{frame}, {kind}"
@@ -124,7 +162,7 @@ def cases(quick: bool) -> list[tuple[str, str, object]]:
 
             out += [("panoptic", case, panoptic), ("instance", case, instance),
                     ("semantic", case, semantic)]
-            if not video:
+            if frame.startswith("image"):
                 for n in (1, 16):
                     def prompt(s=session, n=n, c=cls_iou, m=masks, v=vocab):
                         return assembly.prompt_result(s, m[:n], c[:n, -1], c[:n, :-1], v)
@@ -133,25 +171,81 @@ def cases(quick: bool) -> list[tuple[str, str, object]]:
     return out
 
 
+def measure(kinds: tuple[str, ...], only: set[str], runs: int) -> list:
+    """Time every selected case (one warm-up call, then ``runs`` calls)."""
+    from benchmarks.harness import Row, time_cpu
+
+    rows = []
+    for subject, case, fn in cases(kinds):
+        if only and subject not in only:
+            continue
+        timing = time_cpu(fn, warmup=1, runs=runs)
+        rows.append(Row(subject, case, timing))
+        print(f"{subject:9s} {case:36s} {timing.median_ms:9.1f} ms", file=sys.stderr, flush=True)
+    return rows
+
+
+def baseline_rows(rev: str, argv: list[str]) -> dict[tuple[str, str], float]:
+    """Median ms per (subject, case) of the ``omg_rt`` of git revision ``rev``: this script in a
+    child process, with that package first on its path."""
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "archive", rev, "omg_rt"], cwd=REPO,
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        out = Path(tmp) / "rows.json"
+        env = {**os.environ, _TREE: tmp}
+        print(f"baseline: omg_rt of {rev}", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "benchmarks.bench_postprocess", *argv,
+                        "--json", str(out)], cwd=REPO, env=env, check=True)
+        rows = json.loads(out.read_text())["rows"]
+    return {(r["subject"], r["case"]): r["timing"]["median_ms"] for r in rows}
+
+
+def side_by_side(rows: list, baseline: dict[tuple[str, str], float], rev: str, env: dict) -> str:
+    """Markdown table: baseline and current medians per case, and the speed-up."""
+    lines = [
+        f"_{env.get('date')} · {env.get('cpu')} · {env.get('threads', '?')} threads · "
+        f"git {env.get('git')} (working tree) vs {rev}_",
+        "",
+        f"| subject | case | {rev} median ms | current median ms | speed-up |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        old = baseline.get((r.subject, r.case))
+        new = r.timing.median_ms
+        cells = ("-", "-") if old is None else (f"{old:.1f}", f"{old / new:.1f}x")
+        lines.append(f"| {r.subject} | {r.case} | {cells[0]} | {new:.1f} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.harness import Row, environment, markdown_table, time_cpu
+    from benchmarks.harness import environment, markdown_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="trained-like logits only")
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help=f"comma-separated logit kinds ({', '.join(KINDS)})")
     parser.add_argument("--only", default="", help="comma-separated subjects to run")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also time this git revision's omg_rt, side by side")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
+    kinds = ("trained",) if args.quick else tuple(k for k in args.kinds.split(",") if k)
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        parser.error(f"--kinds: expected some of {', '.join(KINDS)}, got {sorted(unknown)}")
     only = {s for s in args.only.split(",") if s}
-    rows = []
-    for subject, case, fn in cases(args.quick):
-        if only and subject not in only:
-            continue
-        timing = time_cpu(fn, warmup=1, runs=args.runs)
-        rows.append(Row(subject, case, timing))
-        print(f"{subject:9s} {case:32s} {timing.median_ms:9.1f} ms", file=sys.stderr, flush=True)
+    baseline = None
+    if args.baseline:
+        child = ["--runs", str(args.runs), "--kinds", ",".join(kinds), "--only", args.only]
+        baseline = baseline_rows(args.baseline, child)
+    rows = measure(kinds, only, args.runs)
     env = environment()
-    print(markdown_table(rows, env))
+    if baseline is None:
+        print(markdown_table(rows, env))
+    else:
+        print(side_by_side(rows, baseline, args.baseline, env))
     if args.json:
         args.json.write_text(json.dumps({"env": env, "rows": [r.as_dict() for r in rows]}))
     return 0
