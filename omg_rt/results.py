@@ -75,7 +75,16 @@ class SegmentationResult:
             )
         if not 0.0 <= min_score <= 1.0:
             raise InvalidInputError(f"min_score: expected a float in [0, 1], got {min_score!r}")
-        kept = self.scores >= np.float32(min_score)
+        return self.subset(self.scores >= np.float32(min_score))
+
+    def subset(self, kept: np.ndarray) -> SegmentationResult:
+        """The masks where ``kept`` ((N,) bool) is true, same order, as a new result (for
+        results without an id map)."""
+        kept = np.asarray(kept, bool)
+        if self.id_map is not None or kept.shape != (len(self),):
+            raise InvalidInputError(
+                f"subset: expected ({len(self)},) bool for a result without an id map, got "
+                f"{kept.shape} for a {self.task} result")
         return dataclasses.replace(
             self,
             masks=self.masks[kept],

@@ -19,17 +19,20 @@ video session; ``omg_rt.metrics``) and a training metric and a runtime benchmark
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from omg_rt import Segmenter
 from omg_rt.metrics import PQAccumulator, id_consistency, mask_ious
 from omg_rt.postprocess.panoptic import INSTANCE_OFFSET
 from omg_rt.results import SegmentationResult
 from training.data.prompts import sample_point
-from training.data.readers import CocoPanopticReader, YouTubeVISReader
+from training.data.readers import CocoPanopticReader, ImageRecord, YouTubeVISReader
+
+if TYPE_CHECKING:  # torch is needed only by evaluate(): omg-eval runs these without it
+    import torch
 
 __all__ = ["evaluate", "evaluate_panoptic", "evaluate_prompts", "evaluate_video", "runtime"]
 
@@ -39,7 +42,6 @@ __all__ = ["evaluate", "evaluate_panoptic", "evaluate_prompts", "evaluate_video"
 MIN_VISIBLE_AREA = 64
 
 
-@torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
     class_bank: torch.Tensor,
@@ -71,7 +73,7 @@ def evaluate(
     start = time.perf_counter()
     was_training = model.training
     try:
-        seg = runtime(model, class_bank, num_things)
+        seg = runtime(model, class_bank, num_things)  # its graphs run under inference_mode
         out: dict[str, Any] = {}
         if images is not None and len(images):
             n = len(images) if max_images is None else min(max_images, len(images))
@@ -103,16 +105,27 @@ def evaluate_panoptic(
     *,
     count: int,
     batch_size: int = 8,
+    progress: bool = False,
+    on_result: Callable[[ImageRecord, SegmentationResult], None] | None = None,
 ) -> dict[str, Any]:
-    """PQ of the learned queries on the first ``count`` images (see the module docstring)."""
+    """PQ of the learned queries on the first ``count`` images (see the module docstring).
+
+    ``on_result(record, result)`` sees every image's panoptic result (``omg-eval`` writes them).
+    """
+    from tqdm import tqdm
+
     vocabulary = seg.vocabulary
     categories = [{"id": k + 1, "isthing": int(k < vocabulary.num_things)}
                   for k in range(len(vocabulary.names))]
     accumulator = PQAccumulator(categories)
+    bar = tqdm(total=count, desc="panoptic", unit="img", disable=not progress)
     for first in range(0, count, batch_size):
         records = [images[i] for i in range(first, min(first + batch_size, count))]
         for record, session in zip(records, seg.set_images([r.image for r in records])):
-            pred_map, pred_segments = _pq_prediction(seg.panoptic(session))
+            result = seg.panoptic(session)
+            if on_result is not None:
+                on_result(record, result)
+            pred_map, pred_segments = _pq_prediction(result)
             gt_map = np.zeros(record.image.shape[:2], np.int64)
             for k, mask in enumerate(record.masks):
                 gt_map[mask] = k + 1
@@ -121,6 +134,8 @@ def evaluate_panoptic(
                 for k, (label, crowd) in enumerate(zip(record.labels, record.iscrowd))
             ]
             accumulator.update(pred_map, pred_segments, gt_map, gt_segments)
+            bar.update(1)
+    bar.close()
     summary = accumulator.compute()
     return {
         "pq": 100 * summary["all"]["pq"],
