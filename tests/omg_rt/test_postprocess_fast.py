@@ -168,6 +168,23 @@ def test_dense_assignment_on_extreme_logits(sizes, monkeypatch):
         _assert_same_panoptic(got, want, seed)
 
 
+def test_a_nan_logit_wins_its_pixels_as_in_the_plain_panoptic(monkeypatch):
+    # argmax takes the first NaN: even the query with the lowest score wins where it is NaN.
+    monkeypatch.setattr(panoptic, "_dense_is_cheaper", lambda *_: True)
+    rng, seed = _rng()
+    h4w4, padded, resized, original = SMALL
+    cls, logits = random_weight_logits(rng, 80, 20, h4w4)
+    cls[:, 20] = -9.0  # no void: every query kept
+    last = int(np.argmin(cls[:, :20].max(1)))  # the lowest score
+    logits[last, 20, 30] = np.nan
+    full = upsample_masks(logits, padded, resized, original)
+    tiles = TiledLogits(logits, padded, resized, original)
+    for filtered in (True, False):
+        want = panoptic_results(cls, full, 10, filter_low_score=filtered)
+        got = panoptic_from_tiles(cls, tiles, 10, filter_low_score=filtered)
+        _assert_same_panoptic(got, want, seed)
+
+
 def test_random_weight_semantic_from_tiles_equals_the_plain_one():
     rng, seed = _rng()
     h4w4, padded, resized, original = SMALL
