@@ -388,7 +388,7 @@ def _assign_dense(
     position = np.argsort(order)  # slot -> position
     ordered = scores[order]
     groups = [(a, min(a + _GROUP, n)) for a in range(0, n, _GROUP)]
-    finite = bool(np.isfinite(tiles.logits[kept]).all())
+    finite = bool(np.isfinite(tiles.logits).all())
     bounding = groups[:_BOUND_GROUPS] if finite else groups  # the best scores bound the value
     low_score = np.array([ordered[b - 1] for _, b in bounding], np.float32)[:, None]
     high_score = np.array([ordered[a] for a, _ in groups], np.float32)[:, None]
@@ -403,13 +403,13 @@ def _assign_dense(
         p = band.shape[1] * w
         logits = band.reshape(n, p)  # (N, P) in score order
         mask = flags[: n * p].reshape(n, p)
-        np.greater_equal(logits, thr, out=mask)
-        area += np.add.reduce(mask.view(np.uint8), axis=1, dtype=np.int32)
         for g, (a, b) in enumerate(bounding):
             np.maximum.reduce(logits[a:b], axis=0, out=maxima[g, :p])
         low = _value_lower_bound(maxima[:, :p], low_score)
         cutoff = _logit_cutoff(low, high_score)  # (G, P)
-        for g, (a, b) in enumerate(groups):
+        for g, (a, b) in enumerate(groups):  # a group's rows stay in cache for both tests
+            np.greater_equal(logits[a:b], thr, out=mask[a:b])
+            area[a:b] += np.add.reduce(mask[a:b].view(np.uint8), axis=1, dtype=np.int32)
             np.greater_equal(logits[a:b], cutoff[g], out=mask[a:b])
         mask[position[0], low == 0] = True  # all values may be 0: the first slot wins ties
         qi, pi = np.divmod(np.flatnonzero(mask), p)
