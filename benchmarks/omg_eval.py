@@ -36,7 +36,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from omg_rt.errors import EXIT_CODES_HELP, BundleError, ExitCode, InvalidInputError, OmgRtError
+from omg_rt.errors import (
+    EXIT_CODES_HELP,
+    ExitCode,
+    InvalidInputError,
+    OmgRtError,
+    report_failure,
+)
 from omg_rt.metrics import (
     ConfusionMatrix,
     JFAccumulator,
@@ -380,15 +386,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         seg = Segmenter.from_bundle(args.bundle, backend=args.backend, precision=args.precision)
         report = evaluate_bundle(seg, args.dataset, paths, Path(args.out), limit=args.limit,
                                  progress=not args.quiet)
-    except InvalidInputError as exc:
-        print(f"omg-eval: bad input: {exc}", file=sys.stderr)
-        return ExitCode.INPUT
-    except BundleError as exc:
-        print(f"omg-eval: bad bundle: {exc}", file=sys.stderr)
-        return ExitCode.BUNDLE
-    except (OmgRtError, ValueError) as exc:  # training.data's DataFormatError is a ValueError
-        print(f"omg-eval: {exc}", file=sys.stderr)
-        return ExitCode.INPUT if type(exc).__name__.startswith("Data") else ExitCode.FAILED
+    except OmgRtError as exc:
+        return report_failure("omg-eval", exc)
+    except ValueError as exc:  # training.data's DataError: a malformed dataset
+        return report_failure("omg-eval", InvalidInputError(str(exc)))
     print((Path(args.out) / "metrics.md").read_text().strip())
     print(f"({report['seconds']:.0f} s; {Path(args.out) / 'metrics.json'})")
     return ExitCode.OK

@@ -13,10 +13,11 @@ from export.verify import ParityError
 from omg_rt.errors import (
     EXIT_CODES_HELP,
     BackendUnavailableError,
-    BundleError,
     CheckpointError,
     ExitCode,
     InvalidInputError,
+    OmgRtError,
+    report_failure,
 )
 from omg_rt.manifest import MANIFEST, Manifest
 from omg_rt.vocabularies import VOCABULARIES
@@ -118,12 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             repo = write_triton_repo(bundle, args.triton_repo, backend=args.triton_backend,
                                      precision=args.triton_precision)
-        except InvalidInputError as exc:
-            print(f"omg-export: --triton-repo: {exc}", file=sys.stderr)
-            return ExitCode.INPUT
-        except BundleError as exc:
-            print(f"omg-export: --triton-repo: {exc}", file=sys.stderr)
-            return ExitCode.BUNDLE
+        except OmgRtError as exc:
+            return report_failure("omg-export", exc, "--triton-repo")
         print(f"triton model repository: {repo} (tritonserver --model-repository {repo})")
     if no_trt is not None:
         print(f"omg-export: --engine: {no_trt}", file=sys.stderr)

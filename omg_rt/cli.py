@@ -31,10 +31,10 @@ import numpy as np
 from omg_rt.errors import (
     EXIT_CODES_HELP,
     BackendUnavailableError,
-    BundleError,
     ExitCode,
     InvalidInputError,
     OmgRtError,
+    report_failure,
 )
 from omg_rt.results import DEFAULT_MIN_SCORE, SegmentationResult
 from omg_rt.spec import IMAGE_TASKS, VIDEO_TASKS
@@ -121,18 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return {"segment": _segment, "prompt": _prompt, "video": _video,
                 "serve": _serve}[args.command](args)
-    except InvalidInputError as exc:
-        print(f"omg-rt: bad input: {exc}", file=sys.stderr)
-        return ExitCode.INPUT
-    except BundleError as exc:
-        print(f"omg-rt: bad bundle: {exc}", file=sys.stderr)
-        return ExitCode.BUNDLE
-    except BackendUnavailableError as exc:
-        print(f"omg-rt: backend unavailable: {exc}", file=sys.stderr)
-        return ExitCode.BACKEND
     except OmgRtError as exc:
-        print(f"omg-rt: {exc}", file=sys.stderr)
-        return ExitCode.FAILED
+        return report_failure("omg-rt", exc)
 
 
 def _open(args: argparse.Namespace) -> Segmenter | Client:

@@ -64,3 +64,20 @@ _EXIT_MEANINGS = {
 }
 EXIT_CODES_HELP = "exit codes (every omg-* command):\n" + "\n".join(
     f"  {code.value}  {text}" for code, text in _EXIT_MEANINGS.items())
+
+
+def report_failure(program: str, error: OmgRtError, where: str = "") -> ExitCode:
+    """Print ``program: [where: ]kind: message`` to stderr and return the error's exit code
+    (the table above): bad input 3, bad bundle 4, backend unavailable 5, anything else 1."""
+    import sys
+
+    code, kind = ExitCode.FAILED, ""
+    if isinstance(error, InvalidInputError):
+        code, kind = ExitCode.INPUT, "bad input: "
+    elif isinstance(error, BundleError):
+        code, kind = ExitCode.BUNDLE, "bad bundle: "
+    elif isinstance(error, BackendUnavailableError):
+        code, kind = ExitCode.BACKEND, "backend unavailable: "
+    prefix = f"{program}: {where + ': ' if where else ''}{kind}"
+    print(f"{prefix}{error}", file=sys.stderr)
+    return code
