@@ -22,7 +22,8 @@ exported ConvNeXt-L with random weights: near-uniform class logits, every query 
 logits ~N(0, 3), smooth, near-identical across queries, so tile bounds decide almost nothing).
 
 ``--baseline REV`` also times the ``omg_rt`` of a git revision (``git archive``, in a child
-process, same cases) and prints both side by side. Prints a markdown table of medians with
+process, same cases), each call alternating with one of the working tree so that both see the
+same load, and prints both side by side. Prints a markdown table of medians with
 provenance (benchmarks/harness.py).
 """
 
@@ -31,9 +32,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
@@ -171,50 +174,97 @@ def cases(kinds: tuple[str, ...]) -> list[tuple[str, str, object]]:
     return out
 
 
-def measure(kinds: tuple[str, ...], only: set[str], runs: int) -> list:
-    """Time every selected case (one warm-up call, then ``runs`` calls)."""
-    from benchmarks.harness import Row, time_cpu
+def measure(kinds: tuple[str, ...], only: set[str], runs: int,
+            baseline: Baseline | None = None) -> list:
+    """Time every selected case: one warm-up call, then ``runs`` calls, each one alternating
+    with a call of the baseline (when given) so that both see the same machine load."""
+    from benchmarks.harness import Row
 
     rows = []
     for subject, case, fn in cases(kinds):
         if only and subject not in only:
             continue
-        timing = time_cpu(fn, warmup=1, runs=runs)
-        rows.append(Row(subject, case, timing))
-        print(f"{subject:9s} {case:36s} {timing.median_ms:9.1f} ms", file=sys.stderr, flush=True)
+        fn()
+        if baseline is not None:
+            baseline.time_ms(subject, case)
+        now, then = [], []
+        for _ in range(runs):
+            if baseline is not None:
+                then.append(baseline.time_ms(subject, case))
+            start = time.perf_counter()
+            fn()
+            now.append((time.perf_counter() - start) * 1e3)
+        extra = {} if baseline is None else {"baseline_ms": f"{statistics.median(then):.1f}"}
+        rows.append(Row(subject, case, _timing(now), extra))
+        old = f" (baseline {extra['baseline_ms']} ms)" if extra else ""
+        print(f"{subject:9s} {case:36s} {rows[-1].timing.median_ms:9.1f} ms{old}",
+              file=sys.stderr, flush=True)
     return rows
 
 
-def baseline_rows(rev: str, argv: list[str]) -> dict[tuple[str, str], float]:
-    """Median ms per (subject, case) of the ``omg_rt`` of git revision ``rev``: this script in a
-    child process, with that package first on its path."""
-    with tempfile.TemporaryDirectory() as tmp:
+def _timing(samples: list[float]):
+    """Median and spread of wall-time samples in ms, as benchmarks.harness.time_cpu reports."""
+    from benchmarks.harness import Timing
+
+    ordered = sorted(samples)
+    deciles = statistics.quantiles(ordered, n=10) if len(ordered) > 1 else ordered * 9
+    return Timing(statistics.median(ordered), deciles[0], deciles[-1], len(ordered))
+
+
+class Baseline:
+    """The ``omg_rt`` of git revision ``rev`` (``git archive``) in a child process running this
+    script with ``--serve``: it builds the same cases and times one call per request."""
+
+    def __init__(self, rev: str, kinds: tuple[str, ...]) -> None:
+        self._tmp = tempfile.TemporaryDirectory()
         archive = subprocess.run(["git", "archive", rev, "omg_rt"], cwd=REPO,
                                  capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        out = Path(tmp) / "rows.json"
-        env = {**os.environ, _TREE: tmp}
-        print(f"baseline: omg_rt of {rev}", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, "-m", "benchmarks.bench_postprocess", *argv,
-                        "--json", str(out)], cwd=REPO, env=env, check=True)
-        rows = json.loads(out.read_text())["rows"]
-    return {(r["subject"], r["case"]): r["timing"]["median_ms"] for r in rows}
+        subprocess.run(["tar", "-x", "-C", self._tmp.name], input=archive, check=True)
+        env = {**os.environ, _TREE: self._tmp.name}
+        self._child = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.bench_postprocess", "--serve",
+             "--kinds", ",".join(kinds)],
+            cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def time_ms(self, subject: str, case: str) -> float:
+        assert self._child.stdin is not None and self._child.stdout is not None
+        self._child.stdin.write(f"{subject}\t{case}\n")
+        self._child.stdin.flush()
+        reply = self._child.stdout.readline()
+        if not reply.startswith("ms "):
+            raise RuntimeError(f"baseline process: expected 'ms <time>', got {reply!r}")
+        return float(reply[3:])
+
+    def close(self) -> None:
+        if self._child.stdin is not None:
+            self._child.stdin.close()
+        self._child.wait()
+        self._tmp.cleanup()
 
 
-def side_by_side(rows: list, baseline: dict[tuple[str, str], float], rev: str, env: dict) -> str:
+def serve(kinds: tuple[str, ...]) -> None:
+    """--serve: per stdin line ``subject<TAB>case``, time one call and print ``ms <time>``."""
+    table = {(subject, case): fn for subject, case, fn in cases(kinds)}
+    for line in sys.stdin:
+        fn = table[tuple(line.rstrip("\n").split("\t"))]
+        start = time.perf_counter()
+        fn()
+        print(f"ms {(time.perf_counter() - start) * 1e3}", flush=True)
+
+
+def side_by_side(rows: list, rev: str, env: dict) -> str:
     """Markdown table: baseline and current medians per case, and the speed-up."""
     lines = [
         f"_{env.get('date')} · {env.get('cpu')} · {env.get('threads', '?')} threads · "
-        f"git {env.get('git')} (working tree) vs {rev}_",
+        f"git {env.get('git')} (working tree) vs {rev}, runs interleaved_",
         "",
-        f"| subject | case | {rev} median ms | current median ms | speed-up |",
-        "|---|---|---:|---:|---:|",
+        f"| subject | case | {rev} median ms | current median ms | speed-up | runs |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        old = baseline.get((r.subject, r.case))
-        new = r.timing.median_ms
-        cells = ("-", "-") if old is None else (f"{old:.1f}", f"{old / new:.1f}x")
-        lines.append(f"| {r.subject} | {r.case} | {cells[0]} | {new:.1f} | {cells[1]} |")
+        old, new = float(r.extra["baseline_ms"]), r.timing.median_ms
+        lines.append(f"| {r.subject} | {r.case} | {old:.1f} | {new:.1f} | {old / new:.1f}x "
+                     f"| {r.timing.runs} |")
     return "\n".join(lines)
 
 
@@ -230,22 +280,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", metavar="REV",
                         help="also time this git revision's omg_rt, side by side")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # Baseline's
     args = parser.parse_args(argv)
     kinds = ("trained",) if args.quick else tuple(k for k in args.kinds.split(",") if k)
     unknown = set(kinds) - set(KINDS)
     if unknown:
         parser.error(f"--kinds: expected some of {', '.join(KINDS)}, got {sorted(unknown)}")
     only = {s for s in args.only.split(",") if s}
-    baseline = None
-    if args.baseline:
-        child = ["--runs", str(args.runs), "--kinds", ",".join(kinds), "--only", args.only]
-        baseline = baseline_rows(args.baseline, child)
-    rows = measure(kinds, only, args.runs)
+    if args.serve:
+        serve(kinds)
+        return 0
+    baseline = Baseline(args.baseline, kinds) if args.baseline else None
+    try:
+        rows = measure(kinds, only, args.runs, baseline)
+    finally:
+        if baseline is not None:
+            baseline.close()
     env = environment()
     if baseline is None:
         print(markdown_table(rows, env))
     else:
-        print(side_by_side(rows, baseline, args.baseline, env))
+        print(side_by_side(rows, args.baseline, env))
     if args.json:
         args.json.write_text(json.dumps({"env": env, "rows": [r.as_dict() for r in rows]}))
     return 0
