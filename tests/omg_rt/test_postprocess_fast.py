@@ -199,6 +199,27 @@ def test_random_weight_semantic_from_tiles_equals_the_plain_one():
     assert not (got_map == 5).any() and len(np.unique(got_map)) > 10, seed
 
 
+def test_semantic_result_assembles_the_banded_map():
+    from omg_rt import assembly
+    from omg_rt.bundle import Vocabulary
+    from omg_rt.sessions import ImageSession
+
+    rng, seed = _rng()
+    h4w4, padded, resized, original = SMALL
+    cls, logits = random_weight_logits(rng, 40, 30, h4w4)
+    session = ImageSession(key=("test",), original_hw=original, resized_hw=resized,
+                           padded_hw=padded, encoded=None)
+    vocab = Vocabulary(names=tuple(map(str, range(30))), num_things=10, seen=np.ones(30, bool),
+                       class_bank=np.zeros((30, 1, 1), np.float32))
+    label_map, scores = semantic_with_scores(
+        cls, upsample_masks(logits, padded, resized, original)
+    )
+    got = assembly.semantic_result(session, cls, logits, vocab)
+    np.testing.assert_array_equal(got.id_map, label_map, err_msg=str(seed))
+    np.testing.assert_array_equal(got.scores, scores[got.labels], err_msg=str(seed))
+    np.testing.assert_array_equal(got.labels, np.unique(label_map), err_msg=str(seed))
+
+
 def test_semantic_ties_and_nan_pick_the_first_class_as_argmax():
     cls = np.array([[1.0, 1.0, 0.0, -3.0], [0.0, 0.0, 2.0, -3.0]], np.float32)
     masks = np.array([[[5.0, -5.0, np.nan]], [[-5.0, 5.0, 0.0]]], np.float32)
