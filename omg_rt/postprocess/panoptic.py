@@ -118,7 +118,8 @@ def panoptic_from_tiles(
     thing_ids: np.ndarray | None = None,
 ) -> PanopticResult:
     """:func:`panoptic_results` of ``upsample_masks(stride-4 logits)``, resizing only where a
-    pixel's winner or confidence is not clear from the tile bounds: the same result.
+    pixel's winner or confidence is not clear from the tile bounds, or, when few tiles are
+    clear, every kept query a band of rows at a time: the same result.
 
     Args:
         cls_logits: (Q, K + 1) float32, void last.
@@ -262,6 +263,10 @@ def _assign_tiles(
     the whole tile; elsewhere the remaining candidates are evaluated exactly. Confidence
     (``sigmoid >= 0.5``) is the logit against :func:`sigmoid_threshold`. ``original_area`` is
     counted only for the queries that win a pixel (the others are dropped whatever it is).
+
+    When the bounds leave more to evaluate than resizing every kept query costs (a random-weight
+    model: every query kept, near-identical masks), :func:`_assign_dense` does it instead,
+    decided first on every :data:`_SAMPLE`-th row of tiles so that it skips most bounds too.
     """
     n = kept.shape[0]
     s = scores.astype(np.float32)[:, None, None]
