@@ -133,9 +133,9 @@ class Client:
         if task not in IMAGE_TASKS:
             raise InvalidInputError(f"task: expected one of {IMAGE_TASKS}, got {task!r}")
         out = self._infer(task, self._image_inputs(image), ("result", "error"))
-        error = bytes(out["error"][0]).decode()
+        error = json.loads(bytes(out["error"][0]))
         if error:
-            raise _typed(error)
+            raise _typed(str(error))
         return SegmentationResult.from_wire(bytes(out["result"][0]))
 
     def panoptic(self, image: Image) -> SegmentationResult:
@@ -209,7 +209,7 @@ class RemoteVideo:
         inputs: dict[str, np.ndarray] = {}
         if frame is not None:
             inputs["pixels"] = read_image(frame, f"frame {self.frames_sent}")
-        else:  # Triton takes no request without inputs: an empty frame ends the stream
+        else:  # Triton takes no request without inputs: a 0-byte frame ends the stream
             inputs["frame"] = np.array([b""], dtype=object)
         if self.frames_sent == 0 and self.first_mask is not None:
             inputs["first_mask"] = np.asarray(self.first_mask, np.int32)

@@ -5,8 +5,9 @@ Models (Triton names; every input and output has a batch axis of 1 per request):
 
 - ``panoptic``, ``instance``, ``semantic``: ``image`` (BYTES, an encoded image file) or
   ``pixels`` (UINT8 H x W x 3 RGB) -> ``result`` (BYTES: :meth:`SegmentationResult.to_wire`
-  JSON, masks as COCO RLE, the id map zlib-packed) and ``error`` (BYTES: empty, or why this
-  image failed: the other images of its dynamic batch are answered as usual). Dynamic batching:
+  JSON, masks as COCO RLE, the id map zlib-packed) and ``error`` (BYTES: JSON ``null``, or the
+  message saying why this image failed: the other images of its dynamic batch are answered as
+  usual). Dynamic batching:
   the requests of one batch are encoded together (encoder batches per padded size).
 - ``encode``: ``image`` or ``pixels`` -> ``image_id`` (BYTES), ``height``/``width`` (INT32):
   runs the encoder once and keeps its output in the encoder cache.
@@ -163,7 +164,10 @@ class Service:
                     wire = self.seg.segment(sessions[i], task).to_wire()
                 except OmgRtError as exc:
                     error = f"{type(exc).__name__}: {exc}"
-            answers.append({"result": _bytes(wire), "error": _bytes(error.encode())})
+            # JSON null or the message: an empty BYTES element does not survive every
+            # tritonclient / numpy pairing
+            answers.append({"result": _bytes(wire or b"{}"),
+                            "error": _bytes(json.dumps(error or None).encode())})
         return answers
 
     def encode(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

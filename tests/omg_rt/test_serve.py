@@ -9,24 +9,41 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from omg_rt.errors import BackendUnavailableError, InvalidInputError
+from omg_rt.errors import InvalidInputError
 from omg_rt.segmenter import Segmenter
 from tests.omg_rt.test_runtime_support import moving_clip, scene, tiny_bundle
 
-try:
-    from omg_rt.serve import check_interpreter
+REPO = Path(__file__).resolve().parents[2]
 
-    check_interpreter()
-    SKIP = ""
-except BackendUnavailableError as exc:
-    SKIP = str(exc)
+
+def _serve_python() -> tuple[str, str]:
+    """The Python that runs ``omg-rt serve`` (``$OMG_RT_SERVE_PYTHON``, else the repository's
+    ``.venv-serve`` that ``scripts/setup.sh`` makes: nvidia-pytriton pins numpy < 2, so it gets
+    its own venv), and why the tests skip ("" when they run)."""
+    python = os.environ.get("OMG_RT_SERVE_PYTHON") or str(REPO / ".venv-serve" / "bin" / "python")
+    if not Path(python).is_file():
+        return python, (f"no serving venv at {python} (bash scripts/setup.sh makes it from "
+                        "Debian's /usr/bin/python3.11)")
+    check = subprocess.run(
+        [python, "-c", "from omg_rt.serve import check_interpreter; check_interpreter()"],
+        capture_output=True, text=True, timeout=120, cwd=REPO)
+    if check.returncode:
+        return python, f"{python} cannot serve: {check.stderr.strip().splitlines()[-1:]}"
+    try:
+        import tritonclient.http  # noqa: F401  (the client side, in this venv)
+    except ImportError as exc:
+        return python, f"tritonclient is not installed here ({exc})"
+    return python, ""
+
+
+SERVE_PYTHON, SKIP = _serve_python()
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(SKIP), reason=SKIP)]
 STARTUP_SECONDS = 180
@@ -59,9 +76,10 @@ def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "server.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "omg_rt.cli", "serve", str(bundle), "--port", str(port),
+            [SERVE_PYTHON, "-m", "omg_rt.cli", "serve", str(bundle), "--port", str(port),
              "--workers", "2", "--backend", "onnxruntime", "--idle-seconds", "30"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)})
     client = Client(f"http://127.0.0.1:{port}")
     deadline = time.monotonic() + STARTUP_SECONDS
     while not client.ready():
