@@ -4,6 +4,7 @@
     omg-rt prompt IMAGE --bundle B --points x,y[,label] ... --boxes x0,y0,x1,y1 ... --out DIR
     omg-rt video VIDEO --bundle B --task vis|vps|vss|vos [--first-mask PNG] --out DIR
     omg-rt serve BUNDLE [--port 8000] [--host 127.0.0.1] [--workers N]
+    omg-rt ui [BUNDLE] [--port 7860] [--host 127.0.0.1]   (an interactive page; Gradio)
 
 ``segment``, ``prompt`` and ``video`` take ``--server http://HOST:PORT`` (an ``omg-rt serve``)
 instead of ``--bundle`` and write the same files.
@@ -113,6 +114,15 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
     srv.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     srv.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0 = all)")
+
+    page = sub.add_parser("ui", help="an interactive page: clicks, boxes, tasks, vocabulary, "
+                          "video (Gradio; pip install 'omg-rt[ui]')")
+    page.add_argument("bundle", nargs="?", help="exported bundle directory (default: the "
+                      "embedded synthetic-tiny model, trained once if not cached)")
+    page.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
+    page.add_argument("--port", type=int, default=7860, help="HTTP port")
+    page.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
+    page.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     return parser
 
 
@@ -120,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"segment": _segment, "prompt": _prompt, "video": _video,
-                "serve": _serve}[args.command](args)
+                "serve": _serve, "ui": _ui}[args.command](args)
     except OmgRtError as exc:
         return report_failure("omg-rt", exc)
 
@@ -334,6 +344,24 @@ def _serve(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
 
     serve(seg, options, ready=ready)
+    seg.close()
+    return ExitCode.OK
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from omg_rt.segmenter import Segmenter
+    from omg_rt.ui import build_app, default_bundle, launch, require_gradio
+
+    require_gradio()  # before minutes of training or loading, one line on what to do
+
+    def say(text: str) -> None:
+        print(f"omg-rt ui: {text}", file=sys.stderr, flush=True)
+
+    bundle = Path(args.bundle) if args.bundle else default_bundle(say)
+    seg = Segmenter.from_bundle(bundle, backend=args.backend, precision=args.precision)
+    app = build_app(seg, title=bundle.name)
+    say(f"{bundle} ({seg.backend_name}) on http://{args.host}:{args.port}; Ctrl-C stops")
+    launch(app, host=args.host, port=args.port, quiet=True)
     seg.close()
     return ExitCode.OK
 
