@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install omg-rt with its training, export and dev extras; then
+# Create .venv (if missing) and install omg-rt with its training, export, dev and ui extras
+# (+ Debian's chromium for the page's browser test); then
 # .venv-serve, the venv `omg-rt serve` runs in (nvidia-pytriton: Triton Inference Server).
 # .venv-serve is separate because nvidia-pytriton pins numpy < 2, and it comes from Debian's
 # /usr/bin/python3.11: Triton's Python backend links libpython3.11.so, which a pyenv build
@@ -17,6 +18,22 @@ fi
 # runs on numpy 2, so it goes in without its dependencies.
 .venv/bin/python -m pip install --quiet --no-deps panopticapi-lite vos-benchmark
 echo "omg-rt installed in .venv ($(.venv/bin/python --version))"
+
+# The omg-rt ui browser test drives Debian's chromium through its chromedriver (selenium, from the
+# dev extra); nothing downloads a browser. Without them that test skips with this install line.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    if apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq chromium chromium-driver >/dev/null; then
+      echo "setup: installed $(/usr/bin/chromium --version 2>/dev/null)"
+    else
+      echo "setup: apt-get could not install chromium: the omg-rt ui browser test will skip"
+    fi
+  else
+    echo "setup: no chromium/chromedriver and no root apt-get: the omg-rt ui browser test will" \
+         "skip (apt-get install -y chromium chromium-driver)"
+  fi
+fi
 
 SERVE_PYTHON=${SERVE_PYTHON:-/usr/bin/python3.11}
 if [ -x "$SERVE_PYTHON" ] && "$SERVE_PYTHON" -c "import venv, ensurepip" 2>/dev/null; then
