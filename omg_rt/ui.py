@@ -232,8 +232,11 @@ class Page:
         state.clicks += 1
         where = ", ".join(f"{v:.0f}" for v in coords)
         cache = "the encoder's result came from the cache" if reused else "the encoder ran again"
+        masks = " · ".join(f"{i}: {p.kind} → {p.name or '-'} (IoU {p.score:.2f})"
+                           for i, p in enumerate(state.prompts, start=1))
         return View(render(state), f"click {state.clicks}: {kind} at ({where}) in "
-                                   f"**{_ms(elapsed)}** (prompt encoder + query decoder; {cache}).")
+                                   f"**{_ms(elapsed)}** (prompt encoder + query decoder; {cache})."
+                                   f"\n\n{masks}")
 
     # ------------------------------------------------------------------ tasks and vocabulary
 
