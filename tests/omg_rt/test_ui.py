@@ -12,6 +12,8 @@ import importlib.util
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import types
 import urllib.request
@@ -64,12 +66,22 @@ def _photo(page: Page) -> str:
     return name
 
 
+def test_the_page_logic_imports_neither_torch_nor_gradio():
+    code = ("import sys; from omg_rt.ui import Page, example_images, generated_scene; "
+            "example_images(); generated_scene(0); "
+            "bad = [m for m in ('torch', 'gradio') if m in sys.modules]; "
+            "sys.exit(f'imported {bad}' if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_examples_are_shipped_photos_and_generated_scenes():
     examples = example_images()
     scenes = [name for name in examples if name.startswith("generated scene")]
     assert scenes, "the synthetic world's scenes are always offered"
     scene = examples[scenes[0]]()
-    assert scene.dtype == np.uint8 and scene.shape == (256, 256, 3)
+    assert scene.dtype == np.uint8 and scene.shape == (512, 512, 3)
     if importlib.util.find_spec("skimage") is not None:
         assert {"astronaut", "coffee", "chelsea"} <= set(examples)
         assert examples["astronaut"]().shape == (512, 512, 3)
@@ -305,6 +317,13 @@ def test_page_in_headless_chromium(segmenter, tmp_path):
         assert legend_after != legend_before and re.search(r"\b(cat|dog|grass)\b", legend_after)
         assert "triangle" not in legend_after
         assert image_src("omg-result") != result_before
+
+        # a broken upload is a message; the photo and its prompts stay
+        broken = tmp_path / "broken.jpg"
+        broken.write_bytes(b"\xff\xd8\xff not a jpeg")
+        driver.find_element(By.CSS_SELECTOR, "#omg-upload input[type=file]").send_keys(str(broken))
+        wait.until(lambda d: "cannot read 'broken.jpg' as an image" in text("omg-status"))
+        assert image_src("omg-canvas")
         driver.save_screenshot(str(tmp_path / "ui.png"))
         assert (tmp_path / "ui.png").stat().st_size > 10_000
     finally:
