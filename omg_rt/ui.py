@@ -279,10 +279,10 @@ class Page:
                 state.vocabulary = None
                 return f"vocabulary: the bundle's {len(names)} classes"
             if key not in self._vocabularies:
-                with self._lock:
-                    self._active = None  # set_vocabulary replaces the segmenter's vocabulary
+                with self._lock:  # the text encoder runs once per vocabulary ...
                     self._vocabularies[key] = self.segmenter.set_vocabulary(
                         names, num_things=things)
+                    self._active = key  # ... and leaves it the segmenter's
         except OmgRtError as exc:
             return _failure(exc)
         state.vocabulary = key

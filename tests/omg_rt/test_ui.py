@@ -164,6 +164,7 @@ def test_vocabulary_changes_the_panoptic_result_of_its_own_tab_only(page):
     before, legend_before = page.segment(tab, "panoptic")
     assert "panoptic" in legend_before
     assert page.set_vocabulary(tab, "cat; dog; grass", 2) == "vocabulary: 3 classes (2 things)"
+    assert np.array_equal(page.segment(other, "panoptic")[0], before)  # right after: untouched
     after, legend_after = page.segment(tab, "panoptic")
     names = set(re.findall(r"\| (\w+) \| [\d.]+ \|", legend_after))
     assert names and names <= {"cat", "dog", "grass"}
