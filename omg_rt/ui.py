@@ -231,7 +231,7 @@ class Page:
                                     float(result.scores[0])))
         state.clicks += 1
         where = ", ".join(f"{v:.0f}" for v in coords)
-        cache = "the encoder's result came from the cache" if reused else "the encoder ran again"
+        cache = "the image's encoder output reused" if reused else "the encoder ran again"
         masks = " · ".join(f"{i}: {p.kind} → {p.name or '-'} (IoU {p.score:.2f})"
                            for i, p in enumerate(state.prompts, start=1))
         return View(render(state), f"click {state.clicks}: {kind} at ({where}) in "
@@ -469,16 +469,19 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
     from PIL import Image, ImageOps
 
     name = Path(path).name
+    broken = f"image: cannot read {name!r} as an image (a broken or non-image file)"
     try:
-        with Image.open(path) as image:
-            w, h = image.size
-            _check_pixels(w, h, max_pixels)
-            rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        image = Image.open(path)  # reads the header only
     except Image.DecompressionBombError as exc:
         raise InvalidInputError(f"image: {name!r} is too large to decode ({exc})") from exc
-    except (OSError, ValueError, SyntaxError) as exc:  # PIL's "not an image" / truncated file
-        raise InvalidInputError(
-            f"image: cannot read {name!r} as an image (a broken or non-image file)") from exc
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's "not an image"
+        raise InvalidInputError(broken) from exc
+    with image:
+        _check_pixels(*image.size, max_pixels)
+        try:
+            rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as exc:  # a truncated or corrupt body
+            raise InvalidInputError(broken) from exc
     return np.ascontiguousarray(rgb)
 
 

@@ -95,7 +95,7 @@ def test_clicks_reuse_the_encoder_and_report_their_time(page, segmenter):
     for i, (x, y) in enumerate([(200, 150), (60, 60), (250, 250)], start=1):
         view = page.click(state, x, y, "positive")
         assert re.search(rf"click {i}: positive at \({x}, {y}\) in \*\*[\d.]+ ms\*\*", view.status)
-        assert "came from the cache" in view.status
+        assert "encoder output reused" in view.status
     after = segmenter.graph_calls()
     assert after["encoder"] - calls.get("encoder", 0) == 1  # once for the image, not per click
     assert after["prompt_encoder"] - calls.get("prompt_encoder", 0) == 3
@@ -142,6 +142,12 @@ def test_user_errors_show_a_message_and_the_page_keeps_working(page, tmp_path):
     huge = Page(page.segmenter, max_pixels=100 * 100)
     assert "larger than this page takes" in huge.open_image(state, np.zeros((101, 100, 3),
                                                                             np.uint8)).status
+    big = tmp_path / "big.png"
+    cv2.imwrite(str(big), np.zeros((101, 100, 3), np.uint8))
+    assert "101 (0.0 MP) is larger than this page takes" in huge.open_image(state, big).status
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(big.read_bytes()[:60])  # a valid header, no pixels
+    assert "cannot read 'truncated.png'" in page.open_image(state, truncated).status
     page.open_example(state, _photo(page))
     assert "click 1" in page.click(state, 10, 10, "positive").status
     view = page.box(state, (-60, -60, -5, -5))
