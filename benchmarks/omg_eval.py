@@ -65,8 +65,10 @@ LAYOUTS: dict[str, list[tuple[str, str, str | None]]] = {
     "ytvis19": [("valid/JPEGImages", "valid.json", None), ("videos/val", "ytvis_val.json", None)],
     "ytvis21": [("valid/JPEGImages", "valid/instances.json", None),
                 ("videos/val", "ytvis_val.json", None)],
-    "vipseg": [("imgs", "panoptic_gt_VIPSeg_val.json", "panomasks")],
-    "davis17": [(".", ".", None)],
+    # the 720P conversion (images/ + panomasksRGB/) before the brief's nested imgs/ + panomasks/
+    "vipseg": [("images", "panoptic_gt_VIPSeg_val.json", "panomasksRGB"),
+               ("imgs", "panoptic_gt_VIPSeg_val.json", "panomasks")],
+    "davis17": [(".", "ImageSets/2017/val.txt", None)],
 }
 
 
@@ -224,7 +226,7 @@ def eval_ytvis(seg: Segmenter, paths: EvalPaths, out: Path, limit: int | None,
 
 def eval_ade20k(seg: Segmenter, paths: EvalPaths, out: Path, limit: int | None,
                 progress: bool) -> dict[str, Any]:
-    from training.data.readers import read_ade20k  # type: ignore[attr-defined]
+    from training.data.readers import read_ade20k
 
     reader = read_ade20k(paths.images, paths.annotations)
     cats = reader.categories
@@ -243,7 +245,7 @@ def eval_ade20k(seg: Segmenter, paths: EvalPaths, out: Path, limit: int | None,
 
 def eval_davis(seg: Segmenter, paths: EvalPaths, out: Path, limit: int | None,
                progress: bool) -> dict[str, Any]:
-    from training.data.readers import read_davis  # type: ignore[attr-defined]
+    from training.data.readers import read_davis
 
     reader = read_davis(paths.images)
     accumulator = JFAccumulator()
@@ -264,11 +266,12 @@ def eval_davis(seg: Segmenter, paths: EvalPaths, out: Path, limit: int | None,
 
 def eval_vipseg(seg: Segmenter, paths: EvalPaths, out: Path, limit: int | None,
                 progress: bool) -> dict[str, Any]:
-    from training.data.readers import read_vipseg  # type: ignore[attr-defined]
+    from training.data.readers import read_vipseg
 
     if paths.masks is None:
         raise InvalidInputError("vipseg: --masks (the panomasks folder) is required")
-    reader = read_vipseg(paths.images, paths.annotations, paths.masks)
+    reader = read_vipseg(paths.images.parent, json_path=paths.annotations,
+                         image_dir=paths.images, mask_dir=paths.masks)
     cats = reader.categories
     _vocabulary(seg, cats.names, cats.num_things)
     categories = [{"id": k, "isthing": int(k < cats.num_things)} for k in range(cats.num_classes)]

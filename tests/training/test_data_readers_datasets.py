@@ -52,6 +52,10 @@ def _box(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
 
 @pytest.fixture
 def ade(tmp_path):
+    return write_ade(tmp_path)
+
+
+def write_ade(tmp_path: Path):
     """ADEChallengeData2016/{images,annotations}/validation with two images."""
     root = tmp_path / "ADEChallengeData2016"
     images, annotations = root / "images" / "validation", root / "annotations" / "validation"
@@ -163,6 +167,10 @@ def _write_palette_png(path: Path, ids: np.ndarray) -> None:
 
 @pytest.fixture
 def davis(tmp_path):
+    return write_davis(tmp_path)
+
+
+def write_davis(tmp_path: Path):
     """DAVIS 2017 val: 'bear' (objects 1, 2; 2 leaves in frame 2; a void band in frame 1) and
     'cows' (object 3 only), 3 frames each."""
     root = tmp_path / "DAVIS"
@@ -295,7 +303,7 @@ def _vipseg_frames() -> list[tuple[np.ndarray, dict[int, int]]]:
     return frames
 
 
-def _write_vipseg(root: Path, official: bool) -> dict[str, list]:
+def write_vipseg(root: Path, official: bool) -> dict[str, list]:
     """Writes video 'v1' (the frames above) and 'v2' (one wall-only frame) in the brief's
     nested shape (imgs/, panomasks/) or the official split-file shape (images/, panomasksRGB/
     plus a raw panomasks/ the reader must not take)."""
@@ -334,7 +342,7 @@ def _write_vipseg(root: Path, official: bool) -> dict[str, list]:
 
 @pytest.mark.parametrize("official", [False, True], ids=["nested", "official"])
 def test_vipseg_reads_one_track_per_segment_across_frames(tmp_path, official):
-    written = _write_vipseg(tmp_path, official)
+    written = write_vipseg(tmp_path, official)
     reader = read_vipseg(tmp_path)
     assert reader.categories.names == ("car", "person", "wall", "sky")
     assert reader.categories.num_things == 2
@@ -359,7 +367,7 @@ def test_vipseg_reads_one_track_per_segment_across_frames(tmp_path, official):
 
 
 def test_vipseg_is_lazy(tmp_path):
-    _write_vipseg(tmp_path, official=False)
+    write_vipseg(tmp_path, official=False)
     reader = read_vipseg(tmp_path)
     (tmp_path / "panomasks" / "v1" / "00000001.png").unlink()
     assert reader[1].masks.all()
@@ -368,7 +376,7 @@ def test_vipseg_is_lazy(tmp_path):
 
 
 def test_vipseg_rejects_ids_the_json_does_not_list(tmp_path):
-    _write_vipseg(tmp_path, official=False)
+    write_vipseg(tmp_path, official=False)
     ids = np.ones((H, W), np.int64)
     ids[0, 0] = 555
     Image.fromarray(id_to_rgb(ids), mode="RGB").save(tmp_path / "panomasks" / "v2" /
@@ -379,7 +387,7 @@ def test_vipseg_rejects_ids_the_json_does_not_list(tmp_path):
 
 
 def test_vipseg_rejects_an_unknown_category_when_indexing(tmp_path):
-    _write_vipseg(tmp_path, official=False)
+    write_vipseg(tmp_path, official=False)
     path = tmp_path / "panoptic_gt_VIPSeg_val.json"
     data = json.loads(path.read_text())
     data["videos"][1]["annotations"][0]["segments_info"][0]["category_id"] = 99
@@ -391,7 +399,7 @@ def test_vipseg_rejects_an_unknown_category_when_indexing(tmp_path):
 
 
 def test_vipseg_rejects_raw_class_coded_masks_and_missing_fields(tmp_path):
-    _write_vipseg(tmp_path, official=False)
+    write_vipseg(tmp_path, official=False)
     raw = np.ones((H, W), np.uint8)  # the raw panomasks: class values, one channel
     Image.fromarray(raw, mode="L").save(tmp_path / "panomasks" / "v2" / "00000000.png")
     with pytest.raises(DataFormatError, match=r"v2/00000000.png: expected RGB-encoded VIPSeg "

@@ -32,10 +32,13 @@ class Oracle(torch.nn.Module):
         mode: "truth"; "shuffled" (query order permuted per call, embeddings permuted with them:
             the runtime's alignment must undo it); "forgetful" (query order permuted per call
             with fresh embeddings: ids cannot be linked across clips).
+        num_classes: K of the class logits (the readers' contiguous labels index them).
     """
 
-    def __init__(self, images, videos, mode: str = "truth") -> None:
+    def __init__(self, images, videos, mode: str = "truth",
+                 num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
+        self.num_classes = num_classes
         self.config = get_preset("synthetic-tiny")
         self.anchor = torch.nn.Parameter(torch.zeros(1))
         self.prompt_encoder = torch.nn.Identity()  # prompts supported
@@ -53,9 +56,16 @@ class Oracle(torch.nn.Module):
                 self._remember(frame, video.masks[:, t], video.labels, pre)
 
     def _remember(self, image, masks, labels, pre) -> None:
-        tensor = prepare_image(image, pre.image_scale, pre.mean, pre.std, pre.size_divisor).tensor
-        self.index.setdefault(_key(tensor[0]), len(self.truth))
-        self.truth.append((masks, labels))
+        """Keeps the masks where the model sees them: resized with the image, padded with it."""
+        prepared = prepare_image(image, pre.image_scale, pre.mean, pre.std, pre.size_divisor)
+        self.index.setdefault(_key(prepared.tensor[0]), len(self.truth))
+        placed = np.zeros((len(masks), *prepared.padded_hw), bool)
+        if len(masks):
+            (h, w) = prepared.resized_hw
+            resized = F.interpolate(torch.from_numpy(masks).float()[None], size=(h, w),
+                                    mode="nearest")[0]
+            placed[:, :h, :w] = resized.numpy() > 0.5
+        self.truth.append((placed, labels))
 
     # -- the graph methods the torch backend calls ----------------------------------------
     def encode(self, images):
@@ -92,7 +102,7 @@ class Oracle(torch.nn.Module):
             return [self._prompts(truth, query_content[..., :4], size)]
         b = query_content.shape[0]
         num_frames = mask_features.shape[0] // b
-        cls = torch.full((b, QUERIES, NUM_CLASSES + 1), -10.0)
+        cls = torch.full((b, QUERIES, self.num_classes + 1), -10.0)
         cls[..., -1] = 10.0
         masks = torch.full((b, QUERIES, num_frames, *size), -10.0)
         embeddings = torch.eye(QUERIES)[None].repeat(b, 1, 1)
@@ -119,7 +129,7 @@ class Oracle(torch.nn.Module):
                 x, y = ((boxes[i, j, :2] + boxes[i, j, 2:]) / 2).long().tolist()
                 hit = np.flatnonzero(frame_masks[:, y, x])
                 masks[i, j, 0] = _logits(frame_masks[hit[:1]], size)[0]
-        return QueryPredictions(torch.zeros(b, p, NUM_CLASSES + 1), masks, torch.zeros(b, p),
+        return QueryPredictions(torch.zeros(b, p, self.num_classes + 1), masks, torch.zeros(b, p),
                                 torch.zeros(b, p, QUERIES))
 
 
