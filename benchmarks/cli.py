@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dataset_precisions(args: argparse.Namespace, name: str, root: str) -> int:
-    from benchmarks.omg_eval import DATASETS, compare_precisions, resolve_paths
+    from benchmarks.omg_eval import compare_precisions
     from omg_rt.errors import OmgRtError
+    from training.data.layouts import DATASETS, locate
 
     if name not in DATASETS:
         print(f"omg-bench: --dataset {args.dataset}: NAME must be one of {DATASETS}",
@@ -142,7 +143,7 @@ def _dataset_precisions(args: argparse.Namespace, name: str, root: str) -> int:
         return ExitCode.USAGE
     out = Path(args.out) if args.out else Path("omg-bench-reports") / f"{name}-precisions"
     try:
-        paths = resolve_paths(name, root, None, None, None)
+        paths = locate(name, root)
         rows = compare_precisions(args.model, name, paths, out,
                                   precisions=[p for p in args.precisions.split(",") if p],
                                   limit=args.num_images, progress=not args.quiet)

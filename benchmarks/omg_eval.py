@@ -18,7 +18,8 @@ Datasets and what they report (``DIR/metrics.json``; percentages on the 0-100 sc
 The vocabulary is the dataset's own class list (its annotation file's categories, things
 first); a bundle whose vocabulary already has those names keeps its exported class bank, any
 other gets them through its text encoder. ``--root`` alone finds the usual layouts (see
-:data:`LAYOUTS`), including the ``omg-train`` synthetic world's (``panoptic_val.json`` ...).
+``training.data.layouts.LAYOUTS``), including the ``omg-train`` synthetic world's
+(``panoptic_val.json`` ...).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,50 +51,7 @@ from omg_rt.metrics import (
     VPQAccumulator,
 )
 from omg_rt.segmenter import Segmenter
-
-DATASETS = ("coco-panoptic", "coco-instances", "ade20k", "ytvis19", "ytvis21", "vipseg",
-            "davis17")
-# --root layouts, first match wins: (images, annotations, masks) relative to the root.
-LAYOUTS: dict[str, list[tuple[str, str, str | None]]] = {
-    "coco-panoptic": [("val2017", "annotations/panoptic_val2017.json",
-                       "annotations/panoptic_val2017"),
-                      ("images/val", "panoptic_val.json", "panoptic_val")],  # omg-train world
-    "coco-instances": [("val2017", "annotations/instances_val2017.json", None),
-                       ("images/val", "instances_val.json", None)],
-    "ade20k": [("images/validation", "annotations/validation", None)],
-    "ytvis19": [("valid/JPEGImages", "valid.json", None), ("videos/val", "ytvis_val.json", None)],
-    "ytvis21": [("valid/JPEGImages", "valid/instances.json", None),
-                ("videos/val", "ytvis_val.json", None)],
-    # the 720P conversion (images/ + panomasksRGB/) before the brief's nested imgs/ + panomasks/
-    "vipseg": [("images", "panoptic_gt_VIPSeg_val.json", "panomasksRGB"),
-               ("imgs", "panoptic_gt_VIPSeg_val.json", "panomasks")],
-    "davis17": [(".", "ImageSets/2017/val.txt", None)],
-}
-
-
-@dataclass
-class EvalPaths:
-    images: Path
-    annotations: Path
-    masks: Path | None
-
-
-def resolve_paths(dataset: str, root: str | None, images: str | None, annotations: str | None,
-                  masks: str | None) -> EvalPaths:
-    """Explicit paths win; otherwise the first of the dataset's ``LAYOUTS`` under ``root``."""
-    if images and annotations:
-        return EvalPaths(Path(images), Path(annotations), Path(masks) if masks else None)
-    if root is None:
-        raise InvalidInputError(f"{dataset}: give --root, or --images and --annotations")
-    base = Path(root)
-    for image_rel, ann_rel, mask_rel in LAYOUTS[dataset]:
-        if (base / image_rel).exists() and (base / ann_rel).exists():
-            return EvalPaths(base / image_rel, base / ann_rel,
-                             base / mask_rel if mask_rel else None)
-    tried = ", ".join(f"{i} + {a}" for i, a, _ in LAYOUTS[dataset])
-    raise InvalidInputError(f"--root {root}: no {dataset} layout found (tried {tried}); give "
-                            "--images / --annotations")
-
+from training.data.layouts import DATASETS, DatasetFiles, locate, open_reader
 
 # ------------------------------------------------------------------------------- evaluations
 
@@ -125,14 +82,11 @@ def _limit(n: int, limit: int | None) -> int:
     return n if limit is None else min(n, limit)
 
 
-def eval_coco_panoptic(seg: Segmenter, paths: EvalPaths, out: Path, limit: int | None,
+def eval_coco_panoptic(seg: Segmenter, paths: DatasetFiles, out: Path, limit: int | None,
                        progress: bool) -> dict[str, Any]:
-    from training.data.readers import read_coco_panoptic
     from training.evaluate import evaluate_panoptic
 
-    if paths.masks is None:
-        raise InvalidInputError("coco-panoptic: --masks (the panoptic PNG folder) is required")
-    reader = read_coco_panoptic(paths.annotations, paths.masks, paths.images)
+    reader = open_reader("coco-panoptic", paths)
     _vocabulary(seg, reader.categories.names, reader.categories.num_things)
     count = _limit(len(reader), limit)
     (out / "panoptic").mkdir(exist_ok=True)
@@ -151,11 +105,9 @@ def eval_coco_panoptic(seg: Segmenter, paths: EvalPaths, out: Path, limit: int |
     return metrics
 
 
-def eval_coco_instances(seg: Segmenter, paths: EvalPaths, out: Path, limit: int | None,
+def eval_coco_instances(seg: Segmenter, paths: DatasetFiles, out: Path, limit: int | None,
                         progress: bool) -> dict[str, Any]:
-    from training.data.readers import read_coco_instances
-
-    reader = read_coco_instances(paths.annotations, paths.images)
+    reader = open_reader("coco-instances", paths)
     cats = reader.categories
     to_dataset = _to_dataset(seg, cats.names, cats.num_things)
     ids = np.array(cats.category_ids, np.int64)
@@ -177,11 +129,9 @@ def eval_coco_instances(seg: Segmenter, paths: EvalPaths, out: Path, limit: int 
                                             "ap_large"))
 
 
-def eval_ytvis(seg: Segmenter, paths: EvalPaths, out: Path, limit: int | None,
+def eval_ytvis(seg: Segmenter, paths: DatasetFiles, out: Path, limit: int | None,
                progress: bool) -> dict[str, Any]:
-    from training.data.readers import read_ytvis
-
-    reader = read_ytvis(paths.annotations, paths.images)
+    reader = open_reader("ytvis19", paths)  # the 2021 files read the same
     cats = reader.categories
     to_dataset = _to_dataset(seg, cats.names, cats.num_things)
     ids = np.array(cats.category_ids, np.int64)
@@ -224,11 +174,9 @@ def eval_ytvis(seg: Segmenter, paths: EvalPaths, out: Path, limit: int | None,
     return _percent(accumulator.compute(), ("ap", "ap50", "ap75", "ar1", "ar10"))
 
 
-def eval_ade20k(seg: Segmenter, paths: EvalPaths, out: Path, limit: int | None,
+def eval_ade20k(seg: Segmenter, paths: DatasetFiles, out: Path, limit: int | None,
                 progress: bool) -> dict[str, Any]:
-    from training.data.readers import read_ade20k
-
-    reader = read_ade20k(paths.images, paths.annotations)
+    reader = open_reader("ade20k", paths)
     cats = reader.categories
     _vocabulary(seg, cats.names, cats.num_things)
     confusion = ConfusionMatrix(cats.num_classes, ignore_index=255)
@@ -243,11 +191,9 @@ def eval_ade20k(seg: Segmenter, paths: EvalPaths, out: Path, limit: int | None,
     return {"miou": 100 * metrics["miou"], "pixel_accuracy": 100 * metrics["pixel_accuracy"]}
 
 
-def eval_davis(seg: Segmenter, paths: EvalPaths, out: Path, limit: int | None,
+def eval_davis(seg: Segmenter, paths: DatasetFiles, out: Path, limit: int | None,
                progress: bool) -> dict[str, Any]:
-    from training.data.readers import read_davis
-
-    reader = read_davis(paths.images)
+    reader = open_reader("davis17", paths)
     accumulator = JFAccumulator()
     for i in tqdm(range(_limit(len(reader), limit)), desc="davis17", unit="video",
                   disable=not progress):
@@ -264,14 +210,9 @@ def eval_davis(seg: Segmenter, paths: EvalPaths, out: Path, limit: int | None,
             "f_mean": 100 * metrics["f_mean"]}
 
 
-def eval_vipseg(seg: Segmenter, paths: EvalPaths, out: Path, limit: int | None,
+def eval_vipseg(seg: Segmenter, paths: DatasetFiles, out: Path, limit: int | None,
                 progress: bool) -> dict[str, Any]:
-    from training.data.readers import read_vipseg
-
-    if paths.masks is None:
-        raise InvalidInputError("vipseg: --masks (the panomasks folder) is required")
-    reader = read_vipseg(paths.images.parent, json_path=paths.annotations,
-                         image_dir=paths.images, mask_dir=paths.masks)
+    reader = open_reader("vipseg", paths)
     cats = reader.categories
     _vocabulary(seg, cats.names, cats.num_things)
     categories = [{"id": k, "isthing": int(k < cats.num_things)} for k in range(cats.num_classes)]
@@ -315,7 +256,7 @@ def _percent(metrics: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
     return {k: 100 * float(metrics[k]) for k in keys if k in metrics}
 
 
-def evaluate_bundle(seg: Segmenter, dataset: str, paths: EvalPaths, out: Path, *,
+def evaluate_bundle(seg: Segmenter, dataset: str, paths: DatasetFiles, out: Path, *,
                     limit: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Run one dataset's evaluation; writes ``metrics.json`` and ``metrics.md`` into ``out``."""
     if dataset not in EVALUATORS:
@@ -334,7 +275,7 @@ def evaluate_bundle(seg: Segmenter, dataset: str, paths: EvalPaths, out: Path, *
     return report
 
 
-def compare_precisions(bundle: str | Path, dataset: str, paths: EvalPaths, out: Path, *,
+def compare_precisions(bundle: str | Path, dataset: str, paths: DatasetFiles, out: Path, *,
                        precisions: Sequence[str] = ("fp32", "fp16", "int8"),
                        backend: str = "onnxruntime", limit: int | None = None,
                        progress: bool = True) -> list[dict[str, Any]]:
@@ -374,8 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("bundle")
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--root", help="dataset folder in its usual layout")
-    parser.add_argument("--images", help="image (or video frame) folder")
-    parser.add_argument("--annotations", help="annotation file (or folder: ADE20K)")
+    parser.add_argument("--images", help="image (or video frame) folder; DAVIS: its root")
+    parser.add_argument("--annotations", help="annotation file (ADE20K: folder; DAVIS: "
+                        "ImageSets/<year>/<split>.txt)")
     parser.add_argument("--masks", help="panoptic PNG folder (coco-panoptic, vipseg)")
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
@@ -384,8 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
-        paths = resolve_paths(args.dataset, args.root, args.images, args.annotations,
-                              args.masks)
+        paths = locate(args.dataset, args.root, images=args.images,
+                       annotations=args.annotations, masks=args.masks)
         seg = Segmenter.from_bundle(args.bundle, backend=args.backend, precision=args.precision)
         report = evaluate_bundle(seg, args.dataset, paths, Path(args.out), limit=args.limit,
                                  progress=not args.quiet)

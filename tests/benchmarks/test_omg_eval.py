@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.omg_eval import EvalPaths, evaluate_bundle, main, resolve_paths
-from omg_rt.errors import InvalidInputError
+from benchmarks.omg_eval import evaluate_bundle, main
 from omg_rt.segmenter import Segmenter
 from tests.conftest import seeded_tiny
 from tests.training.test_evaluate import Oracle
-from training.data import SceneConfig, generate_dataset, read_coco_panoptic, read_ytvis
+from training.data import DataError, SceneConfig, generate_dataset, read_coco_panoptic, read_ytvis
+from training.data.layouts import locate
 from training.evaluate import evaluate
 
 pytestmark = pytest.mark.slow
@@ -46,18 +46,20 @@ def oracle(world):
 
 def test_the_root_layout_of_the_training_world_is_found(world):
     root, paths, _, _ = world
-    found = resolve_paths("coco-panoptic", str(root), None, None, None)
+    found = locate("coco-panoptic", str(root))
     assert (found.images, found.annotations, found.masks) == (
         paths.image_dir, paths.panoptic_json, paths.panoptic_dir)
-    assert resolve_paths("ytvis19", str(root), None, None, None).annotations == paths.ytvis_json
-    with pytest.raises(InvalidInputError, match="no ade20k layout found"):
-        resolve_paths("ade20k", str(root), None, None, None)
+    assert locate("ytvis19", str(root)).annotations == paths.ytvis_json
+    with pytest.raises(DataError, match="no ade20k layout found"):
+        locate("ade20k", str(root))
+    with pytest.raises(DataError, match="images/train"):  # the world here has a val split only
+        locate("coco-panoptic", str(root), split="train")
 
 
 @pytest.mark.parametrize("dataset", ["coco-panoptic", "coco-instances", "ytvis19"])
 def test_the_ground_truth_scores_perfectly(world, oracle, dataset, tmp_path):
     root = world[0]
-    paths = resolve_paths(dataset, str(root), None, None, None)
+    paths = locate(dataset, str(root))
     report = evaluate_bundle(oracle, dataset, paths, tmp_path, progress=False)
     metrics = report["metrics"]
     written = json.loads((tmp_path / "metrics.json").read_text())
@@ -101,9 +103,8 @@ def test_bad_folders_are_clear_errors(world, tmp_path, capsys):
     assert main(["b", "--dataset", "coco-panoptic", "--root", str(tmp_path), "--out",
                  str(tmp_path / "o")]) == 3
     assert "no coco-panoptic layout found" in capsys.readouterr().err
-    with pytest.raises(InvalidInputError, match="--masks"):
-        evaluate_bundle(None, "coco-panoptic", EvalPaths(paths.image_dir,  # type: ignore[arg-type]
-                        paths.panoptic_json, None), tmp_path)
+    with pytest.raises(DataError, match="masks"):
+        locate("coco-panoptic", images=paths.image_dir, annotations=paths.panoptic_json)
 
 
 def test_omg_bench_reports_precision_deltas_on_a_dataset(world, tmp_path):

@@ -10,12 +10,13 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.omg_eval import evaluate_bundle, main, resolve_paths
+from benchmarks.omg_eval import evaluate_bundle, main
 from omg_rt.metrics import ConfusionMatrix
 from omg_rt.segmenter import Segmenter
 from tests.conftest import seeded_tiny
 from tests.training.test_data_readers_datasets import write_ade, write_davis, write_vipseg
 from tests.training.test_evaluate import Oracle
+from training.data.layouts import locate
 from training.data.readers import read_ade20k, read_davis, read_vipseg
 
 pytestmark = pytest.mark.slow
@@ -43,7 +44,7 @@ def _segmenter(oracle: Oracle, categories) -> Segmenter:
 
 
 def _evaluate(seg: Segmenter, dataset: str, root, out) -> dict:
-    paths = resolve_paths(dataset, str(root), None, None, None)
+    paths = locate(dataset, str(root))
     report = evaluate_bundle(seg, dataset, paths, out, progress=False)
     written = json.loads((out / "metrics.json").read_text())
     assert written["metrics"] == pytest.approx(report["metrics"], nan_ok=True)
@@ -120,7 +121,7 @@ def test_davis_an_object_lost_after_the_first_frame_lowers_j_and_f(davis, tmp_pa
 def test_vipseg_ground_truth_scores_near_perfect_vpq(tmp_path, official):
     root = tmp_path / "VIPSeg"
     write_vipseg(root, official)
-    found = resolve_paths("vipseg", str(root), None, None, None)
+    found = locate("vipseg", str(root))
     assert found.masks == root / ("panomasksRGB" if official else "panomasks")
     reader = read_vipseg(root)
     oracle = Oracle([], reader, num_classes=reader.categories.num_classes)

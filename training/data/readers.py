@@ -253,10 +253,7 @@ class YouTubeVISReader(_Reader):
         """A video, or only the frames ``frame_indices`` of it (decodes just those)."""
         video_id = self._ids[self._check_index(index)]
         video, anns = self._videos[video_id], self._anns.get(video_id, [])
-        length = len(video["file_names"])
-        chosen = list(range(length)) if frame_indices is None else list(frame_indices)
-        if any(not 0 <= f < length for f in chosen):
-            raise DataError(f"frame_indices: expected values in [0, {length}), got {chosen}")
+        chosen = _chosen_frames(frame_indices, len(video["file_names"]))
         frames = np.stack([read_image(self.video_dir / video["file_names"][f]) for f in chosen])
         _, h, w, _ = frames.shape
         masks = np.zeros((len(anns), len(chosen), h, w), bool)
@@ -408,10 +405,19 @@ class DAVISReader(_Reader):
         ids[ids == _DAVIS_VOID] = 0
         return ids
 
+    def num_frames(self, index: int) -> int:
+        """T of a video, without decoding it."""
+        return len(self._frames[self.video_names[self._check_index(index)]])
+
     def __getitem__(self, index: int) -> VideoRecord:
+        return self.clip(index, None)
+
+    def clip(self, index: int, frame_indices: list[int] | None) -> VideoRecord:
+        """A video, or only the frames ``frame_indices`` of it (decodes just those)."""
         index = self._check_index(index)
         name = self.video_names[index]
-        stems = self._frames[name]
+        every = self._frames[name]
+        stems = [every[f] for f in _chosen_frames(frame_indices, len(every))]
         frames = np.stack([read_image(self.image_dir / name / f"{s}.jpg") for s in stems])
         ids = np.stack([self._ids_png(name, s) for s in stems])  # (T, H, W) uint8
         if ids.shape != frames.shape[:3]:
@@ -488,8 +494,14 @@ class VIPSegReader(_Reader):
         return len(self._videos[self._check_index(index)])
 
     def __getitem__(self, index: int) -> VideoRecord:
+        return self.clip(index, None)
+
+    def clip(self, index: int, frame_indices: list[int] | None) -> VideoRecord:
+        """A video, or only the frames ``frame_indices`` of it (decodes just those; a track is
+        what those frames show of it)."""
         index = self._check_index(index)
-        name, frames = self.video_names[index], self._videos[index]
+        name, every = self.video_names[index], self._videos[index]
+        frames = [every[f] for f in _chosen_frames(frame_indices, len(every))]
         stems = [Path(f["file_name"]).stem for f in frames]
         images = np.stack([read_image(self.image_dir / name / f"{s}.jpg") for s in stems])
         num_things = self.categories.num_things
@@ -532,6 +544,14 @@ class VIPSegReader(_Reader):
         return VideoRecord(index, [f"{name}/{s}.jpg" for s in stems], images, stacked,
                            np.asarray(labels, np.int64), np.asarray(crowd, bool),
                            np.asarray(track_ids, np.int64), void)
+
+
+def _chosen_frames(frame_indices: list[int] | None, length: int) -> list[int]:
+    """All of a video's frames (None) or the given ones, checked against its length."""
+    chosen = list(range(length)) if frame_indices is None else list(frame_indices)
+    if any(not 0 <= f < length for f in chosen):
+        raise DataError(f"frame_indices: expected values in [0, {length}), got {chosen}")
+    return chosen
 
 
 def _first_dir(root: Path, names: tuple[str, ...]) -> Path:
