@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.data.layouts import DATASETS
 from training.presets import PRESETS
 
 __all__ = ["TASKS", "TRAIN_PRESETS", "TrainConfig", "TrainConfigError", "get_train_preset"]
@@ -47,6 +48,17 @@ class TrainConfig:
     ``video_frames``-frame clips, prompts as ``num_prompts`` clicks or boxes per image; all are
     cropped to ``input_size`` after a random rescale in ``*_scale_range``. ``ratios`` weighs the
     tasks of the joint sampler.
+
+    Real datasets: ``datasets`` lists the training sources instead of the world alone, each
+    ``{"dataset": NAME, "root": DIR, "split": "train", "ratio": 1.0}`` (NAME one of
+    ``training.data.layouts.DATASETS``, found in its usual layout under ``root``; or
+    ``"images"`` / ``"annotations"`` / ``"masks"`` paths instead of ``root``), or
+    ``{"dataset": "synthetic"}`` for the generated world (whose ``val`` split is then the
+    held-out evaluation; without it, score the exported bundle with ``omg-eval``). Their class
+    lists merge by name into one vocabulary, things first (``training.data.mixing``). Image
+    datasets feed the panoptic and prompt batches, video datasets the video batches;
+    ``ratios`` still splits the batches between tasks, and an entry's ``ratio`` weighs it
+    against the other datasets of the same task.
 
     Optimisation: AdamW (``lr``, ``weight_decay``; the backbone at ``lr * backbone_lr_mult``),
     linear warm-up over ``warmup_steps`` then cosine decay to ``lr * min_lr_ratio`` at ``steps``;
@@ -89,6 +101,7 @@ class TrainConfig:
         default_factory=lambda: {"panoptic": 0.4, "video": 0.3, "prompt": 0.3}
     )
     num_workers: int = 0
+    datasets: tuple[dict[str, str | float], ...] = ()  # empty = the synthetic world alone
     # optimisation
     steps: int = 1000
     batch_size: int = 4
@@ -159,13 +172,14 @@ class TrainConfig:
         elif any(v < 0 for v in self.ratios.values()) or sum(self.ratios.values()) <= 0:
             problems.append(f"ratios: expected non-negative weights with a positive sum, got "
                             f"{self.ratios}")
-        else:
+        elif self.uses_world:
             for task, available in (("panoptic", self.num_train_images),
                                     ("prompt", self.num_train_images),
                                     ("video", self.num_train_videos)):
                 if self.ratios.get(task, 0) > 0 and available == 0:
                     problems.append(f"ratios: {task!r} has weight {self.ratios[task]} but the "
                                     f"training split has no {task} data")
+        problems += _dataset_problems(self.datasets)
         for name in ("eval_images", "eval_videos", "threads"):
             value = getattr(self, name)
             if value is not None and value < (1 if name == "threads" else 0):
@@ -173,6 +187,11 @@ class TrainConfig:
                                 f"got {value}")
         if problems:
             raise TrainConfigError("invalid TrainConfig: " + "; ".join(problems))
+
+    @property
+    def uses_world(self) -> bool:
+        """Whether the generated synthetic world is (one of) the training data."""
+        return not self.datasets or any(d.get("dataset") == "synthetic" for d in self.datasets)
 
     # ------------------------------------------------------------------ (de)serialisation
 
@@ -230,6 +249,30 @@ class TrainConfig:
         return self.replace(**changes)
 
 
+DATASET_KEYS = ("dataset", "root", "split", "images", "annotations", "masks", "ratio")
+
+
+def _dataset_problems(entries: tuple[dict[str, str | float], ...]) -> list[str]:
+    problems = []
+    for k, entry in enumerate(entries):
+        where = f"datasets[{k}]"
+        unknown = sorted(set(entry) - set(DATASET_KEYS))
+        name = entry.get("dataset")
+        if unknown:
+            problems.append(f"{where}: unknown keys {unknown}; known: {list(DATASET_KEYS)}")
+        elif name not in (*DATASETS, "synthetic"):
+            problems.append(f"{where}: expected 'dataset' one of {[*DATASETS, 'synthetic']}, "
+                            f"got {name!r}")
+        elif not isinstance(entry.get("ratio", 1.0), int | float) or entry.get("ratio", 1.0) < 0:
+            problems.append(f"{where}: expected 'ratio' >= 0, got {entry.get('ratio')!r}")
+        elif name != "synthetic" and not entry.get("root") and not (
+                entry.get("images") and entry.get("annotations")):
+            problems.append(f"{where}: {name} needs 'root', or 'images' and 'annotations'")
+        elif any(not isinstance(entry[key], str) for key in entry if key not in ("ratio",)):
+            problems.append(f"{where}: expected strings for {[*DATASET_KEYS[:-1]]}")
+    return problems
+
+
 def _check_types(config: TrainConfig) -> None:
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
@@ -257,6 +300,8 @@ def _matches(value: Any, hint: Any) -> bool:
         return isinstance(value, str)
     if origin is tuple:
         args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return isinstance(value, tuple) and all(_matches(v, args[0]) for v in value)
         return (isinstance(value, tuple) and len(value) == len(args)
                 and all(_matches(v, a) for v, a in zip(value, args)))
     if origin is dict:
@@ -274,7 +319,10 @@ def _describe(hint: Any) -> str:
     if hint is type(None):
         return "null"
     if origin is tuple:
-        return "[" + ", ".join(_describe(a) for a in typing.get_args(hint)) + "]"
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0])}"
+        return "[" + ", ".join(_describe(a) for a in args) + "]"
     if origin is dict:
         return "an object of " + _describe(typing.get_args(hint)[1])
     return hint.__name__

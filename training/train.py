@@ -54,6 +54,9 @@ from training.data.dataset import (
     VideoDataset,
     collate_samples,
 )
+from training.data.formats import DataError
+from training.data.layouts import IMAGE_DATASETS, locate, open_reader
+from training.data.mixing import Relabelled, merge_categories
 from training.data.synthetic import dataset_paths
 from training.distributed import DistInfo, average_gradients, broadcast_parameters
 from training.evaluate import evaluate
@@ -99,10 +102,12 @@ class TrainResult:
 class _Data:
     dataset: ConcatDataset
     parts: list[ImageDataset | VideoDataset | PromptDataset]
+    weights: list[float]  # the joint sampler's, one per part
     names: tuple[str, ...]
     num_things: int
-    val_images: Any
+    val_images: Any  # the held-out world (None when the world is not in the mix)
     val_videos: Any
+    epoch_images: int  # training images in the mix: an epoch is one pass over them
 
 
 # ------------------------------------------------------------------------------------ public
@@ -311,31 +316,73 @@ def build_class_bank_for(model: torch.nn.Module, names: tuple[str, ...]) -> torc
 
 
 def prepare_data(config: TrainConfig, out: Path, dist_info: DistInfo | None = None) -> _Data:
-    """Generate the train / val splits if missing (rank 0), then build the datasets."""
+    """The training mix: the synthetic world (generated if missing, by rank 0) and/or the real
+    datasets of ``config.datasets``, relabelled into one merged vocabulary, as the joint
+    sampler's parts (image datasets: panoptic + prompt; video datasets: video)."""
     dist_info = dist_info or DistInfo(0, 1, torch.device("cpu"))
-    root = Path(config.data_root) if config.data_root else out / "data"
-    if dist_info.is_main:
-        _generate(config, root)
-    _barrier()
-    train_paths, val_paths = dataset_paths(root, "train"), dataset_paths(root, "val")
-    panoptic = read_coco_panoptic(train_paths.panoptic_json, train_paths.panoptic_dir,
-                                  train_paths.image_dir)
-    videos = read_ytvis(train_paths.ytvis_json, train_paths.video_dir)
+    entries = config.datasets or ({"dataset": "synthetic"},)
+    sources: list[tuple[Any, str, float]] = []  # (train reader, "image" | "video", ratio)
+    val_images = val_videos = None
+    world = -1  # the world's index in sources
+    for entry in entries:
+        name, ratio = str(entry["dataset"]), float(entry.get("ratio", 1.0))
+        if name == "synthetic":
+            root = Path(config.data_root) if config.data_root else out / "data"
+            if dist_info.is_main:
+                _generate(config, root)
+            _barrier()
+            train_paths, val_paths = dataset_paths(root, "train"), dataset_paths(root, "val")
+            world = len(sources)
+            sources.append((read_coco_panoptic(train_paths.panoptic_json,
+                                               train_paths.panoptic_dir, train_paths.image_dir),
+                            "image", ratio))
+            sources.append((read_ytvis(train_paths.ytvis_json, train_paths.video_dir), "video",
+                            ratio))
+            val_images = read_coco_panoptic(val_paths.panoptic_json, val_paths.panoptic_dir,
+                                            val_paths.image_dir)
+            val_videos = read_ytvis(val_paths.ytvis_json, val_paths.video_dir)
+            continue
+        try:
+            files = locate(name, entry.get("root"), split=str(entry.get("split", "train")),
+                           images=entry.get("images"), annotations=entry.get("annotations"),
+                           masks=entry.get("masks"))
+            reader = open_reader(name, files)
+        except DataError as exc:
+            raise TrainConfigError(f"datasets: {name}: {exc}") from exc
+        sources.append((reader, "image" if name in IMAGE_DATASETS else "video", ratio))
+    categories, maps = merge_categories([reader.categories for reader, _, _ in sources])
+    if world >= 0:  # held out in the merged vocabulary
+        val_images = Relabelled(val_images, categories, maps[world])
+        val_videos = Relabelled(val_videos, categories, maps[world])
     common = {"output_size": config.input_size, "seed": config.seed}
-    parts = [
-        ImageDataset(panoptic, scale_range=config.image_scale_range,
-                     num_frames=config.image_frames, **common),
-        VideoDataset(videos, num_frames=config.video_frames,
-                     scale_range=config.video_scale_range, **common),
-        PromptDataset(panoptic, num_prompts=config.num_prompts, point_ratio=config.point_ratio,
-                      scale_range=config.image_scale_range, **common),
-    ]
-    categories = panoptic.categories
-    val_images = read_coco_panoptic(val_paths.panoptic_json, val_paths.panoptic_dir,
-                                    val_paths.image_dir)
-    val_videos = read_ytvis(val_paths.ytvis_json, val_paths.video_dir)
-    return _Data(ConcatDataset(parts), parts, tuple(categories.names), categories.num_things,
-                 val_images, val_videos)
+    by_task: dict[str, list[tuple[Any, float]]] = {task: [] for task in TASKS}
+    for (reader, kind, ratio), mapping in zip(sources, maps, strict=True):
+        reader = Relabelled(reader, categories, mapping)
+        if kind == "image":
+            by_task["panoptic"].append((ImageDataset(
+                reader, scale_range=config.image_scale_range, num_frames=config.image_frames,
+                **common), ratio))
+            by_task["prompt"].append((PromptDataset(
+                reader, num_prompts=config.num_prompts, point_ratio=config.point_ratio,
+                scale_range=config.image_scale_range, **common), ratio))
+        else:
+            by_task["video"].append((VideoDataset(
+                reader, num_frames=config.video_frames, scale_range=config.video_scale_range,
+                **common), ratio))
+    parts: list[ImageDataset | VideoDataset | PromptDataset] = []
+    weights: list[float] = []
+    for task in TASKS:  # a task's weight, split between its datasets by their ratios
+        total = sum(r for _, r in by_task[task])
+        for part, ratio in by_task[task]:
+            parts.append(part)
+            weights.append(config.ratios.get(task, 0.0) * ratio / total if total else 0.0)
+    if sum(weights) <= 0:
+        raise TrainConfigError(f"datasets / ratios: no batches to draw (task ratios "
+                               f"{config.ratios}; tasks with data: "
+                               f"{[t for t in TASKS if by_task[t]]})")
+    epoch_images = sum(len(reader) for reader, kind, _ in sources if kind == "image")
+    return _Data(ConcatDataset(parts), parts, weights, tuple(categories.names),
+                 categories.num_things, val_images, val_videos, epoch_images)
 
 
 # ------------------------------------------------------------------------------- the batches
@@ -346,13 +393,12 @@ def _batches(config: TrainConfig, data: _Data, dist_info: DistInfo,
     """Batches for steps ``start_step, start_step + 1, ...``, the same whether or not the run
     was interrupted: epoch ``e`` covers steps ``[e L, (e + 1) L)`` and its batches depend only
     on (seed, rank, e)."""
-    ratios = [config.ratios.get(task, 0.0) for task in TASKS]
-    length = _epoch_length(config)
+    length = _epoch_length(data.epoch_images, config.batch_size)
     epoch, skip = divmod(start_step, length)
     while True:
         for part in data.parts:
             part.set_epoch(epoch)
-        sampler = JointSampler(data.dataset, ratios, batch_size=config.batch_size,
+        sampler = JointSampler(data.dataset, data.weights, batch_size=config.batch_size,
                                num_batches=length, seed=_mix(config.seed, dist_info.rank, 2))
         sampler.set_epoch(epoch)
         loader = DataLoader(data.dataset, batch_sampler=_Skip(sampler, skip),
@@ -376,9 +422,9 @@ class _Skip:
                 yield batch
 
 
-def _epoch_length(config: TrainConfig) -> int:
+def _epoch_length(num_images: int, batch_size: int) -> int:
     """Steps per epoch: about one pass over the training images."""
-    return max(1, math.ceil(max(config.num_train_images, 1) / config.batch_size))
+    return max(1, math.ceil(max(num_images, 1) / batch_size))
 
 
 def _normalise(frames: torch.Tensor, valid: torch.Tensor, spec) -> torch.Tensor:

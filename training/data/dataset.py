@@ -31,7 +31,6 @@ from torch.utils.data import ConcatDataset, Dataset, Sampler
 
 from training.data.formats import DataError
 from training.data.prompts import point_pseudo_box, sample_box, sample_point
-from training.data.readers import CocoInstancesReader, CocoPanopticReader, YouTubeVISReader
 from training.data.transforms import (
     ClipSample,
     horizontal_flip,
@@ -91,7 +90,8 @@ class ImageDataset(_ClipDataset):
     """Images (panoptic or instances) as 1-frame clips or 2-frame pseudo-videos.
 
     Args:
-        reader: a `CocoPanopticReader` or `CocoInstancesReader`.
+        reader: an image reader (COCO panoptic / instances, ADE20K; ``reader[i]`` -> an
+            `ImageRecord`).
         num_frames: 1, or 2 for a pseudo-video.
         pair_images: for ``num_frames=2``: False = OMG-Seg's pseudo-video (the image twice, flip
             and scale shared, a crop per frame, objects keep their track); True = a second,
@@ -100,7 +100,7 @@ class ImageDataset(_ClipDataset):
 
     task = "panoptic"
 
-    def __init__(self, reader: CocoPanopticReader | CocoInstancesReader, *,
+    def __init__(self, reader: Any, *,
                  output_size: int | tuple[int, int] = 128,
                  scale_range: tuple[float, float] = IMAGE_SCALE_RANGE, flip_prob: float = 0.5,
                  num_frames: int = 1, pair_images: bool = False, seed: int = 0) -> None:
@@ -144,7 +144,9 @@ class ImageDataset(_ClipDataset):
 
 
 class VideoDataset(_ClipDataset):
-    """Clips of ``num_frames`` frames (every ``frame_stride``-th) from a YouTube-VIS reader.
+    """Clips of ``num_frames`` frames (every ``frame_stride``-th) from a video reader
+    (YouTube-VIS, VIPSeg, DAVIS: anything with ``num_frames(i)`` and ``clip(i, frames)``);
+    videos shorter than a clip are left out.
 
     One scale, crop and flip for the whole clip; tracks absent from the clip are dropped.
     ``things_only`` drops stuff tracks (YouTube-VIS proper has none).
@@ -152,7 +154,7 @@ class VideoDataset(_ClipDataset):
 
     task = "video"
 
-    def __init__(self, reader: YouTubeVISReader, *, num_frames: int = 2, frame_stride: int = 1,
+    def __init__(self, reader: Any, *, num_frames: int = 2, frame_stride: int = 1,
                  output_size: int | tuple[int, int] = 128,
                  scale_range: tuple[float, float] = VIDEO_SCALE_RANGE, flip_prob: float = 0.5,
                  things_only: bool = False, seed: int = 0) -> None:
@@ -162,27 +164,29 @@ class VideoDataset(_ClipDataset):
             raise DataError(f"num_frames, frame_stride: expected >= 1, got {num_frames}, "
                             f"{frame_stride}")
         span = (num_frames - 1) * frame_stride + 1
-        short = [i for i in range(len(reader)) if reader.num_frames(i) < span]
-        if short:
-            raise DataError(f"num_frames, frame_stride: clips span {span} frames but videos "
-                            f"{short[:5]} are shorter")
+        # videos shorter than a clip are left out (a real dataset has a few)
+        self.videos = [i for i in range(len(reader)) if reader.num_frames(i) >= span]
+        if len(reader) and not self.videos:
+            raise DataError(f"num_frames, frame_stride: clips span {span} frames but every "
+                            f"video is shorter")
         self.reader = reader
         self.num_frames = num_frames
         self.frame_stride = frame_stride
         self.things_only = things_only
 
     def __len__(self) -> int:
-        return len(self.reader)
+        return len(self.videos)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self._to_dict(self.clip(index))
 
     def clip(self, index: int) -> ClipSample:
         rng = self._rng(index)
+        video = self.videos[index]
         span = (self.num_frames - 1) * self.frame_stride + 1
-        start = int(rng.integers(self.reader.num_frames(index) - span + 1))
+        start = int(rng.integers(self.reader.num_frames(video) - span + 1))
         chosen = list(range(start, start + span, self.frame_stride))
-        clip = ClipSample.from_video(self.reader.clip(index, chosen))
+        clip = ClipSample.from_video(self.reader.clip(video, chosen))
         if self.things_only:
             keep = clip.labels < self.reader.categories.num_things
             clip = ClipSample(clip.frames, clip.masks[keep], clip.labels[keep],
@@ -204,7 +208,7 @@ class PromptDataset(_ClipDataset):
 
     task = "prompt"
 
-    def __init__(self, reader: CocoPanopticReader | CocoInstancesReader, *,
+    def __init__(self, reader: Any, *,
                  num_prompts: int = 8, point_ratio: float = 0.5, point_mode: str = "random",
                  box_jitter: float = 0.1, min_area: int = 16,
                  output_size: int | tuple[int, int] = 128,
