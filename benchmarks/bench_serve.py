@@ -121,6 +121,7 @@ class ServerOptions:
     max_queue: int = 32
     backend: str = "auto"
     python: str = ""
+    idle_seconds: float | None = None  # None: omg-rt serve's default
 
 
 # ---------------------------------------------------------------------- images and prompts
@@ -300,6 +301,8 @@ class LocalServer:
                    "--port", str(self.port), "--workers", str(o.workers),
                    "--max-batch", str(o.max_batch), "--max-queue", str(o.max_queue),
                    "--backend", o.backend]
+        if o.idle_seconds is not None:
+            command += ["--idle-seconds", str(o.idle_seconds)]
         with open(self.log, "ab") as out:
             # its own session: a Ctrl-C here reaches this process, which stops the server in
             # order; SIGINT back to default in the child, or a parent started in the background

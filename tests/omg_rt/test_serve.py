@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import cv2
@@ -49,65 +46,23 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(SKIP), reason=SKIP)]
 STARTUP_SECONDS = 180
 
 
-def _free_base_port() -> int:
-    """A port p with p, p + 1 and p + 2 free on loopback (HTTP, gRPC, metrics)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + 2 > 65535:
-            continue
-        try:
-            for port in (base + 1, base + 2):
-                with socket.socket() as t:
-                    t.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no three consecutive free ports")
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server():
+    """A real ``omg-rt serve`` on free loopback ports (one retry of PyTriton's occasional failed
+    start, on new ports); after the module it must stop cleanly on SIGINT, leaving nothing of
+    its process group behind."""
+    from benchmarks.bench_serve import LocalServer, ServerOptions
     from omg_rt.client import Client
 
     bundle = tiny_bundle()
-    port = _free_base_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [SERVE_PYTHON, "-m", "omg_rt.cli", "serve", str(bundle), "--port", str(port),
-             "--workers", "2", "--backend", "onnxruntime", "--idle-seconds", "30"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)})
-    client = Client(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while not client.ready():
-        if process.poll() is not None or time.monotonic() > deadline:
-            os.killpg(process.pid, signal.SIGKILL)
-            pytest.fail(f"omg-rt serve did not come up:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    yield client, bundle, port, process
-    client.close()
-    process.send_signal(signal.SIGINT)  # what Ctrl-C does
-    try:
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    # nothing of the server's process group (tritonserver, its stubs) outlives it for long
-    deadline = time.monotonic() + 30
-    while _group_alive(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not _group_alive(process.pid), "processes of omg-rt serve were left behind"
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    options = ServerOptions(workers=2, backend="onnxruntime", python=SERVE_PYTHON,
+                            idle_seconds=30)
+    with LocalServer(bundle, options, startup_seconds=STARTUP_SECONDS) as running:
+        client = Client(running.url)
+        yield client, bundle, running.port, running.process
+        client.close()
+    assert running.exit_code == 0, running.log_tail()
+    assert running.left_behind == 0, "processes of omg-rt serve were left behind"
 
 
 @pytest.fixture(scope="module")
