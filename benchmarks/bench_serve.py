@@ -4,6 +4,7 @@ against a real Triton Inference Server on loopback, with the server's own metric
     python -m benchmarks.bench_serve BUNDLE_OR_URL [--clients 4] [--requests 25]
         [--prompt-share 0.5] [--max-seconds 60] [--timeout 60] [--workers 1] [--out report.json]
     python -m benchmarks.bench_serve BUNDLE --overload [--flood 32]
+    python -m benchmarks.bench_serve BUNDLE --in-process    # + the in-process baseline
 
 Given a bundle directory it starts ``omg-rt serve`` on free loopback ports (a subprocess, in the
 serving venv the tests use: ``$OMG_RT_SERVE_PYTHON``, else ``.venv-serve``, else this Python),
@@ -26,6 +27,10 @@ Triton's counters (``/metrics``) over the run: successes, failures, inferences /
 full queue turned away (their failure counter stays 0): busy answers are counted by the clients.
 One run; a warm-up request per image size, an encode and a prompt are sent before and left out of
 every number.
+
+``--in-process`` (a bundle's load test) then runs the same traffic, with the server stopped, on
+one Segmenter in this process whose calls take turns: the report adds its numbers and the
+throughput ratio server / in-process (the serving overhead; dynamic batching can make it > 1).
 
 ``--overload`` starts the server with ``--max-queue 2 --workers 1`` and sends ``--flood``
 simultaneous image requests: the busy answers should come back at once (their latency is
@@ -505,17 +510,50 @@ class _Tally:
         return {"kinds": kinds, "totals": totals, "errors": dict(self.errors)}
 
 
-def _client_loop(index: int, url: str, options: LoadOptions, deadline: float,
+class InProcessClient:
+    """The client calls the load test makes, on a Segmenter in this process, one call at a time
+    (the baseline that the server's throughput is compared with)."""
+
+    def __init__(self, segmenter: Any, lock: threading.Lock) -> None:
+        self.segmenter, self.lock = segmenter, lock
+
+    def __enter__(self) -> InProcessClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def panoptic(self, image: np.ndarray) -> Any:
+        with self.lock:
+            return self.segmenter.panoptic(image)
+
+    def encode(self, image: np.ndarray) -> Any:
+        with self.lock:
+            return self.segmenter.set_image(image)
+
+    def prompt(self, handle: Any, points: Any = None, boxes: Any = None) -> Any:
+        with self.lock:
+            return self.segmenter.prompt(handle, points=points, boxes=boxes)
+
+
+Connect = Callable[[], Any]  # -> a context manager with panoptic / encode / prompt
+
+
+def _remote(url: str, timeout: float) -> Connect:
+    from omg_rt.client import Client
+
+    return lambda: Client(url, timeout=timeout)
+
+
+def _client_loop(index: int, connect: Connect, options: LoadOptions, deadline: float,
                  stop: threading.Event, tally: _Tally, timed_out: threading.Event) -> None:
     """One client's requests: ``options.requests`` of them, or until ``deadline`` / ``stop``."""
-    from omg_rt.client import Client, RemoteImage
-
     rng = np.random.default_rng([options.seed, index])
     sizes = options.sizes
     pool = [procedural_image(options.seed * 100_003 + index * 1_009 + i, sizes[i % len(sizes)])
             for i in range(options.prompt_images)]
-    handles: dict[int, RemoteImage] = {}
-    with Client(url, timeout=options.timeout) as client:
+    handles: dict[int, Any] = {}
+    with connect() as client:
         for number in range(options.requests):
             if stop.is_set():
                 return
@@ -542,12 +580,10 @@ def _client_loop(index: int, url: str, options: LoadOptions, deadline: float,
             tally.operation_done()
 
 
-def _warm_up(url: str, options: LoadOptions) -> None:
+def _warm_up(connect: Connect, options: LoadOptions) -> None:
     """One panoptic per image size, an encode and a prompt: first-call costs (allocations,
     session set-up per padded size) stay out of the numbers."""
-    from omg_rt.client import Client
-
-    with Client(url, timeout=max(options.timeout, 120.0)) as client:
+    with connect() as client:
         for i, hw in enumerate(options.sizes):
             client.panoptic(procedural_image(900_000 + i, hw))
         handle = client.encode(procedural_image(900_100, options.sizes[0]))
@@ -565,33 +601,66 @@ def run_load(url: str, options: LoadOptions, *, metrics_url: str | None = None,
         or the reason they could not be read).
     """
     url = loopback_url(url)
+    _check_load(options)
+    metrics_url = metrics_url or _default_metrics_url(url)
+    if warmup:
+        _warm_up(_remote(url, max(options.timeout, 120.0)), options)
+    before, metrics_error = _try_scrape(metrics_url)
+    report = _drive(_remote(url, options.timeout), options, progress)
+    report["url"] = url
+    report["metrics"] = _metrics_report(metrics_url, before, metrics_error,
+                                        report["totals"]["ok"])
+    return report
+
+
+def run_in_process(bundle: Path, options: LoadOptions, *, backend: str = "auto",
+                   progress: bool = False) -> dict[str, Any]:
+    """The same traffic as :func:`run_load` (same clients, images, prompts) on a Segmenter of
+    ``bundle`` in this process, its calls one at a time: the baseline of the server's
+    throughput. Returns the same report, without server metrics."""
+    from omg_rt.segmenter import Segmenter
+
+    _check_load(options)
+    segmenter = Segmenter.from_bundle(bundle, backend=backend)
+    try:
+        lock = threading.Lock()
+
+        def connect() -> InProcessClient:
+            return InProcessClient(segmenter, lock)
+
+        _warm_up(connect, options)
+        report = _drive(connect, options, progress)
+    finally:
+        segmenter.close()
+    report["url"] = "in-process"
+    return report
+
+
+def _check_load(options: LoadOptions) -> None:
     if not 0.0 <= options.prompt_share <= 1.0:
         raise InvalidInputError(f"prompt_share: expected a value in [0, 1], got "
                                 f"{options.prompt_share}")
     if options.clients < 1 or options.requests < 1 or options.prompt_images < 1:
         raise InvalidInputError("clients, requests, prompt_images: expected >= 1, got "
                                 f"{options.clients}, {options.requests}, {options.prompt_images}")
-    metrics_url = metrics_url or _default_metrics_url(url)
-    if warmup:
-        _warm_up(url, options)
-    before, metrics_error = _try_scrape(metrics_url)
 
+
+def _drive(connect: Connect, options: LoadOptions, progress: bool) -> dict[str, Any]:
+    """K client threads making their requests through ``connect()``; the tally as a report."""
     tally, stop, timed_out = _Tally(), threading.Event(), threading.Event()
     start = time.monotonic()
     deadline = start + options.max_seconds
     threads = [threading.Thread(target=_client_loop, name=f"bench-serve-client-{i}",
-                                args=(i, url, options, deadline, stop, tally, timed_out),
+                                args=(i, connect, options, deadline, stop, tally, timed_out),
                                 daemon=True)
                for i in range(options.clients)]
     _run_threads(threads, stop, tally, options.clients * options.requests, progress)
     wall = time.monotonic() - start
-
     report = tally.summary()
     totals = report["totals"]
     report.update({
         "mode": "load",
         "config": asdict(options),
-        "url": url,
         "wall_seconds": wall,
         "planned": options.clients * options.requests,
         "operations": tally.operations,
@@ -599,7 +668,6 @@ def run_load(url: str, options: LoadOptions, *, metrics_url: str | None = None,
         "requests_per_second": totals["sent"] / wall,
         "ok_per_second": totals["ok"] / wall,
     })
-    report["metrics"] = _metrics_report(metrics_url, before, metrics_error, totals["ok"])
     return report
 
 
@@ -662,7 +730,7 @@ def run_overload(url: str, *, flood: int = 32, timeout: float = 60.0,
 
     url = loopback_url(url)
     metrics_url = metrics_url or _default_metrics_url(url)
-    _warm_up(url, LoadOptions(sizes=(size,), timeout=timeout))
+    _warm_up(_remote(url, max(timeout, 120.0)), LoadOptions(sizes=(size,), timeout=timeout))
     before, metrics_error = _try_scrape(metrics_url)
     tally = _Tally()
     images = [procedural_image(10_000 + i, size) for i in range(flood)]
@@ -705,14 +773,23 @@ def run_overload(url: str, *, flood: int = 32, timeout: float = 60.0,
 
 def benchmark(target: str, options: LoadOptions, *, server: ServerOptions | None = None,
               overload: bool = False, flood: int = 32, metrics_port: int | None = None,
-              progress: bool = False) -> dict[str, Any]:
+              in_process: bool = False, progress: bool = False) -> dict[str, Any]:
     """Run the load test (or ``overload``) against ``target``: a bundle directory (a server is
     started here with ``server`` options, and stopped) or a loopback URL.
 
+    Args:
+        in_process: a bundle's load test only: then, with the server stopped, the same traffic
+            on an in-process Segmenter (:func:`run_in_process`), for the throughput ratio.
+
     Returns:
         the report of :func:`run_load` / :func:`run_overload`, plus ``server`` (for a server
-        started here: its options, exit code and ``left_behind`` processes) and ``environment``.
+        started here: its options, exit code and ``left_behind`` processes), ``environment``,
+        and with ``in_process`` the baseline's report under ``in_process`` and
+        ``throughput_ratio`` (server requests/s over in-process requests/s).
     """
+    if in_process and (overload or "://" in target):
+        raise InvalidInputError("in_process: a load test of a bundle only (not --overload, "
+                                "not a URL)")
     if overload:
         server = replace(server or ServerOptions(), workers=1, max_queue=2)
 
@@ -738,6 +815,12 @@ def benchmark(target: str, options: LoadOptions, *, server: ServerOptions | None
         with local:
             report = run(local.url, local.metrics_url)
         report["server"] = local.record()
+        if in_process:
+            baseline = run_in_process(bundle, options, progress=progress,
+                                      backend=(server or ServerOptions()).backend)
+            report["in_process"] = baseline
+            report["throughput_ratio"] = (report["requests_per_second"]
+                                          / baseline["requests_per_second"])
     report["environment"] = environment()
     return report
 
@@ -789,6 +872,16 @@ def format_report(report: dict[str, Any]) -> str:
                 f"{model:<10}{m['success']:>9.0f}{m['failure']:>9.0f}{m['inferences']:>7.0f}"
                 f"{m['executions']:>7.0f}{_number(m['avg_batch'], 2):>11}"
                 f"{_number(m['avg_queue_ms'], 2):>10}{_number(m['avg_request_ms'], 1):>12}")
+    baseline = report.get("in_process")
+    if baseline:
+        lines.append(f"in-process baseline (the same traffic on one Segmenter here): "
+                     f"{baseline['requests_per_second']:.2f} requests/s; server / in-process "
+                     f"= {report['throughput_ratio']:.2f}")
+        for name in KINDS:
+            row = baseline["kinds"][name]
+            if row["sent"]:
+                lines.append(f"{'  ' + name:<8}{row['sent']:>6}{row['ok']:>6}{row['busy']:>6}"
+                             f"{row['error']:>6}" + _latency_cells(row["latency"]))
     server = report.get("server", {})
     if server.get("started_here"):
         log = f" (log {server['log']})" if server["log"] else ""
@@ -845,6 +938,9 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--max-batch", type=int, help=f"default {server_defaults.max_batch}")
     group.add_argument("--max-queue", type=int, help=f"default {server_defaults.max_queue}")
     group.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"])
+    parser.add_argument("--in-process", action="store_true",
+                        help="BUNDLE only: then the same traffic on an in-process Segmenter "
+                        "(the throughput baseline)")
     parser.add_argument("--metrics-port", type=int,
                         help="URL only: the server's metrics port (default PORT + 2)")
     parser.add_argument("--out", help="write the report as JSON here")
@@ -871,7 +967,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = benchmark(args.target, options, server=server, overload=args.overload,
                            flood=args.flood, metrics_port=args.metrics_port,
-                           progress=not args.quiet)
+                           in_process=args.in_process, progress=not args.quiet)
     except OmgRtError as exc:
         return report_failure("bench_serve", exc)
     except KeyboardInterrupt:

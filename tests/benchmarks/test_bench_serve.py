@@ -58,7 +58,7 @@ def test_every_request_of_a_mixed_load_is_answered_and_counted_by_the_server(bun
     options = LoadOptions(clients=3, requests=4, prompt_share=0.5, max_seconds=60, timeout=30,
                           sizes=SIZES, prompt_images=2, seed=0)
     report = benchmark(str(bundle), options,
-                       server=ServerOptions(workers=2, backend="onnxruntime"))
+                       server=ServerOptions(workers=2, backend="onnxruntime"), in_process=True)
     kinds, totals = report["kinds"], report["totals"]
     assert report["planned"] == report["operations"] == 12
     assert report["stopped_by"] == "requests"
@@ -82,6 +82,13 @@ def test_every_request_of_a_mixed_load_is_answered_and_counted_by_the_server(bun
         assert models[model]["failure"] == 0, model
         assert models[model]["inferences"] == kinds[kind]["ok"], model
         assert 1 <= models[model]["avg_batch"] <= 4, model
+    # the in-process baseline made the very same requests (each client's seeded traffic)
+    baseline = report["in_process"]
+    for kind in ("image", "prompt"):
+        assert baseline["kinds"][kind]["sent"] == kinds[kind]["sent"], kind
+    assert baseline["totals"]["error"] == 0 == baseline["totals"]["busy"], baseline["errors"]
+    assert report["throughput_ratio"] == pytest.approx(
+        report["requests_per_second"] / baseline["requests_per_second"])
     _no_server_left(report)
 
 
@@ -100,6 +107,13 @@ def test_a_flooded_server_answers_busy_at_once_and_keeps_serving(bundle):
     assert after["ok"] == after["sent"] == 3, report["errors"]
     assert report["shown"]
     _no_server_left(report)
+
+
+def test_the_in_process_baseline_is_for_a_bundles_load_test_only(bundle):
+    with pytest.raises(InvalidInputError, match="in_process"):
+        benchmark("http://127.0.0.1:8000", LoadOptions(), in_process=True)
+    with pytest.raises(InvalidInputError, match="in_process"):
+        benchmark(str(bundle), LoadOptions(), overload=True, in_process=True)
 
 
 def test_only_loopback_servers_are_load_tested():
