@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     report["panoptic"] = _panoptic(seg, data, names, num_things, out / "panoptic", timings)
     report["prompts"] = _prompts(seg, data, out / "prompts", timings)
     report["video"] = _video(seg, data, num_things, out / "video", timings)
+    report["omg_eval"] = _omg_eval(seg, run, train_config, out / "omg-eval", timings)
     report["cache"] = seg.cache.stats() if hasattr(seg.cache, "stats") else {}
     (out / "report.json").write_text(json.dumps(report, indent=1, default=_jsonable))
     (out / "report.md").write_text(_markdown(report))
@@ -127,6 +128,24 @@ def _panoptic(seg, data, names, num_things, out: Path, timings) -> dict:
     timings["panoptic_median_ms"] = 1e3 * float(np.median(latencies))
     return {"pq": 100 * summary["all"]["pq"], "sq": 100 * summary["all"]["sq"],
             "rq": 100 * summary["all"]["rq"], "images": len(data.images)}
+
+
+def _omg_eval(seg, run: Path, train_config: dict, out: Path, timings) -> dict:
+    """``omg-eval`` of the bundle on the training run's own held-out split (COCO panoptic), to
+    set beside the PQ training reported for it; {} when the run has no such split."""
+    from benchmarks.omg_eval import evaluate_bundle
+    from training.data import DataError
+    from training.data.layouts import locate
+
+    try:
+        files = locate("coco-panoptic", train_config.get("data_root") or run / "data")
+    except DataError:
+        return {}
+    start = time.perf_counter()
+    report = evaluate_bundle(seg, "coco-panoptic", files, out)
+    timings["omg_eval_s"] = time.perf_counter() - start
+    return {"pq": report["metrics"]["pq"], "images": report["metrics"].get("num_images"),
+            "root": str(files.images.parent.parent)}
 
 
 def _prompts(seg, data, out: Path, timings) -> dict:
@@ -200,8 +219,16 @@ def _markdown(report: dict) -> str:
         f"| box mIoU | {report['prompts']['box_miou']:.3f} |",
         f"| video ID consistency ({report['video']['tracks']} tracks, "
         f"{report['video']['frames']} frames) | {report['video']['id_consistency']:.3f} |",
-        "", "| timing | value |", "|---|---:|",
     ]
+    scored = report.get("omg_eval") or {}
+    if scored:
+        trained = train.get("pq")
+        lines.append(f"| omg-eval PQ, training's held-out split ({scored['images']} images in "
+                     f"`{scored['root']}`) | "
+                     f"{scored['pq']:.1f}"
+                     + (f" (training reported {trained:.1f})" if trained is not None else "")
+                     + " |")
+    lines += ["", "| timing | value |", "|---|---:|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in t.items()]
     if train:
         keys = ("pq", "prompt_miou", "id_consistency")

@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks import demo
 from training.config import get_train_preset
+from training.data import SceneConfig, generate_dataset
 from training.model import build_model
 from training.model.checkpoint import save_checkpoint
 
@@ -23,6 +24,10 @@ def test_demo_exports_segments_and_reports(tmp_path):
     (run / "train_config.json").write_text(config.to_json())
     names = ["circle", "square", "triangle", "star", "sky", "grass", "wall"]
     (run / "vocabulary.json").write_text(json.dumps({"names": names, "num_things": 4}))
+    (run / "metrics.json").write_text(json.dumps({"pq": 1.5, "step": 1}))
+    # the run's own held-out split, where training keeps it (RUN/data)
+    generate_dataset(run / "data", "val", num_images=3, num_videos=0, frames_per_video=2,
+                     seed=1, config=SceneConfig(image_size=64), progress=False)
 
     out = tmp_path / "demo"
     assert demo.main(["--checkpoint", str(run), "--out", str(out), "--images", "2",
@@ -33,7 +38,14 @@ def test_demo_exports_segments_and_reports(tmp_path):
     assert 0.0 <= report["panoptic"]["pq"] <= 100.0
     assert report["prompts"]["prompts"] > 0 and 0.0 <= report["prompts"]["click_miou"] <= 1.0
     assert report["video"]["frames"] == 4
-    assert (out / "report.md").read_text().startswith("# omg-rt demo")
+    markdown = (out / "report.md").read_text()
+    assert markdown.startswith("# omg-rt demo")
+    # omg-eval scored the bundle on the run's held-out split, beside training's own PQ
+    scored = report["omg_eval"]
+    assert scored["images"] == 3 and 0.0 <= scored["pq"] <= 100.0
+    assert json.loads((out / "omg-eval" / "metrics.json").read_text())["metrics"]["pq"] \
+        == scored["pq"]
+    assert "(training reported 1.5)" in markdown
     assert len(list((out / "panoptic").glob("*_overlay.png"))) == 2
     assert (out / "video" / "vis_overlay.mp4").stat().st_size > 0
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
