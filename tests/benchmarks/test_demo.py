@@ -49,4 +49,6 @@ def test_demo_exports_segments_and_reports(tmp_path):
     assert len(list((out / "panoptic").glob("*_overlay.png"))) == 2
     assert (out / "video" / "vis_overlay.mp4").stat().st_size > 0
     manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    examples = sorted(p.name for p in (out / "bundle" / "examples").iterdir())  # for omg-rt ui
+    assert examples == ["generated clip.avi"] + [f"generated scene {i}.png" for i in range(1, 5)]
     assert manifest["precisions"] == ["fp32", "int8"]

@@ -23,8 +23,17 @@ import cv2
 import numpy as np
 import pytest
 
-from omg_rt.errors import ExitCode
-from omg_rt.ui import MAX_VIDEO_FRAMES, Page, PageState, example_images
+from benchmarks.demo import write_examples
+from omg_rt.errors import BundleError, ExitCode
+from omg_rt.ui import (
+    EXAMPLES,
+    MAX_VIDEO_FRAMES,
+    Page,
+    PageState,
+    default_bundle,
+    example_images,
+    example_videos,
+)
 from tests.conftest import seeded_tiny
 
 pytestmark = [pytest.mark.slow,
@@ -37,54 +46,81 @@ needs_gradio = pytest.mark.skipif(importlib.util.find_spec("gradio") is None,
 
 
 @pytest.fixture(scope="module")
-def segmenter():
+def bundle():
     from export import build_bundle
-    from omg_rt import Segmenter
 
     model = seeded_tiny(0)
     spec = model.config
     model.config = dataclasses.replace(
         spec, postprocess=dataclasses.replace(spec.postprocess, overlap_threshold=0.0))
     out = Path(tempfile.mkdtemp(prefix="omg-rt-ui-bundle-"))
-    bundle = build_bundle(model, out / "tiny-ui", image_size=64, verify=False,
-                          vocab=types.SimpleNamespace(names=NAMES, num_things=4))
-    seg = Segmenter.from_bundle(bundle, backend="onnxruntime")
-    yield seg
-    seg.close()
+    path = build_bundle(model, out / "tiny-ui", image_size=64, verify=False,
+                        vocab=types.SimpleNamespace(names=NAMES, num_things=4))
+    write_examples(path / EXAMPLES, 64)  # as the demo does for its bundle
+    yield path
     shutil.rmtree(out, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def segmenter(bundle):
+    from omg_rt import Segmenter
+
+    seg = Segmenter.from_bundle(bundle, backend="onnxruntime")
+    yield seg
+    seg.close()
+
+
+def _page(segmenter, bundle: Path) -> Page:
+    """The page ``omg-rt ui BUNDLE`` lays out: the shipped photos, then the bundle's examples."""
+    return Page(segmenter, examples=example_images(bundle / EXAMPLES),
+                videos=example_videos(bundle / EXAMPLES))
+
+
 @pytest.fixture()
-def page(segmenter):
-    return Page(segmenter)
+def page(segmenter, bundle):
+    return _page(segmenter, bundle)
 
 
 def _photo(page: Page) -> str:
-    name = "astronaut" if "astronaut" in page.examples else "generated scene 1"
-    if name not in page.examples:
-        pytest.skip("no example image: install scikit-image (its photos) or the training package")
-    return name
+    return "astronaut" if "astronaut" in page.examples else "generated scene 1"
 
 
-def test_the_page_logic_imports_neither_torch_nor_gradio():
-    code = ("import sys; from omg_rt.ui import Page, example_images, generated_scene; "
-            "example_images(); generated_scene(0); "
-            "bad = [m for m in ('torch', 'gradio') if m in sys.modules]; "
+def test_the_page_logic_imports_neither_torch_nor_gradio(bundle):
+    code = ("import sys; from pathlib import Path; from omg_rt.ui import Page, example_images; "
+            f"[load() for load in example_images(Path({str(bundle / EXAMPLES)!r})).values()]; "
+            "bad = [m for m in ('torch', 'gradio', 'training', 'export') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_examples_are_shipped_photos_and_generated_scenes():
-    examples = example_images()
+def test_examples_are_shipped_photos_then_the_bundles_own(bundle):
+    examples = example_images(bundle / EXAMPLES)
     scenes = [name for name in examples if name.startswith("generated scene")]
-    assert scenes, "the synthetic world's scenes are always offered"
+    assert scenes == [f"generated scene {i}" for i in (1, 2, 3, 4)]
     scene = examples[scenes[0]]()
     assert scene.dtype == np.uint8 and scene.shape == (512, 512, 3)
+    assert len(np.unique(scene.reshape(-1, 3), axis=0)) > 2  # shapes drawn, not a blank frame
+    assert list(example_videos(bundle / EXAMPLES))[-1] == "generated clip.avi"
     if importlib.util.find_spec("skimage") is not None:
-        assert {"astronaut", "coffee", "chelsea"} <= set(examples)
+        assert list(examples)[:3] == ["astronaut", "coffee", "chelsea"]
         assert examples["astronaut"]().shape == (512, 512, 3)
+    assert not any(n.startswith("generated") for n in example_images(bundle / "missing"))
+
+
+def test_the_embedded_default_is_the_demo_bundle_or_a_message_saying_how(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    checkout = Path(__file__).resolve().parents[2] / "runs" / "demo" / "bundle"
+    if (checkout / "manifest.json").is_file():
+        assert default_bundle() == checkout
+    else:
+        with pytest.raises(BundleError, match=r"bash scripts/demo.sh.*or pass a BUNDLE"):
+            default_bundle()
+    made = tmp_path / "runs" / "demo" / "bundle"
+    made.mkdir(parents=True)
+    (made / "manifest.json").write_text("{}")
+    assert default_bundle() == made  # the current directory's comes first
 
 
 def test_clicks_reuse_the_encoder_and_report_their_time(page, segmenter):
@@ -139,7 +175,7 @@ def test_user_errors_show_a_message_and_the_page_keeps_working(page, tmp_path):
     view = page.open_image(state, broken)
     assert view.status.startswith("⚠️ **bad input**") and "'broken.png'" in view.status
     assert view.canvas is None
-    huge = Page(page.segmenter, max_pixels=100 * 100)
+    huge = Page(page.segmenter, max_pixels=100 * 100, examples=page.examples)
     assert "larger than this page takes" in huge.open_image(state, np.zeros((101, 100, 3),
                                                                             np.uint8)).status
     big = tmp_path / "big.png"
@@ -158,7 +194,7 @@ def test_user_errors_show_a_message_and_the_page_keeps_working(page, tmp_path):
     assert state.vocabulary is None
     _, message = page.video(state, broken, "vis", 4)
     assert message.startswith("⚠️ **bad input**: video: ") and "'broken.png'" in message
-    _, message = page.video(state, "generated clip", "vis", MAX_VIDEO_FRAMES + 1)
+    _, message = page.video(state, "generated clip.avi", "vis", MAX_VIDEO_FRAMES + 1)
     assert "max_frames" in message
     assert "click 2" in page.click(state, 300, 300, "positive").status
 
@@ -188,10 +224,8 @@ def test_vocabulary_changes_the_panoptic_result_of_its_own_tab_only(page):
 
 
 def test_video_tab_writes_an_overlay_browsers_play(page):
-    if "generated clip" not in page.videos:
-        pytest.skip("the generated clip needs the training package")
     seen = []
-    out, message = page.video(PageState(), "generated clip", "vps", 5,
+    out, message = page.video(PageState(), "generated clip.avi", "vps", 5,
                               lambda done, total: seen.append((done, total)))
     assert out is not None and out.suffix == ".webm", message
     assert "5 frames, vps" in message
@@ -244,7 +278,7 @@ def _fetch_image(url: str) -> np.ndarray:
 
 
 @needs_gradio
-def test_page_in_headless_chromium(segmenter, tmp_path):
+def test_page_in_headless_chromium(segmenter, bundle, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -252,7 +286,7 @@ def test_page_in_headless_chromium(segmenter, tmp_path):
 
     from omg_rt.ui import build_app, launch
 
-    page = Page(segmenter)
+    page = _page(segmenter, bundle)
     photo = _photo(page)
     driver = _chrome()
     app = build_app(segmenter, title="tiny-ui", page=page)
