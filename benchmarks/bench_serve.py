@@ -121,10 +121,11 @@ class ServerOptions:
     """How a server this benchmark starts runs: ``omg-rt serve`` options, and the Python that
     runs it ("": :func:`serve_python`)."""
 
-    workers: int = 1
+    workers: int = 2
     max_batch: int = 4
     max_queue: int = 32
     backend: str = "auto"
+    threads: int = 0  # onnxruntime intra-op threads (0 = all cores)
     python: str = ""
     idle_seconds: float | None = None  # None: omg-rt serve's default
 
@@ -305,7 +306,7 @@ class LocalServer:
         command = [python, "-m", "omg_rt.cli", "serve", str(self.bundle.resolve()),
                    "--port", str(self.port), "--workers", str(o.workers),
                    "--max-batch", str(o.max_batch), "--max-queue", str(o.max_queue),
-                   "--backend", o.backend]
+                   "--backend", o.backend, "--threads", str(o.threads)]
         if o.idle_seconds is not None:
             command += ["--idle-seconds", str(o.idle_seconds)]
         with open(self.log, "ab") as out:
@@ -614,14 +615,14 @@ def run_load(url: str, options: LoadOptions, *, metrics_url: str | None = None,
 
 
 def run_in_process(bundle: Path, options: LoadOptions, *, backend: str = "auto",
-                   progress: bool = False) -> dict[str, Any]:
+                   threads: int = 0, progress: bool = False) -> dict[str, Any]:
     """The same traffic as :func:`run_load` (same clients, images, prompts) on a Segmenter of
     ``bundle`` in this process, its calls one at a time: the baseline of the server's
     throughput. Returns the same report, without server metrics."""
     from omg_rt.segmenter import Segmenter
 
     _check_load(options)
-    segmenter = Segmenter.from_bundle(bundle, backend=backend)
+    segmenter = Segmenter.from_bundle(bundle, backend=backend, threads=threads)
     try:
         lock = threading.Lock()
 
@@ -816,8 +817,9 @@ def benchmark(target: str, options: LoadOptions, *, server: ServerOptions | None
             report = run(local.url, local.metrics_url)
         report["server"] = local.record()
         if in_process:
+            started = server or ServerOptions()
             baseline = run_in_process(bundle, options, progress=progress,
-                                      backend=(server or ServerOptions()).backend)
+                                      backend=started.backend, threads=started.threads)
             report["in_process"] = baseline
             report["throughput_ratio"] = (report["requests_per_second"]
                                           / baseline["requests_per_second"])
@@ -938,6 +940,8 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--max-batch", type=int, help=f"default {server_defaults.max_batch}")
     group.add_argument("--max-queue", type=int, help=f"default {server_defaults.max_queue}")
     group.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"])
+    group.add_argument("--threads", type=int, help="onnxruntime intra-op threads, here and in "
+                       f"--in-process (default {server_defaults.threads}: all cores)")
     parser.add_argument("--in-process", action="store_true",
                         help="BUNDLE only: then the same traffic on an in-process Segmenter "
                         "(the throughput baseline)")
@@ -948,9 +952,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     given = {name: getattr(args, name) for name in ("workers", "max_batch", "max_queue",
-                                                    "backend")}
+                                                    "backend", "threads")}
     if "://" in args.target and any(v is not None for v in given.values()):
-        parser.error("--workers / --max-batch / --max-queue / --backend: only for a server "
+        parser.error("--workers / --max-batch / --max-queue / --backend / --threads: only for a "
+                     "server "
                      "started here (a bundle), not for a URL")
     if args.overload and (args.workers is not None or args.max_queue is not None):
         parser.error("--overload runs the server with --workers 1 --max-queue 2")

@@ -105,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
     srv.add_argument("--port", type=int, default=8000, help="HTTP port; gRPC port+1, "
                      "metrics port+2")
-    srv.add_argument("--workers", type=int, default=1, help="model instances per model")
+    srv.add_argument("--workers", type=int, default=2, help="model instances per model (threads "
+                     "sharing one Segmenter; default 2: a prompt need not wait for another)")
     srv.add_argument("--max-batch", type=int, default=4, help="images per dynamic batch")
     srv.add_argument("--max-queue", type=int, default=32,
                      help="waiting requests per model before answering busy")

@@ -74,7 +74,7 @@ class ServeOptions:
     port: int = 8000
     grpc_port: int | None = None
     metrics_port: int | None = None
-    workers: int = 1
+    workers: int = 2
     max_batch: int = 4
     max_queue: int = 32
     batch_delay_us: int = 2000
