@@ -955,8 +955,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     "backend", "threads")}
     if "://" in args.target and any(v is not None for v in given.values()):
         parser.error("--workers / --max-batch / --max-queue / --backend / --threads: only for a "
-                     "server "
-                     "started here (a bundle), not for a URL")
+                     "server started here (a bundle), not for a URL")
     if args.overload and (args.workers is not None or args.max_queue is not None):
         parser.error("--overload runs the server with --workers 1 --max-queue 2")
     server = ServerOptions(**{k: v for k, v in given.items() if v is not None})

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from omg_rt import Segmenter
+from omg_rt.manifest import EXAMPLES
 from omg_rt.metrics import PQAccumulator, id_consistency, mask_ious
 
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = build_bundle(run, out / "bundle", image_size=image_size,
                           vocab=SimpleNamespace(names=names, num_things=num_things),
                           precisions=("fp32", "int8"), verify=True)
-    write_examples(bundle / "examples", image_size)  # what `omg-rt ui` offers beside its photos
+    write_examples(bundle / EXAMPLES, image_size)  # what `omg-rt ui` offers beside its photos
     timings["export_s"] = time.perf_counter() - start
 
     seg = Segmenter.from_bundle(bundle, backend="auto")

@@ -351,22 +351,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _ui(args: argparse.Namespace) -> int:
     from omg_rt.segmenter import Segmenter
-    from omg_rt.ui import (
-        EXAMPLES,
-        Page,
-        build_app,
-        default_bundle,
-        example_images,
-        example_videos,
-        launch,
-        require_gradio,
-    )
+    from omg_rt.ui import Page, build_app, default_bundle, launch, require_gradio
 
     require_gradio()  # before loading, one line on what to do
     bundle = Path(args.bundle) if args.bundle else default_bundle()
     seg = Segmenter.from_bundle(bundle, backend=args.backend, precision=args.precision)
-    page = Page(seg, examples=example_images(bundle / EXAMPLES),
-                videos=example_videos(bundle / EXAMPLES))
+    page = Page(seg, bundle=bundle)
     app = build_app(seg, title=bundle.name, page=page)
     print(f"omg-rt ui: {bundle} ({seg.backend_name}) on http://{args.host}:{args.port}; Ctrl-C "
           f"stops", file=sys.stderr, flush=True)

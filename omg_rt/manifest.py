@@ -73,6 +73,7 @@ from omg_rt.files import atomic_write_text, sha256_file
 from omg_rt.spec import PRECISIONS, SCHEMA_VERSION, ModelSpec, PreprocessSpec
 
 MANIFEST = "manifest.json"
+EXAMPLES = "examples"  # optional, not in the manifest: example inputs `omg-rt ui` offers
 QUERIES_FILE = "queries.npz"
 VOCABULARY_FILE = "vocab.npz"
 VERIFY_FILE = "verify.json"

