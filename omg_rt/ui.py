@@ -5,7 +5,7 @@ runs once per image, each later click only runs the prompt encoder and the query
 shows the time per click). A panoptic / instance / semantic switch with a vocabulary box (type
 class names: the open-vocabulary result), and a video tab that returns the tracked overlay.
 
-    page = Page(segmenter)                       # the logic, plain functions (tests call them)
+    page = Page(segmenter, bundle=path)          # the logic, plain functions (tests call them)
     state = PageState()
     page.open_example(state, "astronaut")        # -> View(canvas, status)
     page.click(state, 120, 80, "positive")
