@@ -3,9 +3,10 @@
 FP16 (``fp16/``): ONNX Runtime's float16 converter with the inputs and outputs kept FP32 and FP32
 islands by op type: LayerNorm (ConvNeXt's LayerNorm overflows in FP16, cf. EfficientViT-SAM #142),
 GroupNorm (InstanceNormalization), softmax and every reduction, divisions (the mask-pooling
-denominator counts up to (S/4)^2 pixels: 65536 at 1024, above FP16's 65504), Einsum (mask logits
-and mask pooling sum over all pixels), GridSample (deformable attention accumulates in FP32 as the
-kernels do) and the sine positional codes.
+denominator counts up to (S/4)^2 pixels: 65536 at 1024, above FP16's 65504), Einsum,
+GridSample (deformable attention accumulates in FP32 as the kernels do) and the sine positional
+codes; and by node, the products with the mask features (:func:`mask_feature_products`: the mask
+logits, whose sign decides the attention masks, and the mask pooling, a sum over all pixels).
 
 INT8 (``int8/``): ONNX Runtime static quantization, QDQ format, per-channel symmetric INT8
 weights and activations calibrated (MinMax) on images — by default scikit-image's bundled photos
@@ -69,14 +70,45 @@ CALIBRATION_PHOTOS = (
 
 
 def convert_fp16(source: Path, target: Path) -> Path:
-    """FP32 graph -> FP16 graph with FP32 I/O and the FP32 islands of :data:`FP16_KEEP_FP32_OPS`."""
+    """FP32 graph -> FP16 graph with FP32 I/O and the FP32 islands of :data:`FP16_KEEP_FP32_OPS`
+    and :func:`mask_feature_products`."""
     model = onnx.load_model(str(source))
     half = convert_float_to_float16(model, keep_io_types=True,
-                                    op_block_list=list(FP16_KEEP_FP32_OPS))
+                                    op_block_list=list(FP16_KEEP_FP32_OPS),
+                                    node_block_list=mask_feature_products(model.graph))
     _topological_sort(half.graph)  # the converter appends its input casts at the end
     target.parent.mkdir(parents=True, exist_ok=True)
     save_model(half, target)
     return target
+
+
+def mask_feature_products(graph: onnx.GraphProto) -> list[str]:
+    """Names of the MatMul nodes that multiply the mask features (``mask_features`` input, as it
+    is or reshaped / resized / transposed): the mask logits, whose sign decides the attention
+    masks, and the mask pooling, a sum over every pixel. FP16 keeps them FP32, as it keeps
+    the einsums they were. Unnamed nodes get a name."""
+    producers = {out: node for node in graph.node for out in node.output}
+    passing = {"Reshape", "Flatten", "Transpose", "Resize", "Slice", "Concat", "Unsqueeze",
+               "Squeeze", "Split", "Identity"}
+    reaches: dict[str, bool] = {}
+
+    def from_features(name: str) -> bool:
+        if name not in reaches:
+            reaches[name] = False  # cycles cannot occur in ONNX; this also ends long chains
+            node = producers.get(name)
+            if node is None:
+                reaches[name] = name == "mask_features"
+            elif node.op_type in passing:
+                reaches[name] = any(from_features(i) for i in node.input if i)
+        return reaches[name]
+
+    names = []
+    for index, node in enumerate(graph.node):
+        if node.op_type == "MatMul" and any(from_features(i) for i in node.input):
+            if not node.name:
+                node.name = f"mask_feature_product_{index}"
+            names.append(node.name)
+    return names
 
 
 def _topological_sort(graph: onnx.GraphProto) -> None:

@@ -3,11 +3,41 @@
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 from scipy.special import expit
 
 from omg_rt.errors import InvalidInputError, describe
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+# Threads of the banded post-processing: numpy's elementwise loops and OpenCV's resize release
+# the GIL, so bands of rows run in parallel. More than 4 gains little on these memory-bound loops.
+_MAX_THREADS = 4
+
+
+def thread_count() -> int:
+    """Threads the banded post-processing uses: the cores this process may run on, at most 4."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere all cores
+    cores = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+    return max(1, min(cores, _MAX_THREADS))
+
+
+@functools.lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=thread_count(), thread_name_prefix="omg-rt-post")
+
+
+def parallel_map(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+    """``[fn(item) for item in items]``, the items on the post-processing threads (in this
+    thread when there is one item). The calls must not share mutable state."""
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    return list(_pool().map(fn, items))
 
 
 def check_array(value: object, name: str, ndim: int, dtype: str, expected: str) -> np.ndarray:

@@ -20,6 +20,7 @@ work, one 2-D call per channel.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import cv2
@@ -265,6 +266,12 @@ class ResizePlan:
         self.copy = (hr, wr) == (h, w)
         self._buffer: np.ndarray | None = None
         self._window: np.ndarray | None = None
+
+    def clone(self) -> ResizePlan:
+        """The same plan with buffers of its own (one per thread)."""
+        other = copy.copy(self)
+        other._buffer = other._window = None
+        return other
 
     def padded_crop(self, block: np.ndarray) -> np.ndarray:
         """(n <= 16, h4, w4) float32 -> (n, Hr, Wr) logits at the padded size, cropped (a view

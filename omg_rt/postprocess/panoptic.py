@@ -26,8 +26,15 @@ import numpy as np
 from scipy.special import expit
 
 from omg_rt.errors import InvalidInputError
-from omg_rt.postprocess._common import check_array, sigmoid, sigmoid_threshold, softmax
-from omg_rt.postprocess.tiles import TiledLogits
+from omg_rt.postprocess._common import (
+    check_array,
+    parallel_map,
+    sigmoid,
+    sigmoid_threshold,
+    softmax,
+    thread_count,
+)
+from omg_rt.postprocess.tiles import TiledLogits, row_spans
 
 INSTANCE_OFFSET = 1000  # mmdet.evaluation.functional.INSTANCE_OFFSET
 OBJECT_MASK_THR = 0.0  # m2_convl_300q.py test_cfg (the code default is 0.8)
@@ -400,42 +407,51 @@ def _assign_dense(
     thr = sigmoid_threshold()
     winner = np.empty(h * w, np.int64)
     confident = np.empty(h * w, bool)
-    area = np.zeros(n, np.int64)  # in score order
     rows = max(1, _DENSE_ELEMENTS // max(n * w, 1))
-    flags = np.empty(n * rows * w, bool)
-    maxima = np.empty((len(bounding), rows * w), np.float32)
-    for top, band in tiles.row_bands(kept[order], rows, _RESIZE_BANDS * rows):
-        p = band.shape[1] * w
-        logits = band.reshape(n, p)  # (N, P) in score order
-        mask = flags[: n * p].reshape(n, p)
-        for g, (a, b) in enumerate(bounding):
-            np.maximum.reduce(logits[a:b], axis=0, out=maxima[g, :p])
-        low = _value_lower_bound(maxima[:, :p], low_score)
-        cutoff = _logit_cutoff(low, high_score)  # (G, P)
-        for g, (a, b) in enumerate(groups):  # a group's rows stay in cache for both tests
-            np.greater_equal(logits[a:b], thr, out=mask[a:b])
-            area[a:b] += np.add.reduce(mask[a:b].view(np.uint8), axis=1, dtype=np.int32)
-            np.greater_equal(logits[a:b], cutoff[g], out=mask[a:b])
-        mask[position[0], low == 0] = True  # all values may be 0: the first slot wins ties
-        qi, pi = np.divmod(np.flatnonzero(mask), p)
-        picked = logits[qi, pi]
-        values = ordered[qi] * expit(picked)
-        best = np.full(p, -np.inf, np.float32)
-        np.maximum.at(best, pi, values)
-        slot = order[qi]
-        tie = values == best[pi]
-        first = np.full(p, n, np.int64)
-        np.minimum.at(first, pi[tie], slot[tie])
-        mine = tie & (slot == first[pi])  # one entry per pixel: the winner's
-        band_confident = np.empty(p, bool)
-        band_confident[pi[mine]] = picked[mine] >= thr
-        left = np.flatnonzero(first == n)
-        if left.size:  # no candidate (NaN): as _assign_pixels
-            rest = logits[position][:, left]  # (N, r) in slot order
-            first[left] = (expit(rest) * scores[:, None]).argmax(0)
-            band_confident[left] = rest[first[left], np.arange(left.size)] >= thr
-        winner[top * w : top * w + p] = first
-        confident[top * w : top * w + p] = band_confident
+    step = _RESIZE_BANDS * rows
+
+    def span_area(span: tuple[int, int]) -> np.ndarray:
+        """Assign the rows of ``span`` (writes ``winner`` / ``confident`` there); their
+        ``sigmoid >= 0.5`` counts in score order."""
+        area = np.zeros(n, np.int64)
+        flags = np.empty(n * rows * w, bool)
+        maxima = np.empty((len(bounding), rows * w), np.float32)
+        for top, band in tiles.row_bands(kept[order], rows, step, span):
+            p = band.shape[1] * w
+            logits = band.reshape(n, p)  # (N, P) in score order
+            mask = flags[: n * p].reshape(n, p)
+            for g, (a, b) in enumerate(bounding):
+                np.maximum.reduce(logits[a:b], axis=0, out=maxima[g, :p])
+            low = _value_lower_bound(maxima[:, :p], low_score)
+            cutoff = _logit_cutoff(low, high_score)  # (G, P)
+            for g, (a, b) in enumerate(groups):  # a group's rows stay in cache for both tests
+                np.greater_equal(logits[a:b], thr, out=mask[a:b])
+                area[a:b] += np.add.reduce(mask[a:b].view(np.uint8), axis=1, dtype=np.int32)
+                np.greater_equal(logits[a:b], cutoff[g], out=mask[a:b])
+            mask[position[0], low == 0] = True  # all values may be 0: the first slot wins ties
+            qi, pi = np.divmod(np.flatnonzero(mask), p)
+            picked = logits[qi, pi]
+            values = ordered[qi] * expit(picked)
+            best = np.full(p, -np.inf, np.float32)
+            np.maximum.at(best, pi, values)
+            slot = order[qi]
+            tie = values == best[pi]
+            first = np.full(p, n, np.int64)
+            np.minimum.at(first, pi[tie], slot[tie])
+            mine = tie & (slot == first[pi])  # one entry per pixel: the winner's
+            band_confident = np.empty(p, bool)
+            band_confident[pi[mine]] = picked[mine] >= thr
+            left = np.flatnonzero(first == n)
+            if left.size:  # no candidate (NaN): as _assign_pixels
+                rest = logits[position][:, left]  # (N, r) in slot order
+                first[left] = (expit(rest) * scores[:, None]).argmax(0)
+                band_confident[left] = rest[first[left], np.arange(left.size)] >= thr
+            winner[top * w : top * w + p] = first
+            confident[top * w : top * w + p] = band_confident
+        return area
+
+    # Spans of rows on the post-processing threads: every band is computed as in one pass.
+    area = np.sum(parallel_map(span_area, row_spans(h, step, thread_count())), axis=0)
     return winner.reshape(h, w), confident.reshape(h, w), area[position]
 
 

@@ -146,7 +146,11 @@ class TiledLogits:
         return upsample_masks(self.logits[queries], *self._sizes)
 
     def row_bands(
-        self, queries: np.ndarray, rows: int, resize_rows: int | None = None
+        self,
+        queries: np.ndarray,
+        rows: int,
+        resize_rows: int | None = None,
+        span: tuple[int, int] | None = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """:meth:`dense` of ``queries``, ``rows`` output rows at a time, top to bottom.
 
@@ -155,6 +159,10 @@ class TiledLogits:
             rows: band height (>= 1).
             resize_rows: rows resized at once, a multiple of ``rows`` (default ``rows``). The
                 first resize reads a margin of rows around each band, so taller ones waste less.
+            span: ``(start, stop)``: only the bands of output rows ``[start, stop)``, ``start``
+                a multiple of ``resize_rows`` (see :func:`row_spans`); they come from a copy of
+                the resize plan with buffers of its own, so spans can run on several threads.
+                Default: every row, on the shared plan.
 
         Yields:
             ``(top, logits)``: (N, b, W) float32 rows ``[top, top + b)`` of ``upsample_masks``
@@ -162,10 +170,11 @@ class TiledLogits:
             view into a buffer that the next band overwrites.
         """
         logits = self.logits if _is_all(queries, self.logits.shape[0]) else self.logits[queries]
-        h = self.original_hw[0]
         step = resize_rows or rows
-        for top in range(0, h, step):
-            chunk = self.plan.output_rows(logits, top, min(top + step, h))
+        plan = self.plan if span is None else self.plan.clone()
+        start, h = span or (0, self.original_hw[0])
+        for top in range(start, h, step):
+            chunk = plan.output_rows(logits, top, min(top + step, h))
             for start in range(0, chunk.shape[1], rows):
                 yield top + start, chunk[:, start : start + rows]
 
@@ -241,6 +250,15 @@ class TiledLogits:
         out: np.ndarray = wide[pair, r.i0[ty]] * r.l0[ty][:, :, None]
         out += wide[pair, r.i1[ty]] * r.l1[ty][:, :, None]
         return out
+
+
+def row_spans(height: int, step: int, parts: int) -> list[tuple[int, int]]:
+    """``[0, height)`` cut into at most ``parts`` contiguous ``(start, stop)`` spans of about
+    equal height, each starting at a multiple of ``step`` (for :meth:`TiledLogits.row_bands`)."""
+    steps = -(-height // step)
+    cuts = sorted({min(round(i * steps / max(parts, 1)) * step, height)
+                   for i in range(max(parts, 1) + 1)})
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
 def _is_all(queries: np.ndarray, q: int) -> bool:

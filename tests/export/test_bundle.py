@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from export import ParityError, build_bundle
+from export.precision import mask_feature_products
 from export.verify import SENSITIVITY_FACTOR, TOLERANCES
 from omg_rt.errors import InvalidInputError
 from omg_rt.manifest import FORMAT_VERSION, check_files
@@ -236,6 +237,21 @@ def test_fp16_keeps_fp32_io_and_islands_and_mask_iou(bundle, manifest, report):
     assert halves, "the convolutions' weights are FP16"
     norms = [n for n in graph.node if n.op_type == "LayerNormalization"]
     assert norms and all(n.input[1] not in halves for n in norms), "LayerNorm stays FP32"
+    # The products with the mask features (mask logits: 1 + one per layer; mask pooling) read
+    # FP32 tensors in the FP16 query decoder: no Cast to FP16 feeds them.
+    fp32 = onnx.load(str(bundle / manifest["graphs"]["query_decoder"]["files"]["fp32"])).graph
+    names = mask_feature_products(fp32)
+    layers = manifest["model"]["query_decoder"]["num_layers"]
+    assert len(names) == layers + 2, names
+    half = onnx.load(str(bundle / manifest["graphs"]["query_decoder"]["files"]["fp16"])).graph
+    producers = {out: node for node in half.node for out in node.output}
+    products = [n for n in half.node if n.name in names]
+    assert len(products) == len(names)
+    for node in products:
+        for name in node.input:
+            cast = producers.get(name)
+            assert cast is None or cast.op_type != "Cast" or cast.attribute[0].i != \
+                onnx.TensorProto.FLOAT16, (node.name, name)
 
 
 def test_int8_bundle_runs_and_reports_its_metric_drop(bundle, manifest, report):

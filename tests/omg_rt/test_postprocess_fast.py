@@ -115,6 +115,32 @@ def test_random_weight_panoptic_takes_the_dense_path_and_equals_the_plain_one(de
     _assert_same_panoptic(got, video, seed)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_dense_assignment_on_several_threads_gives_the_same_bits(threads, monkeypatch):
+    # Bands of 1-3 rows cut into row spans, one per thread: every band is computed as in a
+    # single pass, so the map is the plain one bit for bit whatever the thread count.
+    rows = int(np.random.default_rng().integers(1, 4))
+    monkeypatch.setattr(panoptic, "_DENSE_ELEMENTS", rows * 300 * SMALL[3][1])
+    monkeypatch.setattr(panoptic, "thread_count", lambda: threads)
+    spans = []
+    parallel_map = panoptic.parallel_map
+
+    def spy(fn, items):
+        spans.append(list(items))
+        return parallel_map(fn, items)
+
+    monkeypatch.setattr(panoptic, "parallel_map", spy)
+    rng, seed = _rng()
+    h4w4, padded, resized, original = SMALL
+    cls, logits = random_weight_logits(rng, 300, 240, h4w4)
+    want = panoptic_results(cls, upsample_masks(logits, padded, resized, original), 139)
+    got = panoptic_from_tiles(cls, TiledLogits(logits, padded, resized, original), 139)
+    assert len(spans) == 1 and len(spans[0]) == threads, (seed, spans)
+    assert spans[0][0][0] == 0 and spans[0][-1][1] == original[0], spans  # every row once
+    assert all(a[1] == b[0] for a, b in zip(spans[0], spans[0][1:])), spans
+    _assert_same_panoptic(got, want, seed)
+
+
 @pytest.mark.parametrize("dense", [False, True])
 def test_mixed_decided_and_undecided_tiles_give_the_plain_panoptic(dense, monkeypatch):
     # Left half: a trained model's look (one query clearly wins each region, decided by the

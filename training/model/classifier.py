@@ -29,7 +29,9 @@ def mask_pool(features: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor
     with torch.no_grad():
         mask = (mask_logits.detach() > 0).to(features.dtype)
         denominator = mask.sum(dim=(-1, -2), keepdim=True) + 1e-8
-    return torch.einsum("bchw,bqhw->bqc", features, mask / denominator)
+    # (B, Q, HW) x (B, HW, C): one batched product of the normalised masks (so the result
+    # stays within the features' range, also in half precision)
+    return torch.matmul((mask / denominator).flatten(2), features.flatten(2).transpose(1, 2))
 
 
 def text_logits(

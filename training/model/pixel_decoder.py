@@ -79,17 +79,19 @@ class MSDeformAttn(nn.Module):
         n, s, c = query.shape
         m, lv, p = self.num_heads, self.num_levels, self.num_points
         value = self.value_proj(value).view(n, s, m, c // m)
-        offsets = self.sampling_offsets(query).view(n, s, m, lv, p, 2)
         weights = (
             self.attention_weights(query).view(n, s, m, lv * p).softmax(-1).view(n, s, m, lv, p)
         )
+        # ref + offset / (W_l, H_l) on the linear layer's (N, S, M*L*P*2) output, the
+        # normaliser and the reference points laid out per column: the same divisions and sums
+        # as broadcasting over (M, L, P), but along whole rows (exported, ONNX Runtime's
+        # broadcasting Div and Add over (M, L, P) cost 8 % of the pixel decoder).
         normalizer = torch.stack(
             [spatial_shapes[..., 1], spatial_shapes[..., 0]], -1
-        )  # (L, 2) = (W, H)
-        locations = (
-            reference_points[None, :, None, None, None, :]
-            + offsets / normalizer[None, None, None, :, None, :]
-        )
+        ).to(query.dtype)  # (L, 2) = (W, H)
+        columns = normalizer[None, :, None, :].expand(m, lv, p, 2).reshape(-1)
+        references = reference_points.repeat(1, m * lv * p)  # (S, M*L*P*2), x, y alternating
+        locations = (references + self.sampling_offsets(query) / columns).view(n, s, m, lv, p, 2)
         out = kernels.ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights)
         return self.output_proj(out)
 
