@@ -172,8 +172,8 @@ class TiledLogits:
         logits = self.logits if _is_all(queries, self.logits.shape[0]) else self.logits[queries]
         step = resize_rows or rows
         plan = self.plan if span is None else self.plan.clone()
-        start, h = span or (0, self.original_hw[0])
-        for top in range(start, h, step):
+        first, h = span or (0, self.original_hw[0])
+        for top in range(first, h, step):
             chunk = plan.output_rows(logits, top, min(top + step, h))
             for start in range(0, chunk.shape[1], rows):
                 yield top + start, chunk[:, start : start + rows]
