@@ -94,7 +94,7 @@ def mask_feature_products(graph: onnx.GraphProto) -> list[str]:
 
     def from_features(name: str) -> bool:
         if name not in reaches:
-            reaches[name] = False  # cycles cannot occur in ONNX; this also ends long chains
+            reaches[name] = False  # memoised: a tensor read by several products is walked once
             node = producers.get(name)
             if node is None:
                 reaches[name] = name == "mask_features"

@@ -409,6 +409,8 @@ def _assign_dense(
     confident = np.empty(h * w, bool)
     rows = max(1, _DENSE_ELEMENTS // max(n * w, 1))
     step = _RESIZE_BANDS * rows
+    ranked = tiles.select(kept[order])  # the kept queries' logits in score order, gathered once
+    every = np.arange(n)
 
     def span_area(span: tuple[int, int]) -> np.ndarray:
         """Assign the rows of ``span`` (writes ``winner`` / ``confident`` there); their
@@ -416,7 +418,7 @@ def _assign_dense(
         area = np.zeros(n, np.int64)
         flags = np.empty(n * rows * w, bool)
         maxima = np.empty((len(bounding), rows * w), np.float32)
-        for top, band in tiles.row_bands(kept[order], rows, step, span):
+        for top, band in ranked.row_bands(every, rows, step, span):
             p = band.shape[1] * w
             logits = band.reshape(n, p)  # (N, P) in score order
             mask = flags[: n * p].reshape(n, p)

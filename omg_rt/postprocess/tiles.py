@@ -141,6 +141,11 @@ class TiledLogits:
         h, w = self.original_hw
         return tiles.transpose(0, 2, 1, 3).reshape(ty * t, tx * t)[:h, :w]
 
+    def select(self, queries: np.ndarray) -> TiledLogits:
+        """The same sizes with only ``queries``' logits, in that order (gathered once, so that
+        several :meth:`row_bands` spans of them do not each copy them)."""
+        return TiledLogits(self.logits[queries], *self._sizes, tile=self.tile)
+
     def dense(self, queries: np.ndarray) -> np.ndarray:
         """(N,) int queries -> (N, H, W) float32, ``upsample_masks`` of those queries."""
         return upsample_masks(self.logits[queries], *self._sizes)
