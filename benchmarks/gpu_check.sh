@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one go (under 10 minutes): the GPU/TensorRT tests, the kernel
-# benchmark, omg-bench on the GPU (PyTorch FP32/FP16 with the Triton kernels, ONNX Runtime CUDA
-# and TensorRT where this machine has them), then the RESULTS table, printed last.
+# Everything that needs a GPU, in one go (under 10 minutes): the GPU/TensorRT tests (the official
+# goldens on CUDA among them), omg-bench of ConvNeXt-L on the GPU (PyTorch FP32/FP16 with the
+# Triton kernels, ONNX Runtime CUDA and TensorRT where this machine has them), the kernel
+# benchmark, omg-bench of the tiny model (every backend x precision, accuracy), then the RESULTS
+# tables, printed last.
 #
 #   benchmarks/gpu_check.sh            (PYTHON overrides the interpreter; OMG_BENCH_MODEL the
-#                                       model of the accuracy run, default preset:tiny)
+#                                       model of the accuracy run, default preset:tiny;
+#                                       GPU_CHECK_BUDGET_S the whole run's seconds, default 540)
 #
 # The GPU machine is not CI's (Python 3.12, torch 2.11, triton 3.6, no internet): wheels it
 # lacks travel in .whl/ (scripts/fetch_gpu_wheels.sh; .whl/ is git-excluded, so carry it) and
-# are installed into /tmp/site, nothing else is installed. Reports land in
-# benchmarks/reports/gpu/; RESULTS.md gets the sections gpu-check (tests + kernels) and
-# omg-bench-gpu (omg-bench's summary), between their markers.
+# are installed into /tmp/site, nothing else is installed. ../shared does not travel: a copy of
+# its fixtures in .gpu-shared/fixtures (git-excluded, carried) stands in (OMG_SHARED). Reports
+# land in benchmarks/reports/gpu/; RESULTS.md gets the sections gpu-check (tests + kernels),
+# omg-bench-gpu and omg-bench-gpu-convl (omg-bench's summaries), between their markers.
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 start=$SECONDS
-budget=${GPU_CHECK_BUDGET_S:-590}
+budget=${GPU_CHECK_BUDGET_S:-540}
 python="${PYTHON:-python3}"
 [[ -z "${PYTHON:-}" && -x .venv/bin/python ]] && python=.venv/bin/python
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
@@ -27,7 +31,24 @@ fi
 reports=benchmarks/reports/gpu
 mkdir -p "$reports"
 unset TRITON_INTERPRET
-"$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA GPU')" || exit 2
+if [[ ! -d "$repo/../shared/fixtures" && -d "$repo/.gpu-shared/fixtures" ]]; then
+  export OMG_SHARED="$repo/.gpu-shared"
+fi
+# Fail in seconds, not minutes, when the machine cannot run the project at all.
+"$python" - <<'PY' || exit 2
+import sys
+
+import torch
+
+if not torch.cuda.is_available():
+    sys.exit("gpu_check: no CUDA GPU")
+import open_clip, triton  # noqa: E401,F401 - what the model and kernels need
+
+import benchmarks.cli, export, kernels, omg_rt, training.model  # noqa: E401,F401
+from kernels.ms_deform_attn_triton import ms_deform_attn_triton  # noqa: F401
+print(f"gpu_check: {torch.cuda.get_device_name()} · torch {torch.__version__} · "
+      f"triton {triton.__version__} · Python {sys.version.split()[0]}")
+PY
 
 # seconds left for a step: at most $1, never past the budget (minus 20 s for the summary)
 left() { local rest=$((budget - (SECONDS - start) - 20)); (( rest < $1 )) && echo $rest || echo "$1"; }
@@ -43,22 +64,25 @@ step() {  # step NAME MAX_SECONDS LOG command...: output shown and kept in LOG
   if (( rc != 0 )); then echo "== $name: exit $rc (124 = timed out)"; status=1; fi
 }
 
-step "pytest -m 'gpu or tensorrt'" 240 "$reports/pytest.txt" \
-  "$python" -m pytest -m "gpu or tensorrt" -q -rs -p no:cacheprovider tests/
-step "kernel benchmark" 120 "$reports/kernels.md" \
-  "$python" benchmarks/bench_kernels.py --json "$reports/kernels.json"
-# Accuracy deltas of every backend x precision on the tiny model (same weights everywhere).
-step "omg-bench ${OMG_BENCH_MODEL:-preset:tiny} (all backends x precisions, accuracy)" 120 \
-  "$reports/omg-bench-tiny.txt" "$python" -m benchmarks.cli "${OMG_BENCH_MODEL:-preset:tiny}" --out "$reports/tiny" \
-  --results-section omg-bench-gpu --runs 30 --quiet
+# test files in parallel when pytest-xdist is there (the Triton compiles are CPU-bound)
+parallel=()
+"$python" -c "import xdist" 2>/dev/null && parallel=(-n 4 --dist loadfile)
+step "pytest -m 'gpu or tensorrt'" 200 "$reports/pytest.txt" \
+  "$python" -m pytest -m "gpu or tensorrt" -q -rs -p no:cacheprovider "${parallel[@]}" tests/
 # The product's speed: ConvNeXt-L OMG-Seg at the official shapes (a 1024x768 photo -> 768x1024,
 # a 960x720 video frame -> 736x992), random weights (latency only), as the CPU run in RESULTS.md.
-step "omg-bench preset:omg-convl @1024 (latency)" 180 "$reports/omg-bench-convl.txt" \
+step "omg-bench preset:omg-convl @1024 (latency)" 170 "$reports/omg-bench-convl.txt" \
   "$python" -m benchmarks.cli preset:omg-convl --image-size 1024 --precisions fp32,fp16,int8 \
   --backends torch,onnxruntime-cuda,tensorrt --tasks panoptic,prompt,video --no-accuracy \
   --image-shape 1024x768 --frame-shape 960x720 --prompts 1,16 --batch 1 --dataset photos \
   --num-images 1 --num-videos 1 --frames 6 --video-passes 1 \
   --no-cold-start --runs 20 --out "$reports/convl" --results-section omg-bench-gpu-convl --quiet
+step "kernel benchmark" 90 "$reports/kernels.md" \
+  "$python" benchmarks/bench_kernels.py --json "$reports/kernels.json"
+# Accuracy deltas of every backend x precision on the tiny model (same weights everywhere).
+step "omg-bench ${OMG_BENCH_MODEL:-preset:tiny} (all backends x precisions, accuracy)" 120 \
+  "$reports/omg-bench-tiny.txt" "$python" -m benchmarks.cli "${OMG_BENCH_MODEL:-preset:tiny}" --out "$reports/tiny" \
+  --results-section omg-bench-gpu --runs 30 --quiet
 
 "$python" - "$reports" <<'PY'
 import sys

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Download the wheels the GPU machine lacks into .whl/ (run here, where there is internet).
+# Download the wheels the GPU machine lacks into .whl/ (run here, where there is internet), and
+# copy ../shared/fixtures into .gpu-shared/ (gpu_check.sh's official goldens on CUDA).
 #
 # The GPU machine (benchmarks/gpu_check.sh) has Python 3.12, torch 2.11, triton 3.6, onnx,
 # onnxruntime (CPU build), timm, huggingface-hub, regex, safetensors, scipy, opencv, matplotlib,
@@ -54,4 +55,10 @@ grep -qxF ".whl/" .git/info/exclude 2>/dev/null || echo ".whl/" >> .git/info/exc
   --platform manylinux2014_x86_64 --platform any \
   "${packages[@]}"
 echo "fetch_gpu_wheels: $(ls .whl/*.whl | wc -l) wheels in .whl/:"
+# ../shared does not travel to the GPU machine: its fixtures do, as .gpu-shared (carry it too)
+if [[ -d ../shared/fixtures ]]; then
+  grep -qxF "/.gpu-shared/" .git/info/exclude || echo "/.gpu-shared/" >> .git/info/exclude
+  rm -rf .gpu-shared && mkdir -p .gpu-shared && cp -r ../shared/fixtures .gpu-shared/
+  echo "fetch_gpu_wheels: ../shared/fixtures copied to .gpu-shared/ ($(du -sh .gpu-shared | cut -f1))"
+fi
 ls -1 .whl/

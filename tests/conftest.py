@@ -14,7 +14,8 @@ if not os.path.exists("/dev/nvidia0"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# ../shared beside the checkout; OMG_SHARED names another copy (the GPU machine gets a carried one)
+SHARED = Path(os.environ.get("OMG_SHARED") or REPO.parent / "shared")
 OFFICIAL_FIXTURES = SHARED / "fixtures"
 
 # Relative error tolerances per dtype for fast paths against their references (max |a-b| / max |b|).

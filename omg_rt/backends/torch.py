@@ -142,9 +142,24 @@ def pick_device(device: str) -> str:
     return device
 
 
+def exact_fp32_on_cuda() -> None:
+    """Make CUDA's float32 convolutions and matrix products IEEE float32, for the whole process.
+
+    PyTorch runs float32 convolutions on TF32 tensor cores by default: a 10-bit mantissa, ~1e-3
+    relative per product, ten times the official goldens' tolerance. FP32 here means float32;
+    the fast path on a GPU is FP16 (``torch.autocast``), which this does not touch."""
+    torch = import_torch()
+    # the legacy flags: mixing them with torch >= 2.9's fp32_precision makes reading either raise
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def open_torch_graphs(model: Any, *, device: str = "auto") -> dict[str, TorchGraph]:
-    """The model's methods as backends, one per graph (the text encoder only if it has one)."""
+    """The model's methods as backends, one per graph (the text encoder only if it has one).
+    On CUDA, float32 stays float32 (:func:`exact_fp32_on_cuda`)."""
     device = pick_device(device)
+    if device.startswith("cuda"):
+        exact_fp32_on_cuda()
     model = model.to(device).eval()
     specs = graph_specs(model.config)
 

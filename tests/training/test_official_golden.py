@@ -84,7 +84,35 @@ def test_regenerated_weights_match_the_fixture_fingerprints():
 
 
 def test_panoptic_mode_logits_match_the_official_model(golden_image):
-    out = golden_image[-1]
+    assert_panoptic_logits_match(golden_image[-1])
+
+
+@pytest.mark.gpu
+def test_the_model_on_cuda_with_the_triton_kernels_matches_the_official_model(official,
+                                                                             golden_image):
+    """What the torch backend runs on a GPU: CUDA float32 (no TF32), the Triton kernels."""
+    import kernels
+    from omg_rt.backends.torch import exact_fp32_on_cuda
+
+    exact_fp32_on_cuda()
+    prepared, *_ = golden_image
+    image = torch.from_numpy(prepared.tensor).cuda()
+    assert kernels.get_impl() == "auto", "the Triton kernels run on CUDA only under 'auto'"
+    try:
+        model = official.cuda()
+        mask_features, memories = model.decode_pixels(model.encode(image))
+        bank = torch.from_numpy(np.load(GOLDEN / "vocab.npy")).cuda()
+        out = model.decode_queries(memories, mask_features, bank, *model.learned_queries(1))[-1]
+    finally:
+        official.cpu()
+    out = type(out)(**{k: None if v is None else v.cpu() for k, v in vars(out).items()})
+    assert_panoptic_logits_match(out)
+    masks = _full_size(prepared, out.mask_logits[0, :, 0].numpy())
+    result = panoptic_results(out.class_logits[0].numpy(), masks, DEMO_NUM_THINGS)
+    assert agreement(result.id_map, load_npz("golden.npz")["panoptic"]) >= PIXEL_AGREEMENT
+
+
+def assert_panoptic_logits_match(out) -> None:
     golden = load_npz("golden.npz")
     cls = torch.cat([out.class_logits[0], out.iou_logits[0, :, None]], -1).numpy()
     assert cls.shape == golden["cls_scores"].shape
