@@ -68,7 +68,7 @@ step() {  # step NAME MAX_SECONDS LOG command...: output shown and kept in LOG
 parallel=()
 "$python" -c "import xdist" 2>/dev/null && parallel=(-n 4 --dist loadfile)
 step "pytest -m 'gpu or tensorrt'" 200 "$reports/pytest.txt" \
-  "$python" -m pytest -m "gpu or tensorrt" -q -rs -p no:cacheprovider "${parallel[@]}" tests/
+  "$python" -m pytest -m "gpu or tensorrt" -q -rs -p no:cacheprovider -p no:benchmark "${parallel[@]}" tests/
 # The product's speed: ConvNeXt-L OMG-Seg at the official shapes (a 1024x768 photo -> 768x1024,
 # a 960x720 video frame -> 736x992), random weights (latency only), as the CPU run in RESULTS.md.
 step "omg-bench preset:omg-convl @1024 (latency)" 170 "$reports/omg-bench-convl.txt" \

@@ -76,6 +76,7 @@ def convert_fp16(source: Path, target: Path) -> Path:
     half = convert_float_to_float16(model, keep_io_types=True,
                                     op_block_list=list(FP16_KEEP_FP32_OPS),
                                     node_block_list=mask_feature_products(model.graph))
+    _drop_repeated_nodes(half.graph)
     _topological_sort(half.graph)  # the converter appends its input casts at the end
     target.parent.mkdir(parents=True, exist_ok=True)
     save_model(half, target)
@@ -109,6 +110,33 @@ def mask_feature_products(graph: onnx.GraphProto) -> list[str]:
                 node.name = f"mask_feature_product_{index}"
             names.append(node.name)
     return names
+
+
+def _drop_repeated_nodes(graph: onnx.GraphProto) -> None:
+    """Remove the copies of a node that recompute an output an identical node already produces.
+
+    onnxruntime <= 1.30's converter casts a float16 initializer back to float32 once per blocked
+    consumer, every Cast writing the same ``<name>_cast_to_fp32``, which breaks SSA form. A node
+    writing an existing name with another computation is a real conflict and raises."""
+    first: dict[str, onnx.NodeProto] = {}
+    kept = []
+    for node in graph.node:
+        seen = [first[o] for o in node.output if o in first]
+        if not seen:
+            first.update(dict.fromkeys(node.output, node))
+            kept.append(node)
+            continue
+        twin = seen[0]
+        same = (twin.op_type == node.op_type and list(twin.input) == list(node.input)
+                and list(twin.output) == list(node.output)
+                and list(twin.attribute) == list(node.attribute))
+        if not same:
+            raise ValueError(f"FP16 conversion: nodes {twin.name!r} and {node.name!r} both write "
+                             f"{sorted(set(twin.output) & set(node.output))}")
+    if len(kept) < len(graph.node):
+        copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in kept]
+        del graph.node[:]
+        graph.node.extend(copies)
 
 
 def _topological_sort(graph: onnx.GraphProto) -> None:

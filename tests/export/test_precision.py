@@ -229,3 +229,31 @@ def test_default_calibration_images_for_the_bundle():
     square = precision.default_calibration_images(64, (0, 0, 0), (1, 1, 1), fixed_hw=(64, 64))
     assert {x.shape for x in square} == {(1, 3, 64, 64)}
     assert max(float(x.max()) for x in square) > 200  # unnormalised pixels with mean 0, std 1
+
+
+def _cast_graph(second_to: int) -> onnx.GraphProto:
+    """Two Casts of one input writing the same name (onnxruntime <= 1.30's FP16 converter)."""
+    h = onnx.helper
+    casts = [h.make_node("Cast", ["x"], ["x_fp32"], name=f"cast{i}", to=to)
+             for i, to in enumerate((onnx.TensorProto.FLOAT, second_to))]
+    add = h.make_node("Add", ["x_fp32", "x_fp32"], ["y"], name="add")
+    return h.make_graph([casts[0], add, casts[1]], "g",
+                        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT16, [2])],
+                        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+
+
+def test_fp16_conversion_drops_a_node_repeated_under_the_same_output_name():
+    graph = _cast_graph(onnx.TensorProto.FLOAT)
+    precision._drop_repeated_nodes(graph)
+    assert [n.name for n in graph.node] == ["cast0", "add"]
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    run = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    y = run.run(None, {"x": np.array([1.5, -2.0], np.float16)})[0]
+    np.testing.assert_array_equal(y, [3.0, -4.0])
+
+
+def test_fp16_conversion_refuses_two_different_nodes_writing_one_name():
+    graph = _cast_graph(onnx.TensorProto.DOUBLE)
+    with pytest.raises(ValueError, match="cast0.*cast1.*x_fp32"):
+        precision._drop_repeated_nodes(graph)

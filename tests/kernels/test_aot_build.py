@@ -89,10 +89,9 @@ def test_launch_without_a_driver_fails_with_a_reason(built_library):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_library_kernels_match_references_gpu(built_library, dtype):
-    from test_masked_attention import make_inputs as attention_inputs
-    from test_ms_deform_attn import make_inputs as msda_inputs
-
     from kernels.reference import masked_attention_reference, ms_deform_attn_reference
+    from tests.kernels.test_masked_attention import make_inputs as attention_inputs
+    from tests.kernels.test_ms_deform_attn import make_inputs as msda_inputs
 
     lib = load(built_library)
     torch.cuda.init()

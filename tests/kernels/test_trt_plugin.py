@@ -124,9 +124,9 @@ def test_plugin_ptx_for_sm90_has_the_tensorrt_signature_and_assembles(tmp_path):
 def test_plugin_engine_matches_reference(dtype):
     import tensorrt as trt
     import tensorrt.plugin as trtp
-    from test_ms_deform_attn import make_inputs
 
     from kernels.trt_plugin import register_plugin
+    from tests.kernels.test_ms_deform_attn import make_inputs
 
     register_plugin()
     levels = [(16, 16), (8, 8), (4, 4)]
