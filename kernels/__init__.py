@@ -1,9 +1,13 @@
 """Kernels for OMG-Seg's two heavy operations, behind dispatchers with one global setting.
 
-``ms_deform_attn`` and ``masked_attention`` run the Triton kernel on CUDA (and on the CPU under
-``TRITON_INTERPRET=1`` when asked explicitly) and the plain PyTorch reference otherwise.
+``ms_deform_attn`` runs the Triton kernel on CUDA (12-24x the reference on an H200) and the plain
+PyTorch reference otherwise. ``masked_attention`` runs PyTorch's fused
+``scaled_dot_product_attention`` with the boolean mask on CUDA: on the H200 of 2026-12-04 it took
+0.5-0.8x the time of our Triton kernel at every decoder shape and dtype (benchmarks/RESULTS.md,
+``bench_kernels``: 300 queries give the kernel's one pass over the keys too few blocks), so the
+kernel runs only when asked (``triton``; the TensorRT plugin and the AOT library use it).
 ``set_impl("reference" | "triton" | "auto")`` chooses for the whole model; ``impl=`` overrides
-per call.
+per call; ``triton`` also runs on the CPU under ``TRITON_INTERPRET=1``.
 
 The Triton modules are ``kernels.ms_deform_attn_triton`` and ``kernels.masked_attention_triton``:
 a submodule named like a dispatcher (``kernels/ms_deform_attn.py``) would replace the dispatcher
@@ -57,6 +61,9 @@ def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
 
 def masked_attention(q, k, v, mask, *, impl: str | None = None) -> torch.Tensor:
     """Masked attention; shapes as :func:`kernels.reference.masked_attention_reference`."""
+    choice = impl or _impl
+    if choice == "auto" and q.is_cuda:
+        return masked_attention_sdpa(q, k, v, mask)
     if _use_triton(q, impl):
         from kernels.masked_attention_triton import masked_attention_triton
 
@@ -64,5 +71,12 @@ def masked_attention(q, k, v, mask, *, impl: str | None = None) -> torch.Tensor:
     return masked_attention_reference(q, k, v, mask)
 
 
-__all__ = ["ms_deform_attn", "masked_attention", "set_impl", "get_impl",
+def masked_attention_sdpa(q, k, v, mask) -> torch.Tensor:
+    """:func:`masked_attention_reference` through ``scaled_dot_product_attention`` (its fused
+    CUDA kernels; the same mask convention, after Mask2Former's empty-row rule)."""
+    allowed = None if mask is None else mask | ~mask.any(dim=-1, keepdim=True)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+
+
+__all__ = ["ms_deform_attn", "masked_attention", "masked_attention_sdpa", "set_impl", "get_impl",
            "ms_deform_attn_reference", "masked_attention_reference"]

@@ -96,7 +96,8 @@ def run_benchmark(options: BenchOptions, command: str = "") -> dict[str, Any]:
                                     desc="cached prompts", progress=show)
             lat["prompt"] = latency.summarize(cases)
         if "video" in options.tasks and videos:
-            per = latency.video_latency(ok, videos, options.video_passes, show)
+            per = latency.video_latency(ok, videos, options.video_passes, show,
+                                          warmup=min(options.warmup, 1))
             lat["video"] = [{**t.describe(), "case": "vis stream, ms per frame (amortised)",
                              **per[t.key]} for t in ok if t.key in per]
         lat["inputs"] = {"image_wh": list(images[0].shape[1::-1]) if images else None,

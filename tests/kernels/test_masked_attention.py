@@ -86,6 +86,17 @@ def test_dispatcher_runs_triton_when_asked(poisoned):
                   masked_attention_reference(q, k, v, mask))
 
 
+@pytest.mark.parametrize("case", SHAPES, ids=[c[0] for c in SHAPES])
+def test_the_sdpa_path_matches_reference(case):
+    """What ``auto`` runs on CUDA (here on this machine's device): the empty-row rule applied,
+    then PyTorch's fused attention."""
+    q, k, v, mask = make_inputs(*case[1:])
+    assert_parity(kernels.masked_attention_sdpa(q, k, v, mask),
+                  masked_attention_reference(q, k, v, mask))
+    assert_parity(kernels.masked_attention_sdpa(q, k, v, None),
+                  masked_attention_reference(q, k, v, None), what="no mask")
+
+
 def test_bad_mask_raises_with_the_argument_name():
     q, k, v, mask = make_inputs(1, 2, 5, 33, 16, 1)
     with pytest.raises(TypeError, match="mask"):
@@ -107,6 +118,16 @@ def test_omg_seg_shapes_match_reference_gpu(nk, dtype, poisoned):
     q, k, v, mask = make_inputs(2, 8, 300, nk, 32, 1, dtype=dtype, keep=0.4, empty_rows=5)
     assert_parity(masked_attention_triton(q, k, v, mask), masked_attention_reference(q, k, v, mask),
                   dtype=dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("nk", [OMG_SEG_KEYS[-1], 5 * 46 * 62])  # stride 8; a 5-frame clip's s16
+def test_auto_on_cuda_matches_reference_gpu(nk, dtype):
+    q, k, v, mask = make_inputs(2, 8, 300, nk, 32, 1, dtype=dtype, keep=0.4, empty_rows=5)
+    assert kernels.get_impl() == "auto"
+    assert_parity(kernels.masked_attention(q, k, v, mask),
+                  masked_attention_reference(q, k, v, mask), dtype=dtype)
 
 
 @pytest.mark.gpu

@@ -88,16 +88,16 @@ def test_panoptic_mode_logits_match_the_official_model(golden_image):
 
 
 @pytest.mark.gpu
-def test_the_model_on_cuda_with_the_triton_kernels_matches_the_official_model(official,
-                                                                             golden_image):
-    """What the torch backend runs on a GPU: CUDA float32 (no TF32), the Triton kernels."""
+def test_the_model_on_cuda_with_its_gpu_kernels_matches_the_official_model(official, golden_image):
+    """What the torch backend runs on a GPU: CUDA float32 (no TF32), the Triton deformable
+    attention and PyTorch's fused masked attention (``kernels`` under ``auto``)."""
     import kernels
     from omg_rt.backends.torch import exact_fp32_on_cuda
 
     exact_fp32_on_cuda()
     prepared, *_ = golden_image
     image = torch.from_numpy(prepared.tensor).cuda()
-    assert kernels.get_impl() == "auto", "the Triton kernels run on CUDA only under 'auto'"
+    assert kernels.get_impl() == "auto", "the GPU paths run on CUDA only under 'auto'"
     try:
         model = official.cuda()
         mask_features, memories = model.decode_pixels(model.encode(image))
