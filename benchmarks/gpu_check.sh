@@ -96,8 +96,8 @@ tests = (reports / "pytest.txt").read_text().strip().splitlines() if (
 kernels = (reports / "kernels.md").read_text().strip() if (reports / "kernels.md").exists() \
     else "(not run)"
 # the table and its provenance line, without whatever else went to the log
-kept = [ln for ln in kernels.splitlines() if ln.startswith(("|", "_"))]
-kernels = "\n".join(ln + ("\n" if ln.startswith("_") else "") for ln in kept) or kernels
+kept = [ln for ln in kernels.splitlines() if ln.startswith(("|", "_", "Kernel benchmark"))]
+kernels = "\n".join(ln + ("\n" if ln.startswith(("_", "Kernel")) else "") for ln in kept) or kernels
 body = "\n".join(["GPU/TensorRT tests: `" + (tests[-1] if tests else "?") + "`", "", kernels])
 update_results(Path("benchmarks/RESULTS.md"), "gpu-check", body)
 PY
