@@ -5,7 +5,7 @@ PyTorch reference otherwise. ``masked_attention`` runs PyTorch's fused
 ``scaled_dot_product_attention`` with the boolean mask on CUDA: on the H200 of 2026-12-04 it took
 0.5-0.8x the time of our Triton kernel at every decoder shape and dtype (benchmarks/RESULTS.md,
 ``bench_kernels``: 300 queries give the kernel's one pass over the keys too few blocks), so the
-kernel runs only when asked (``triton``; the TensorRT plugin and the AOT library use it).
+kernel runs only when asked (``triton``; the AOT library ships it too).
 ``set_impl("reference" | "triton" | "auto")`` chooses for the whole model; ``impl=`` overrides
 per call; ``triton`` also runs on the CPU under ``TRITON_INTERPRET=1``.
 
