@@ -33,8 +33,12 @@ import triton.language as tl
 from kernels._outputs import new_output
 from kernels.reference import masked_attention_reference
 
+# Query / key counts and mask strides change with the image shape and clip length: no variant
+# per "divisible by 16" pattern (see kernels.ms_deform_attn_triton.SHAPE_SCALARS).
+SHAPE_SCALARS = ["Q", "K", "stride_mask_b", "stride_mask_h"]
 
-@triton.jit
+
+@triton.jit(do_not_specialize=SHAPE_SCALARS)
 def _masked_attention_fwd_kernel(
     # inputs
     q_ptr, k_ptr, v_ptr, mask_ptr,

@@ -38,6 +38,11 @@ import triton.language as tl
 
 from kernels._outputs import new_output
 
+# The token counts change with every image shape. Triton would compile a variant per pattern of
+# "divisible by 16" among them (a second-long stall the first time a photo of a new shape
+# arrives); the pointer arithmetic gains nothing from it (the channel stride M * D is constexpr).
+SHAPE_SCALARS = ["S", "Lq"]
+
 
 @triton.jit
 def _bilinear_taps(x, y, H, W, q_ok):
@@ -61,7 +66,7 @@ def _bilinear_taps(x, y, H, W, q_ok):
     return x0, y0, x1, y1, fx, fy, x0_ok, x1_ok, y0_ok, y1_ok
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SHAPE_SCALARS)
 def _ms_deform_attn_fwd_kernel(
     # inputs
     value_ptr, spatial_shapes_ptr, level_start_index_ptr, sampling_locations_ptr,
@@ -115,7 +120,7 @@ def _ms_deform_attn_fwd_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SHAPE_SCALARS)
 def _ms_deform_attn_bwd_kernel(
     # inputs
     value_ptr, spatial_shapes_ptr, level_start_index_ptr, sampling_locations_ptr,
