@@ -88,8 +88,8 @@ def test_dispatcher_runs_triton_when_asked(poisoned):
 
 @pytest.mark.parametrize("case", SHAPES, ids=[c[0] for c in SHAPES])
 def test_the_sdpa_path_matches_reference(case):
-    """What ``auto`` runs on CUDA (here on this machine's device): the empty-row rule applied,
-    then PyTorch's fused attention."""
+    """What ``auto`` runs on CUDA, here on the suite's device: Mask2Former's empty-row rule
+    applied to the mask, then PyTorch's scaled_dot_product_attention."""
     q, k, v, mask = make_inputs(*case[1:])
     assert_parity(kernels.masked_attention_sdpa(q, k, v, mask),
                   masked_attention_reference(q, k, v, mask))
