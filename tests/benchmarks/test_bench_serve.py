@@ -7,16 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.bench_serve import (
-    LoadOptions,
+from benchmarks.bench_serve import LoadOptions, benchmark, procedural_image, run_load
+from benchmarks.serve_process import (
     ServerOptions,
-    benchmark,
     check_serve_python,
     group_members,
     loopback_url,
     metrics_delta,
-    procedural_image,
-    run_load,
     serve_python,
 )
 from omg_rt.errors import BackendUnavailableError, InvalidInputError

@@ -51,7 +51,7 @@ def server():
     """A real ``omg-rt serve`` on free loopback ports (one retry of PyTriton's occasional failed
     start, on new ports); after the module it must stop cleanly on SIGINT, leaving nothing of
     its process group behind."""
-    from benchmarks.bench_serve import LocalServer, ServerOptions
+    from benchmarks.serve_process import LocalServer, ServerOptions
     from omg_rt.client import Client
 
     bundle = tiny_bundle()
