@@ -101,6 +101,7 @@ def msda_rows(bandwidth: float, quick: bool) -> list[dict]:
 
 def attention_rows(bandwidth: float, quick: bool) -> list[dict]:
     from kernels.masked_attention_triton import masked_attention_triton
+    from kernels.reference import attendable
 
     def sdpa_with_mask(q, k, v, allowed):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
@@ -115,7 +116,7 @@ def attention_rows(bandwidth: float, quick: bool) -> list[dict]:
             mask = torch.rand(b, 1, nq, nk, device="cuda") < 0.4
             mask[:, :, :5] = False  # a few empty rows, as Mask2Former produces
             # SDPA gets the mask with the empty-row rule already applied (its cost not counted).
-            allowed = mask | ~mask.any(-1, keepdim=True)
+            allowed = attendable(mask)
             err, t_tri, t_sdpa = compare(masked_attention_triton, sdpa_with_mask,
                                          (q, k, v, mask), (q, k, v, allowed))
             nbytes = sum(t.numel() * t.element_size() for t in (q, k, v, q)) + mask.numel()

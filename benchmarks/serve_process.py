@@ -164,7 +164,7 @@ class LocalServer:
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.port + 2}/metrics"
+        return default_metrics_url(self.url)
 
     def __enter__(self) -> LocalServer:
         python = self.python = self.options.python or serve_python()

@@ -121,12 +121,11 @@ def _drop_repeated_nodes(graph: onnx.GraphProto) -> None:
     first: dict[str, onnx.NodeProto] = {}
     kept = []
     for node in graph.node:
-        seen = [first[o] for o in node.output if o in first]
-        if not seen:
+        twin = next((first[o] for o in node.output if o in first), None)
+        if twin is None:
             first.update(dict.fromkeys(node.output, node))
             kept.append(node)
             continue
-        twin = seen[0]
         same = (twin.op_type == node.op_type and list(twin.input) == list(node.input)
                 and list(twin.output) == list(node.output)
                 and list(twin.attribute) == list(node.attribute))

@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from kernels.reference import masked_attention_reference, ms_deform_attn_reference
+from kernels.reference import attendable, masked_attention_reference, ms_deform_attn_reference
 
 IMPLS = ("auto", "reference", "triton")
 _impl = os.environ.get("OMG_KERNELS", "auto")
@@ -74,7 +74,7 @@ def masked_attention(q, k, v, mask, *, impl: str | None = None) -> torch.Tensor:
 def masked_attention_sdpa(q, k, v, mask) -> torch.Tensor:
     """:func:`masked_attention_reference` through ``scaled_dot_product_attention`` (its fused
     CUDA kernels; the same mask convention, after Mask2Former's empty-row rule)."""
-    allowed = None if mask is None else mask | ~mask.any(dim=-1, keepdim=True)
+    allowed = None if mask is None else attendable(mask)
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
 
 

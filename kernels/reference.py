@@ -68,6 +68,12 @@ def ms_deform_attn_reference(
     return out.view(n, m * d, lq).transpose(1, 2).to(out_dtype)
 
 
+def attendable(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` (True = may attend) with Mask2Former's empty-row rule: a row that allows no key
+    allows every key."""
+    return mask | ~mask.any(dim=-1, keepdim=True)
+
+
 def masked_attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
 ) -> torch.Tensor:
@@ -88,7 +94,7 @@ def masked_attention_reference(
     out_dtype = q.dtype
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * (q.shape[-1] ** -0.5)
     if mask is not None:
-        allowed = mask | ~mask.any(dim=-1, keepdim=True)
+        allowed = attendable(mask)
         # -inf where blocked, added: scores + 0 is the score itself, so the same bits as a
         # masked fill; exported, one (B, 1, Q, K) Where and a broadcast Add instead of a
         # Where broadcast over the heads (ONNX Runtime's broadcasting Where was 30 % of the

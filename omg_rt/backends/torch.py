@@ -2,7 +2,7 @@
 I/O names — the reference every other backend is compared against.
 
 torch and ``training`` are imported lazily (only when this backend is opened); on CUDA the model's
-Triton kernels run.
+GPU kernels run (``kernels`` under ``auto``) and float32 stays IEEE float32.
 """
 
 from __future__ import annotations
