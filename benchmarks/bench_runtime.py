@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from omg_rt.segmenter import Segmenter
 
-    bundle, checkpoint = _tiny_bundle(Path(tempfile.mkdtemp(prefix="bench-runtime-")))
+    work = tempfile.TemporaryDirectory(prefix="bench-runtime-")  # removed with `work`
+    bundle, checkpoint = _tiny_bundle(Path(work.name))
     ort = Segmenter.from_bundle(bundle, backend="onnxruntime", cache_bytes=0)
     eager = Segmenter.from_bundle(bundle, backend="torch", checkpoint=checkpoint, device="cpu",
                                   cache_bytes=0)

@@ -151,6 +151,8 @@ class Page:
         self._bundle_vocabulary = (segmenter.vocabulary, segmenter.ensemble)
         self._vocabularies: dict[tuple[tuple[str, ...], int], Vocabulary] = {}
         self._active: tuple[tuple[str, ...], int] | None = None
+        # the tracked videos written for the browser: one folder per page, removed with it
+        self._outputs = tempfile.TemporaryDirectory(prefix="omg-rt-ui-")
 
     # ------------------------------------------------------------------ images and prompts
 
@@ -351,7 +353,7 @@ class Page:
             raise InvalidInputError(f"video: cannot open {path.name!r} as a video")
         fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
         total = min(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or max_frames, max_frames)
-        out = Path(tempfile.mkdtemp(prefix="omg-rt-ui-")) / f"{path.stem}_{task}.webm"
+        out = Path(tempfile.mkdtemp(dir=self._outputs.name)) / f"{path.stem}_{task}.webm"
         writer: cv2.VideoWriter | None = None
         frames: dict[int, np.ndarray] = {}  # frames waiting for their clip's results
         tracks: set[int] = set()

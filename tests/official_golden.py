@@ -123,9 +123,9 @@ def assert_per_query_close(ours: np.ndarray, official: np.ndarray) -> None:
 def official_bundle() -> Path:
     """The fixture's official-layout weights exported by ``omg-export`` (FP32, no verify), at the
     fixture's image scale, with its class bank: once per test process (a few minutes)."""
-    import tempfile
+    from tests.scratch import scratch_dir
 
-    return build_official_bundle(Path(tempfile.mkdtemp(prefix="omg-rt-official-")))
+    return build_official_bundle(scratch_dir("omg-rt-official-"))
 
 
 def build_official_bundle(work: Path, precisions: tuple[str, ...] = ("fp32",),

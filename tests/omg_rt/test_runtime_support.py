@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import functools
 import shutil
-import tempfile
 import types
 from pathlib import Path
 
 import numpy as np
 
 from tests.conftest import seeded_tiny
+from tests.scratch import scratch_dir
 
 IMAGE_SIZE = 128
 NAMES = ("person", "car,automobile", "dog", "grass", "sky")
@@ -24,7 +24,7 @@ def tiny_checkpoint() -> Path:
     from training.model.checkpoint import save_checkpoint
 
     model = seeded_tiny(0)
-    return save_checkpoint(model, Path(tempfile.mkdtemp(prefix="omg-rt-ckpt-")) / "tiny")
+    return save_checkpoint(model, scratch_dir("omg-rt-ckpt-") / "tiny")
 
 
 @functools.lru_cache(maxsize=1)
@@ -32,7 +32,7 @@ def tiny_bundle() -> Path:
     """The tiny checkpoint exported at image size 128 (built once per process)."""
     from export import build_bundle
 
-    out = Path(tempfile.mkdtemp(prefix="omg-rt-bundle-")) / "bundle"
+    out = scratch_dir("omg-rt-bundle-") / "bundle"
     vocab = types.SimpleNamespace(names=NAMES, num_things=NUM_THINGS)
     return build_bundle(tiny_checkpoint(), out, image_size=IMAGE_SIZE, vocab=vocab, verify=False)
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import types
 import urllib.request
 from pathlib import Path
@@ -46,19 +44,18 @@ needs_gradio = pytest.mark.skipif(importlib.util.find_spec("gradio") is None,
 
 
 @pytest.fixture(scope="module")
-def bundle():
+def bundle(tmp_path_factory):
     from export import build_bundle
 
     model = seeded_tiny(0)
     spec = model.config
     model.config = dataclasses.replace(
         spec, postprocess=dataclasses.replace(spec.postprocess, overlap_threshold=0.0))
-    out = Path(tempfile.mkdtemp(prefix="omg-rt-ui-bundle-"))
+    out = tmp_path_factory.mktemp("ui-bundle")
     path = build_bundle(model, out / "tiny-ui", image_size=64, verify=False,
                         vocab=types.SimpleNamespace(names=NAMES, num_things=4))
     write_examples(path / EXAMPLES, 64)  # as the demo does for its bundle
-    yield path
-    shutil.rmtree(out, ignore_errors=True)
+    return path
 
 
 @pytest.fixture(scope="module")
