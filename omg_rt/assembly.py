@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from omg_rt.bundle import Vocabulary
+from omg_rt.postprocess.device import DeviceLogits
 from omg_rt.postprocess.instance import instances_from_tiles, masks_to_boxes, select_instances
 from omg_rt.postprocess.interactive import prompt_results
 from omg_rt.postprocess.masks import upsample_masks
@@ -47,6 +48,21 @@ def tiled(session: ImageSizes, mask_logits: np.ndarray) -> TiledLogits:
     )
 
 
+def on_device(
+    session: ImageSizes, mask_logits: np.ndarray, device: str | None
+) -> TiledLogits | DeviceLogits:
+    """:func:`tiled`, or with a torch ``device`` the logits resized densely there."""
+    if device is None:
+        return tiled(session, mask_logits)
+    return DeviceLogits(
+        np.ascontiguousarray(mask_logits, dtype=np.float32),
+        session.padded_hw,
+        session.resized_hw,
+        session.original_hw,
+        device,
+    )
+
+
 def panoptic_result(
     session: ImageSizes,
     cls: np.ndarray,
@@ -57,6 +73,7 @@ def panoptic_result(
     video_ids: bool = False,
     task: str = "panoptic",
     frame_index: int | None = None,
+    device: str | None = None,
 ) -> SegmentationResult:
     """Panoptic segments (official merge).
 
@@ -69,6 +86,7 @@ def panoptic_result(
         video_ids: thing ids ``label + (query + 1) * 1000``, stable across frames (VPS), instead
             of a counter from 1.
         task, frame_index: recorded in the result.
+        device: a torch device that resizes and assigns the masks (a GPU), or None: the host.
 
     Returns:
         a result with ``id_map`` (-1 = void) and one mask per segment.
@@ -77,7 +95,7 @@ def panoptic_result(
     thing_ids = np.arange(1, cls.shape[0] + 1, dtype=np.int64) if video_ids else None
     result = panoptic_from_tiles(
         np.ascontiguousarray(cls, dtype=np.float32),
-        tiled(session, mask_logits),
+        on_device(session, mask_logits, device),
         vocabulary.num_things,
         post.object_mask_threshold,
         post.overlap_threshold,

@@ -31,6 +31,7 @@ from omg_rt.errors import BundleError, InvalidInputError
 from omg_rt.inputs import first_mask_objects, prompt_boxes
 from omg_rt.manifest import InputContract, Vocabulary
 from omg_rt.pipeline import Pipeline, Predictions
+from omg_rt.postprocess.device import resolve_post_device
 from omg_rt.postprocess.video import video_split
 from omg_rt.results import SegmentationResult
 from omg_rt.sessions import ImageSession
@@ -53,6 +54,9 @@ class Segmenter:
         precision: the graphs' precision (part of the cache key).
         cache_bytes: encoder-cache bound in bytes.
         max_encoder_batch: images per encoder call when the encoder's batch axis is dynamic.
+        post_device: where panoptic masks are resized and merged: ``"auto"`` (a GPU when the
+            graphs run on one and PyTorch sees it, else the host), None (the host, numpy), or a
+            torch device (:func:`omg_rt.postprocess.device.resolve_post_device`).
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class Segmenter:
         precision: str = "fp32",
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_encoder_batch: int = DEFAULT_MAX_ENCODER_BATCH,
+        post_device: str | None = "auto",
     ) -> None:
         self.assets = assets
         self.spec = assets.spec
@@ -73,6 +78,7 @@ class Segmenter:
         self._ensemble = False
         self._lock = threading.Lock()
         self._post = self.spec.postprocess
+        self.post_device = resolve_post_device(post_device, backend.on_gpu)
         self.pipeline = Pipeline(
             backend.runners,
             query_content=assets.query_content,
@@ -105,6 +111,7 @@ class Segmenter:
         threads: int = 0,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_encoder_batch: int = DEFAULT_MAX_ENCODER_BATCH,
+        post_device: str | None = "auto",
         verify: bool = True,
         tensorrt_options: dict[str, Any] | None = None,
     ) -> Segmenter:
@@ -119,6 +126,7 @@ class Segmenter:
             device: torch device; providers: onnxruntime providers; threads: onnxruntime
                 intra-op threads (0 = all cores).
             cache_bytes: encoder-cache bound; max_encoder_batch: images per encoder call.
+            post_device: where panoptic masks are post-processed (see the class).
             verify: check every file's sha256 against the manifest.
             tensorrt_options: see :class:`omg_rt.backends.tensorrt.TensorRTOptions`.
         """
@@ -150,6 +158,7 @@ class Segmenter:
             precision=precision,
             cache_bytes=cache_bytes,
             max_encoder_batch=max_encoder_batch,
+            post_device=post_device,
         )
 
     @classmethod
@@ -165,6 +174,7 @@ class Segmenter:
         device: str = "auto",
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_encoder_batch: int = DEFAULT_MAX_ENCODER_BATCH,
+        post_device: str | None = "auto",
     ) -> Segmenter:
         """The PyTorch model as a runtime (the reference backend).
 
@@ -179,6 +189,8 @@ class Segmenter:
                 :meth:`set_class_bank`), instead of the model's text encoder.
             image_size: images are resized keeping their ratio into (image_size, image_size)
                 and padded to a multiple of 32 (default: the spec's image scale).
+            device: torch device of the model; cache_bytes, max_encoder_batch, post_device: as
+                :meth:`from_bundle`.
         """
         if backend != "torch":
             raise InvalidInputError(
@@ -214,7 +226,8 @@ class Segmenter:
             tokenizer=ClipTokenizer(default_bpe(), context_length=spec.text.context_length),
         )
         segmenter = cls(
-            assets, choice, cache_bytes=cache_bytes, max_encoder_batch=max_encoder_batch
+            assets, choice, cache_bytes=cache_bytes, max_encoder_batch=max_encoder_batch,
+            post_device=post_device,
         )
         if class_bank is None:
             segmenter.set_vocabulary(names, num_things=num_things, ensemble=False)
@@ -388,7 +401,8 @@ class Segmenter:
         session = self._session(image)
         p = self._predict([session])
         return panoptic_result(
-            session, p.class_scores, p.mask_logits[:, 0], p.vocabulary, self._post
+            session, p.class_scores, p.mask_logits[:, 0], p.vocabulary, self._post,
+            device=self.post_device,
         )
 
     def instances(self, image: Any) -> SegmentationResult:

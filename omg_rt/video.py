@@ -258,7 +258,7 @@ class VideoSession:
         if self.task == "vps":
             return panoptic_result(
                 session, cls, mask_logits, vocabulary, post, video_ids=True, task="vps",
-                frame_index=index,
+                frame_index=index, device=self.runtime.post_device,
             )
         if self.task == "vss":
             return semantic_result(

@@ -41,6 +41,13 @@ class BackendChoice:
     runners: dict[str, GraphRunner]
     report: list[tuple[str, str]] = field(default_factory=list)
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the graphs run on a CUDA device (torch on CUDA, ONNX Runtime's CUDA or
+        TensorRT provider, TensorRT)."""
+        name = self.name.lower()
+        return any(key in name for key in ("cuda", "tensorrt"))
+
     def close(self) -> None:
         for runner in self.runners.values():
             runner.close()

@@ -34,6 +34,7 @@ from omg_rt.postprocess._common import (
     softmax,
     thread_count,
 )
+from omg_rt.postprocess.device import DeviceLogits
 from omg_rt.postprocess.tiles import TiledLogits, row_spans
 
 INSTANCE_OFFSET = 1000  # mmdet.evaluation.functional.INSTANCE_OFFSET
@@ -117,7 +118,7 @@ def panoptic_results(
 
 def panoptic_from_tiles(
     cls_logits: np.ndarray,
-    tiles: TiledLogits,
+    tiles: TiledLogits | DeviceLogits,
     num_things: int,
     object_mask_thr: float = OBJECT_MASK_THR,
     iou_thr: float = IOU_THR,
@@ -130,7 +131,8 @@ def panoptic_from_tiles(
 
     Args:
         cls_logits: (Q, K + 1) float32, void last.
-        tiles: the Q queries' stride-4 mask logits with the image's sizes.
+        tiles: the Q queries' stride-4 mask logits with the image's sizes (or on a device:
+            every kept query resized there, :class:`~omg_rt.postprocess.device.DeviceLogits`).
         num_things, object_mask_thr, iou_thr, filter_low_score: as :func:`panoptic_results`.
         thing_ids: (Q,) int64 fixed instance id per query (video), or None for a counter from 1.
     """
@@ -141,7 +143,7 @@ def panoptic_from_tiles(
 
 def _panoptic(
     cls_logits: np.ndarray,
-    mask_logits: np.ndarray | TiledLogits,
+    mask_logits: np.ndarray | TiledLogits | DeviceLogits,
     num_things: int,
     object_mask_thr: float,
     iou_thr: float,
@@ -151,7 +153,7 @@ def _panoptic(
     """Shared by images (``thing_ids`` None: counter from 1) and video (fixed id per query);
     ``mask_logits`` at the output size, or tiled stride-4 logits."""
     cls_logits = check_array(cls_logits, "cls_logits", 2, "float32", "float32 (Q, K + 1)")
-    if isinstance(mask_logits, TiledLogits):
+    if isinstance(mask_logits, TiledLogits | DeviceLogits):
         n_masks, (h, w) = mask_logits.logits.shape[0], mask_logits.original_hw
     else:
         mask_logits = check_array(mask_logits, "mask_logits", 3, "float32", "float32 (Q, H, W)")
@@ -181,6 +183,8 @@ def _panoptic(
 
     if isinstance(mask_logits, TiledLogits):
         winner, painted, original_area = _assign_tiles(mask_logits, kept, scores[kept])
+    elif isinstance(mask_logits, DeviceLogits):
+        winner, painted, original_area = mask_logits.assign(kept, scores[kept])
     else:
         winner, painted, original_area = _assign_pixels(mask_logits[kept], scores[kept])
     won_area = np.bincount(winner.ravel(), minlength=kept.size)

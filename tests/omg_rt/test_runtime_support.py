@@ -3,6 +3,7 @@ image size 128 (``export.build_bundle``), and scene generators."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import shutil
 import types
@@ -35,6 +36,20 @@ def tiny_bundle() -> Path:
     out = scratch_dir("omg-rt-bundle-") / "bundle"
     vocab = types.SimpleNamespace(names=NAMES, num_things=NUM_THINGS)
     return build_bundle(tiny_checkpoint(), out, image_size=IMAGE_SIZE, vocab=vocab, verify=False)
+
+
+def merging_bundle(out: Path, names: tuple[str, ...] = NAMES, num_things: int = NUM_THINGS,
+                   image_size: int = IMAGE_SIZE) -> Path:
+    """The seeded tiny model exported with overlap threshold 0: its random weights then keep
+    panoptic segments (the official 0.8 drops every one of them)."""
+    from export import build_bundle
+
+    model = seeded_tiny(0)
+    spec = model.config
+    model.config = dataclasses.replace(
+        spec, postprocess=dataclasses.replace(spec.postprocess, overlap_threshold=0.0))
+    vocab = types.SimpleNamespace(names=names, num_things=num_things)
+    return build_bundle(model, out, image_size=image_size, vocab=vocab, verify=False)
 
 
 def copy_bundle(dest: Path) -> Path:

@@ -7,13 +7,11 @@ test needs panoptic segments to change.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import re
 import socket
 import subprocess
 import sys
-import types
 import urllib.request
 from pathlib import Path
 
@@ -32,7 +30,7 @@ from omg_rt.ui import (
     example_images,
     example_videos,
 )
-from tests.conftest import seeded_tiny
+from tests.omg_rt.test_runtime_support import merging_bundle
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")]  # its pandas calls
@@ -45,15 +43,7 @@ needs_gradio = pytest.mark.skipif(importlib.util.find_spec("gradio") is None,
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    from export import build_bundle
-
-    model = seeded_tiny(0)
-    spec = model.config
-    model.config = dataclasses.replace(
-        spec, postprocess=dataclasses.replace(spec.postprocess, overlap_threshold=0.0))
-    out = tmp_path_factory.mktemp("ui-bundle")
-    path = build_bundle(model, out / "tiny-ui", image_size=64, verify=False,
-                        vocab=types.SimpleNamespace(names=NAMES, num_things=4))
+    path = merging_bundle(tmp_path_factory.mktemp("ui-bundle") / "tiny-ui", NAMES, 4, 64)
     write_examples(path / EXAMPLES, 64)  # as the demo does for its bundle
     return path
 
