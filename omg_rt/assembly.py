@@ -114,6 +114,7 @@ def instance_result(
     track_ids: bool = False,
     task: str = "instance",
     frame_index: int | None = None,
+    device: str | None = None,
 ) -> SegmentationResult:
     """Instances (official top-k over queries x thing classes).
 
@@ -122,9 +123,10 @@ def instance_result(
         track_ids: ids ``label + (query + 1) * track_id_offset(K)``, the persistent identity of
             an aligned query slot and class in video (VIS), instead of ``1..N``.
         task, frame_index: recorded in the result.
+        device: as :func:`panoptic_result`.
     """
     probs, labels, queries = select_instances(cls, vocabulary.num_things, post.max_per_image)
-    inst = instances_from_tiles(probs, labels, queries, tiled(session, mask_logits))
+    inst = instances_from_tiles(probs, labels, queries, on_device(session, mask_logits, device))
     n = inst.scores.shape[0]
     if track_ids:
         identity = inst.labels + (queries + 1) * track_id_offset(cls.shape[1] - 1)

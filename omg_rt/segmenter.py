@@ -54,9 +54,10 @@ class Segmenter:
         precision: the graphs' precision (part of the cache key).
         cache_bytes: encoder-cache bound in bytes.
         max_encoder_batch: images per encoder call when the encoder's batch axis is dynamic.
-        post_device: where panoptic masks are resized and merged: ``"auto"`` (a GPU when the
-            graphs run on one and PyTorch sees it, else the host), None (the host, numpy), or a
-            torch device (:func:`omg_rt.postprocess.device.resolve_post_device`).
+        post_device: where panoptic and instance masks are resized and merged (images and
+            video): ``"auto"`` (a GPU when the graphs run on one and PyTorch sees it, else the
+            host), None (the host, numpy), or a torch device
+            (:func:`omg_rt.postprocess.device.resolve_post_device`).
     """
 
     def __init__(
@@ -126,7 +127,7 @@ class Segmenter:
             device: torch device; providers: onnxruntime providers; threads: onnxruntime
                 intra-op threads (0 = all cores).
             cache_bytes: encoder-cache bound; max_encoder_batch: images per encoder call.
-            post_device: where panoptic masks are post-processed (see the class).
+            post_device: where masks are post-processed (see the class).
             verify: check every file's sha256 against the manifest.
             tensorrt_options: see :class:`omg_rt.backends.tensorrt.TensorRTOptions`.
         """
@@ -410,7 +411,8 @@ class Segmenter:
         session = self._session(image)
         p = self._predict([session])
         return instance_result(
-            session, p.class_scores, p.mask_logits[:, 0], p.vocabulary, self._post
+            session, p.class_scores, p.mask_logits[:, 0], p.vocabulary, self._post,
+            device=self.post_device,
         )
 
     def semantic(self, image: Any) -> SegmentationResult:

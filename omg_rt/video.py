@@ -253,7 +253,7 @@ class VideoSession:
         if self.task == "vis":
             return instance_result(
                 session, cls, mask_logits, vocabulary, post, track_ids=True, task="vis",
-                frame_index=index,
+                frame_index=index, device=self.runtime.post_device,
             )
         if self.task == "vps":
             return panoptic_result(

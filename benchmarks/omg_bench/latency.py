@@ -97,7 +97,7 @@ def image_cases(target: Target, images: list[np.ndarray], tasks: tuple[str, ...]
              lambda: graphs[QUERY_DECODER.name](decoder_feeds)),
         Case(target, "stage", "post-process",
              lambda: panoptic_result(session, cls, mask_logits, seg.vocabulary,
-                                     seg.spec.postprocess)),
+                                     seg.spec.postprocess, device=seg.post_device)),
     ]
     nxt = _cycle(images)
     methods = {"panoptic": seg.panoptic, "instance": seg.instances, "semantic": seg.semantic}

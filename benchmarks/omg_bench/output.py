@@ -24,7 +24,8 @@ HOW_MEASURED = """\
   and medians. p50 / p90 / p99 after {warmup} warm-up rounds over {runs} runs (with fewer than
   100 runs p99 lies between the two slowest).
 - Stages (batch 1): the runtime's own graph calls with the feeds it builds; post-process = the
-  panoptic merge on the query decoder's real outputs. End to end = `panoptic()` / `instances()`
+  panoptic merge on the query decoder's real outputs (on the GPU when the graphs run there:
+  `Segmenter.post_device`). End to end = `panoptic()` / `instances()`
   / `semantic()` on an image not in the encoder cache (preprocess + 3 graphs + post-process).
 - Throughput: `set_images` of B new images (encoder batched by B) + `panoptic` of each.
 - Prompts: clicks on an image whose encoder work is cached (prompt encoder + query decoder +

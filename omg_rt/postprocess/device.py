@@ -154,3 +154,22 @@ class DeviceLogits:
                 mine = above.gather(0, index[None])[0]
                 confident = torch.where(take, mine, confident)
         return winner.cpu().numpy(), confident.cpu().numpy(), area.cpu().numpy()
+
+    def instance_masks(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(d, H, W) bool ``logit > 0`` masks of ``queries`` (host) and (d,) float64 sums of
+        their ``sigmoid`` over the mask (:func:`omg_rt.postprocess.instance.instances_from_tiles`).
+        """
+        torch = self._torch
+        h, w = self.original_hw
+        hp, wp = self.padded_hw
+        block = max(1, _BLOCK_ELEMENTS // (hp * wp))
+        masks = np.empty((queries.shape[0], h, w), bool)
+        sums = np.empty(queries.shape[0], np.float64)
+        with torch.inference_mode():
+            for a in range(0, queries.shape[0], block):
+                logits = self.dense(queries[a : a + block])
+                inside = logits > 0
+                total = torch.where(inside, torch.sigmoid(logits), 0.0).double().sum((1, 2))
+                masks[a : a + logits.shape[0]] = inside.cpu().numpy()
+                sums[a : a + logits.shape[0]] = total.cpu().numpy()
+        return masks, sums

@@ -18,6 +18,7 @@ import numpy as np
 
 from omg_rt.errors import InvalidInputError
 from omg_rt.postprocess._common import check_array, sigmoid, softmax
+from omg_rt.postprocess.device import DeviceLogits
 from omg_rt.postprocess.tiles import TiledLogits
 from omg_rt.postprocess.topk import topk_indices
 from omg_rt.spec import PostprocessSpec
@@ -149,22 +150,43 @@ def instances_from_tiles(
     class_probs: np.ndarray,
     labels: np.ndarray,
     query_indices: np.ndarray,
-    tiles: TiledLogits,
+    tiles: TiledLogits | DeviceLogits,
 ) -> InstanceResult:
     """:func:`instances_from_masks` of ``upsample_masks(stride-4 logits)[query_indices]``,
     resizing only the tiles where a mask is not wholly in or out or its sigmoid not saturated:
-    the same result, bit for bit.
-
-    A tile whose upper bound is <= 0 is out; one whose lower bound is > 0 and whose sigmoid
-    there is exactly 1.0 in float32 is in, with a sigmoid sum of its pixel count; the rest are
-    evaluated. Sums of float32 sigmoids in [0.5, 1] are exact in float64 (fewer than 2**29
-    terms), so their order does not matter.
+    the same result, bit for bit. On a device (:class:`~omg_rt.postprocess.device.DeviceLogits`)
+    every selected query is resized there instead.
 
     Args:
         class_probs, labels, query_indices: (N,) from :func:`select_instances`.
         tiles: all queries' stride-4 mask logits with the image's sizes.
     """
     distinct, which = np.unique(query_indices, return_inverse=True)
+    if isinstance(tiles, DeviceLogits):
+        masks, sums = tiles.instance_masks(distinct)
+    else:
+        masks, sums = _tile_masks(distinct, tiles)
+    masks = masks[which]
+    area = masks.sum(axis=(1, 2)).astype(np.float32)
+    mask_scores = sums[which].astype(np.float32) / (area + np.float32(1e-6))
+    return InstanceResult(
+        scores=(class_probs.astype(np.float32) * mask_scores).astype(np.float32),
+        labels=labels.astype(np.int64),
+        query_indices=query_indices.astype(np.int64),
+        masks=masks,
+        boxes=masks_to_boxes(masks),
+    )
+
+
+def _tile_masks(distinct: np.ndarray, tiles: TiledLogits) -> tuple[np.ndarray, np.ndarray]:
+    """(d, H, W) ``logit > 0`` masks of the ``distinct`` queries and their float64 sums of
+    ``sigmoid`` over the mask, from the tile bounds (:func:`instances_from_tiles`).
+
+    A tile whose upper bound is <= 0 is out; one whose lower bound is > 0 and whose sigmoid
+    there is exactly 1.0 in float32 is in, with a sigmoid sum of its pixel count; the rest are
+    evaluated. Sums of float32 sigmoids in [0.5, 1] are exact in float64 (fewer than 2**29
+    terms), so their order does not matter.
+    """
     h, w = tiles.original_hw
     ty, tx = tiles.grid
     t = tiles.tile
@@ -195,16 +217,7 @@ def instances_from_tiles(
             sums[i] = sigmoid(full[masks[i]]).sum(dtype=np.float64)
         else:
             masks[i] = tiles.assemble(masks_t[i])
-    masks = masks[which]
-    area = masks.sum(axis=(1, 2)).astype(np.float32)
-    mask_scores = sums[which].astype(np.float32) / (area + np.float32(1e-6))
-    return InstanceResult(
-        scores=(class_probs.astype(np.float32) * mask_scores).astype(np.float32),
-        labels=labels.astype(np.int64),
-        query_indices=query_indices.astype(np.int64),
-        masks=masks,
-        boxes=masks_to_boxes(masks),
-    )
+    return masks, sums
 
 
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
