@@ -135,6 +135,13 @@ def instances_from_masks(
     inside = np.empty(n, dtype=np.float64)
     for i in range(n):  # one mask at a time: no (N, H, W) float temporaries
         inside[i] = sigmoid(selected_mask_logits[i][masks[i]]).sum(dtype=np.float64)
+    return _scored(class_probs, labels, query_indices, masks, inside)
+
+
+def _scored(class_probs: np.ndarray, labels: np.ndarray, query_indices: np.ndarray,
+            masks: np.ndarray, inside: np.ndarray) -> InstanceResult:
+    """Step 3's scores and boxes of (N, H, W) ``masks`` whose float64 sigmoid sums over the
+    mask are ``inside``."""
     area = masks.sum(axis=(1, 2)).astype(np.float32)  # not reshape(n, -1): n may be 0
     mask_scores = inside.astype(np.float32) / (area + np.float32(1e-6))
     return InstanceResult(
@@ -166,16 +173,7 @@ def instances_from_tiles(
         masks, sums = tiles.instance_masks(distinct)
     else:
         masks, sums = _tile_masks(distinct, tiles)
-    masks = masks[which]
-    area = masks.sum(axis=(1, 2)).astype(np.float32)
-    mask_scores = sums[which].astype(np.float32) / (area + np.float32(1e-6))
-    return InstanceResult(
-        scores=(class_probs.astype(np.float32) * mask_scores).astype(np.float32),
-        labels=labels.astype(np.int64),
-        query_indices=query_indices.astype(np.int64),
-        masks=masks,
-        boxes=masks_to_boxes(masks),
-    )
+    return _scored(class_probs, labels, query_indices, masks[which], sums[which])
 
 
 def _tile_masks(distinct: np.ndarray, tiles: TiledLogits) -> tuple[np.ndarray, np.ndarray]:
