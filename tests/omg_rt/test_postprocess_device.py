@@ -133,6 +133,27 @@ def test_instances_on_the_device_equal_the_host_instances(device, monkeypatch):
     np.testing.assert_array_equal(got.boxes[exact], want.boxes[exact], err_msg=str(seed))
 
 
+
+@pytest.mark.gpu
+def test_on_cuda_a_segmenter_post_processes_there_as_the_host_does():
+    from omg_rt import Segmenter
+    from tests.omg_rt.test_runtime_support import NAMES, NUM_THINGS, merging_model, scene
+
+    model = merging_model()
+    gpu = Segmenter.from_checkpoint(model, vocabulary=NAMES, num_things=NUM_THINGS,
+                                    device="cuda")
+    host = Segmenter.from_checkpoint(model, vocabulary=NAMES, num_things=NUM_THINGS,
+                                     device="cuda", post_device=None)
+    assert gpu.backend.on_gpu and gpu.post_device == "cuda" and host.post_device is None
+    image = scene(3, (100, 140))
+    want, got = host.panoptic(image), gpu.panoptic(image)
+    assert want.ids.size > 0 and got.ids.tolist() == want.ids.tolist()
+    assert (got.id_map == want.id_map).mean() >= 0.999
+    want, got = host.instances(image), gpu.instances(image)
+    assert want.ids.size > 0 and got.labels.tolist() == want.labels.tolist()
+    assert (got.masks != want.masks).mean() <= 1e-3
+
+
 def test_post_device_resolution():
     cuda = torch.cuda.is_available()
     assert resolve_post_device(None, True) is None

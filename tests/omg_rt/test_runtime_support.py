@@ -44,12 +44,17 @@ def merging_bundle(out: Path, names: tuple[str, ...] = NAMES, num_things: int = 
     panoptic segments (the official 0.8 drops every one of them)."""
     from export import build_bundle
 
+    vocab = types.SimpleNamespace(names=names, num_things=num_things)
+    return build_bundle(merging_model(), out, image_size=image_size, vocab=vocab, verify=False)
+
+
+def merging_model():
+    """The seeded tiny model with overlap threshold 0 (see :func:`merging_bundle`)."""
     model = seeded_tiny(0)
     spec = model.config
     model.config = dataclasses.replace(
         spec, postprocess=dataclasses.replace(spec.postprocess, overlap_threshold=0.0))
-    vocab = types.SimpleNamespace(names=names, num_things=num_things)
-    return build_bundle(model, out, image_size=image_size, vocab=vocab, verify=False)
+    return model
 
 
 def copy_bundle(dest: Path) -> Path:
