@@ -1,7 +1,7 @@
 """Post-processing benchmark: each task's result assembly at the ConvNeXt-L shapes, on the CPU.
 
     python -m benchmarks.bench_postprocess [--runs 5] [--quick] [--kinds ...] [--only ...]
-        [--baseline REV] [--json rows.json]
+        [--baseline REV] [--device cuda] [--json rows.json]
 
 What ``Segmenter.panoptic`` / ``instances`` / ``semantic`` / prompts and a video session's
 per-frame results spend after the decoder: ``omg_rt.assembly`` from the stride-4 mask logits
@@ -21,6 +21,10 @@ golden fixture: |mask logits| up to ~1e4, every query non-void) and ``random-mod
 exported ConvNeXt-L with random weights: near-uniform class logits, every query kept; mask
 logits ~N(0, 3), smooth, near-identical across queries, so tile bounds decide almost nothing).
 
+``--device DEV`` adds the panoptic and instance cases post-processed on a torch device
+(``omg_rt.postprocess.device``, what ``Segmenter`` does when its graphs run on a GPU), each
+beside its host case in the same run.
+
 ``--baseline REV`` also times the ``omg_rt`` of a git revision (``git archive``, in a child
 process, same cases), each call alternating with one of the working tree so that both see the
 same load, and prints both side by side. Prints a markdown table of medians with
@@ -30,6 +34,7 @@ provenance (benchmarks/harness.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -136,8 +141,9 @@ def _vocabulary(shape: dict):
                       seen=np.ones(k, bool), class_bank=np.zeros((k, 1, 1), np.float32))
 
 
-def cases(kinds: tuple[str, ...]) -> list[tuple[str, str, object]]:
-    """(subject, case, zero-argument callable) for every task, frame and logit kind."""
+def cases(kinds: tuple[str, ...], device: str | None = None) -> list[tuple[str, str, object]]:
+    """(subject, case, zero-argument callable) for every task, frame and logit kind; with a
+    torch ``device``, also the panoptic and instance cases post-processed there."""
     from omg_rt import assembly
     from omg_rt.spec import PostprocessSpec
 
@@ -154,17 +160,20 @@ def cases(kinds: tuple[str, ...]) -> list[tuple[str, str, object]]:
             case = f"{frame}, {kind}"
             video = frame.startswith("video")
 
-            def panoptic(s=session, c=cls, m=masks, v=vocab, video=video):
-                return assembly.panoptic_result(s, c, m, v, post, video_ids=video)
+            def panoptic(s=session, c=cls, m=masks, v=vocab, video=video, on=None):
+                return assembly.panoptic_result(s, c, m, v, post, video_ids=video, device=on)
 
-            def instance(s=session, c=cls, m=masks, v=vocab, video=video):
-                return assembly.instance_result(s, c, m, v, post, track_ids=video)
+            def instance(s=session, c=cls, m=masks, v=vocab, video=video, on=None):
+                return assembly.instance_result(s, c, m, v, post, track_ids=video, device=on)
 
             def semantic(s=session, c=cls, m=masks, v=vocab):
                 return assembly.semantic_result(s, c, m, v)
 
             out += [("panoptic", case, panoptic), ("instance", case, instance),
                     ("semantic", case, semantic)]
+            if device is not None:
+                out += [("panoptic", f"{case} [{device}]", functools.partial(panoptic, on=device)),
+                        ("instance", f"{case} [{device}]", functools.partial(instance, on=device))]
             if frame.startswith("image"):
                 for n in (1, 16):
                     def prompt(s=session, n=n, c=cls_iou, m=masks, v=vocab):
@@ -175,13 +184,13 @@ def cases(kinds: tuple[str, ...]) -> list[tuple[str, str, object]]:
 
 
 def measure(kinds: tuple[str, ...], only: set[str], runs: int,
-            baseline: Baseline | None = None) -> list:
+            baseline: Baseline | None = None, device: str | None = None) -> list:
     """Time every selected case: one warm-up call, then ``runs`` calls, each one alternating
     with a call of the baseline (when given) so that both see the same machine load."""
     from benchmarks.harness import Row
 
     rows = []
-    for subject, case, fn in cases(kinds):
+    for subject, case, fn in cases(kinds, device):
         if only and subject not in only:
             continue
         fn()
@@ -279,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated subjects to run")
     parser.add_argument("--baseline", metavar="REV",
                         help="also time this git revision's omg_rt, side by side")
+    parser.add_argument("--device", help="also post-process panoptic and instance cases on this "
+                        "torch device (cuda)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # Baseline's
     args = parser.parse_args(argv)
@@ -287,12 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--kinds: expected some of {', '.join(KINDS)}, got {sorted(unknown)}")
     only = {s for s in args.only.split(",") if s}
+    if args.device and args.baseline:
+        parser.error("--device: not with --baseline (the baseline revision has no device path)")
     if args.serve:
         serve(kinds)
         return 0
     baseline = Baseline(args.baseline, kinds) if args.baseline else None
     try:
-        rows = measure(kinds, only, args.runs, baseline)
+        rows = measure(kinds, only, args.runs, baseline, args.device)
     finally:
         if baseline is not None:
             baseline.close()

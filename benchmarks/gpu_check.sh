@@ -2,7 +2,7 @@
 # Everything that needs a GPU, in one go (under 10 minutes): the GPU/TensorRT tests (the official
 # goldens on CUDA among them), omg-bench of ConvNeXt-L on the GPU (PyTorch FP32/FP16 with the
 # Triton kernels, ONNX Runtime CUDA and TensorRT where this machine has them), the kernel
-# benchmark, omg-bench of the tiny model (every backend x precision, accuracy), then the RESULTS
+# benchmark, post-processing on the host against the GPU, omg-bench of the tiny model (every backend x precision, accuracy), then the RESULTS
 # tables, printed last.
 #
 #   benchmarks/gpu_check.sh            (PYTHON overrides the interpreter; OMG_BENCH_MODEL the
@@ -13,7 +13,7 @@
 # lacks travel in .whl/ (scripts/fetch_gpu_wheels.sh; .whl/ is git-excluded, so carry it) and
 # are installed into /tmp/site, nothing else is installed. ../shared does not travel: a copy of
 # its fixtures in .gpu-shared/fixtures (git-excluded, carried) stands in (OMG_SHARED). Reports
-# land in benchmarks/reports/gpu/; RESULTS.md gets the sections gpu-check (tests + kernels),
+# land in benchmarks/reports/gpu/; RESULTS.md gets the sections gpu-check (tests, kernels, post),
 # omg-bench-gpu and omg-bench-gpu-convl (omg-bench's summaries), between their markers.
 set -uo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -79,6 +79,11 @@ step "omg-bench preset:omg-convl @1024 (latency)" 170 "$reports/omg-bench-convl.
   --no-cold-start --runs 20 --out "$reports/convl" --results-section omg-bench-gpu-convl --quiet
 step "kernel benchmark" 90 "$reports/kernels.md" \
   "$python" benchmarks/bench_kernels.py --json "$reports/kernels.json"
+# Panoptic / instance post-processing at the ConvNeXt-L shapes: the host's numpy path and the
+# same results on the GPU (omg_rt.postprocess.device, what Segmenter does there), side by side.
+step "post-processing host vs GPU" 60 "$reports/post.md" \
+  "$python" -m benchmarks.bench_postprocess --kinds trained,random-model --only panoptic,instance \
+  --device cuda --runs 5
 # Accuracy deltas of every backend x precision on the tiny model (same weights everywhere).
 step "omg-bench ${OMG_BENCH_MODEL:-preset:tiny} (all backends x precisions, accuracy)" 120 \
   "$reports/omg-bench-tiny.txt" "$python" -m benchmarks.cli "${OMG_BENCH_MODEL:-preset:tiny}" --out "$reports/tiny" \
@@ -98,7 +103,11 @@ kernels = (reports / "kernels.md").read_text().strip() if (reports / "kernels.md
 # the table and its provenance line, without whatever else went to the log
 kept = [ln for ln in kernels.splitlines() if ln.startswith(("|", "_", "Kernel benchmark"))]
 kernels = "\n".join(ln + ("\n" if ln.startswith(("_", "Kernel")) else "") for ln in kept) or kernels
-body = "\n".join(["GPU/TensorRT tests: `" + (tests[-1] if tests else "?") + "`", "", kernels])
+post = (reports / "post.md").read_text() if (reports / "post.md").exists() else "(not run)"
+post = "\n".join(ln for ln in post.splitlines() if ln.startswith(("|", "_"))) or post
+body = "\n".join(["GPU/TensorRT tests: `" + (tests[-1] if tests else "?") + "`", "", kernels,
+                  "", "Post-processing, host (numpy) and `[cuda]` (omg_rt.postprocess.device):",
+                  "", post])
 update_results(Path("benchmarks/RESULTS.md"), "gpu-check", body)
 PY
 echo
