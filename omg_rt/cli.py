@@ -351,7 +351,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _ui(args: argparse.Namespace) -> int:
     from omg_rt.segmenter import Segmenter
-    from omg_rt.ui import Page, build_app, default_bundle, launch, require_gradio
+    from omg_rt.ui import Page, default_bundle
+    from omg_rt.ui_app import build_app, launch, require_gradio
 
     require_gradio()  # before loading, one line on what to do
     bundle = Path(args.bundle) if args.bundle else default_bundle()

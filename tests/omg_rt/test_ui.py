@@ -270,7 +270,7 @@ def test_page_in_headless_chromium(segmenter, bundle, tmp_path):
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from omg_rt.ui import build_app, launch
+    from omg_rt.ui_app import build_app, launch
 
     page = _page(segmenter, bundle)
     photo = _photo(page)
