@@ -155,21 +155,51 @@ class DeviceLogits:
                 confident = torch.where(take, mine, confident)
         return winner.cpu().numpy(), confident.cpu().numpy(), area.cpu().numpy()
 
-    def instance_masks(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(d, H, W) bool ``logit > 0`` masks of ``queries`` (host) and (d,) float64 sums of
-        their ``sigmoid`` over the mask (:func:`omg_rt.postprocess.instance.instances_from_tiles`).
+    def instance_masks(
+        self, queries: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The ``logit > 0`` masks of ``queries`` and what instance results need of them,
+        computed on the device (:func:`omg_rt.postprocess.instance.instances_from_tiles`).
+
+        Returns:
+            masks (d, H, W) bool, sums (d,) float64 of ``sigmoid`` over each mask, areas (d,)
+            int64, boxes (d, 4) float32 as :func:`~omg_rt.postprocess.instance.masks_to_boxes`
+            (all on the host).
         """
         torch = self._torch
         h, w = self.original_hw
         hp, wp = self.padded_hw
         block = max(1, _BLOCK_ELEMENTS // (hp * wp))
-        masks = np.empty((queries.shape[0], h, w), bool)
-        sums = np.empty(queries.shape[0], np.float64)
+        d = queries.shape[0]
+        masks = np.empty((d, h, w), bool)
+        sums = np.empty(d, np.float64)
+        areas = np.empty(d, np.int64)
+        boxes = np.empty((d, 4), np.float32)
         with torch.inference_mode():
-            for a in range(0, queries.shape[0], block):
+            for a in range(0, d, block):
                 logits = self.dense(queries[a : a + block])
                 inside = logits > 0
                 total = torch.where(inside, torch.sigmoid(logits), 0.0).double().sum((1, 2))
-                masks[a : a + logits.shape[0]] = inside.cpu().numpy()
-                sums[a : a + logits.shape[0]] = total.cpu().numpy()
-        return masks, sums
+                part = slice(a, a + logits.shape[0])
+                masks[part] = inside.cpu().numpy()
+                sums[part] = total.cpu().numpy()
+                areas[part] = inside.sum((1, 2)).cpu().numpy()
+                boxes[part] = _boxes(torch, inside).cpu().numpy()
+        return masks, sums, areas, boxes
+
+
+def _boxes(torch: Any, inside: Any) -> Any:
+    """(m, H, W) bool tensor -> (m, 4) float32 ``(x1, y1, x2 + 1, y2 + 1)``, zeros when empty."""
+    m, h, w = inside.shape
+    rows, cols = inside.any(2), inside.any(1)  # (m, H), (m, W)
+
+    def extent(hit: Any, size: int) -> tuple[Any, Any]:
+        index = torch.arange(size, device=hit.device)
+        first = torch.where(hit, index, size).amin(1)
+        last = torch.where(hit, index, -1).amax(1) + 1
+        return first, last
+
+    y1, y2 = extent(rows, h)
+    x1, x2 = extent(cols, w)
+    boxes = torch.stack([x1, y1, x2, y2], 1).float()
+    return torch.where(rows.any(1, keepdim=True), boxes, 0.0)

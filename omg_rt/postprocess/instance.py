@@ -139,17 +139,19 @@ def instances_from_masks(
 
 
 def _scored(class_probs: np.ndarray, labels: np.ndarray, query_indices: np.ndarray,
-            masks: np.ndarray, inside: np.ndarray) -> InstanceResult:
+            masks: np.ndarray, inside: np.ndarray, area: np.ndarray | None = None,
+            boxes: np.ndarray | None = None) -> InstanceResult:
     """Step 3's scores and boxes of (N, H, W) ``masks`` whose float64 sigmoid sums over the
-    mask are ``inside``."""
-    area = masks.sum(axis=(1, 2)).astype(np.float32)  # not reshape(n, -1): n may be 0
-    mask_scores = inside.astype(np.float32) / (area + np.float32(1e-6))
+    mask are ``inside`` (their areas and boxes computed here unless given)."""
+    if area is None:
+        area = masks.sum(axis=(1, 2))  # not reshape(n, -1): n may be 0
+    mask_scores = inside.astype(np.float32) / (area.astype(np.float32) + np.float32(1e-6))
     return InstanceResult(
         scores=(class_probs.astype(np.float32) * mask_scores).astype(np.float32),
         labels=labels.astype(np.int64),
         query_indices=query_indices.astype(np.int64),
         masks=masks,
-        boxes=masks_to_boxes(masks),
+        boxes=masks_to_boxes(masks) if boxes is None else boxes,
     )
 
 
@@ -170,9 +172,10 @@ def instances_from_tiles(
     """
     distinct, which = np.unique(query_indices, return_inverse=True)
     if isinstance(tiles, DeviceLogits):
-        masks, sums = tiles.instance_masks(distinct)
-    else:
-        masks, sums = _tile_masks(distinct, tiles)
+        masks, sums, area, boxes = tiles.instance_masks(distinct)
+        return _scored(class_probs, labels, query_indices, masks[which], sums[which],
+                       area[which], boxes[which])
+    masks, sums = _tile_masks(distinct, tiles)
     return _scored(class_probs, labels, query_indices, masks[which], sums[which])
 
 

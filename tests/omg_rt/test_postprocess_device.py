@@ -13,7 +13,11 @@ import pytest
 from omg_rt.errors import InvalidInputError
 from omg_rt.postprocess import device as device_module
 from omg_rt.postprocess.device import DeviceLogits, resolve_post_device
-from omg_rt.postprocess.instance import instances_from_tiles, select_instances
+from omg_rt.postprocess.instance import (
+    instances_from_tiles,
+    masks_to_boxes,
+    select_instances,
+)
 from omg_rt.postprocess.masks import upsample_masks
 from omg_rt.postprocess.panoptic import _assign_pixels, panoptic_from_tiles, panoptic_results
 from omg_rt.postprocess.tiles import TiledLogits
@@ -131,6 +135,10 @@ def test_instances_on_the_device_equal_the_host_instances(device, monkeypatch):
     np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, err_msg=str(seed))
     exact = (got.masks == want.masks).all((1, 2))
     np.testing.assert_array_equal(got.boxes[exact], want.boxes[exact], err_msg=str(seed))
+    # areas and boxes computed on the device are those of the masks it returned (empty: zeros)
+    np.testing.assert_array_equal(got.boxes, masks_to_boxes(got.masks), err_msg=str(seed))
+    empty = ~got.masks.any((1, 2))
+    assert empty.any() and (got.boxes[empty] == 0).all(), seed
 
 
 
