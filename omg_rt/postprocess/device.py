@@ -71,6 +71,10 @@ def resolve_post_device(post_device: str | None, backend_on_gpu: bool) -> str | 
         ) from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InvalidInputError(f"post_device: {post_device!r}, but PyTorch sees no CUDA device")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise InvalidInputError(
+            f"post_device: {post_device!r}, but PyTorch sees {torch.cuda.device_count()} CUDA "
+            "device(s)")
     return str(device)
 
 

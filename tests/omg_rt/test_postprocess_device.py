@@ -173,6 +173,9 @@ def test_post_device_resolution():
     if not cuda:
         with pytest.raises(InvalidInputError, match="no CUDA device"):
             resolve_post_device("cuda", True)
+    else:
+        with pytest.raises(InvalidInputError, match="CUDA device"):
+            resolve_post_device(f"cuda:{torch.cuda.device_count()}", True)
 
 
 def test_a_segmenter_post_processes_images_and_video_on_its_post_device(tmp_path):
