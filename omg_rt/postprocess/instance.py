@@ -164,7 +164,8 @@ def instances_from_tiles(
     """:func:`instances_from_masks` of ``upsample_masks(stride-4 logits)[query_indices]``,
     resizing only the tiles where a mask is not wholly in or out or its sigmoid not saturated:
     the same result, bit for bit. On a device (:class:`~omg_rt.postprocess.device.DeviceLogits`)
-    every selected query is resized there instead.
+    every selected query is resized there instead: the same masks but where a logit is within
+    float32 rounding of 0.
 
     Args:
         class_probs, labels, query_indices: (N,) from :func:`select_instances`.
