@@ -30,22 +30,12 @@ from omg_rt.spec import PostprocessSpec
 
 def full_resolution(session: ImageSizes, mask_logits: np.ndarray) -> np.ndarray:
     """(N, h4, w4) stride-4 logits of the padded input -> (N, H, W) float32 at the original size."""
-    return upsample_masks(
-        np.ascontiguousarray(mask_logits, dtype=np.float32),
-        session.padded_hw,
-        session.resized_hw,
-        session.original_hw,
-    )
+    return upsample_masks(*_logits_and_sizes(session, mask_logits))
 
 
 def tiled(session: ImageSizes, mask_logits: np.ndarray) -> TiledLogits:
     """(N, h4, w4) stride-4 logits of the padded input, evaluated lazily at the original size."""
-    return TiledLogits(
-        np.ascontiguousarray(mask_logits, dtype=np.float32),
-        session.padded_hw,
-        session.resized_hw,
-        session.original_hw,
-    )
+    return TiledLogits(*_logits_and_sizes(session, mask_logits))
 
 
 def on_device(
@@ -54,13 +44,14 @@ def on_device(
     """:func:`tiled`, or with a torch ``device`` the logits resized densely there."""
     if device is None:
         return tiled(session, mask_logits)
-    return DeviceLogits(
-        np.ascontiguousarray(mask_logits, dtype=np.float32),
-        session.padded_hw,
-        session.resized_hw,
-        session.original_hw,
-        device,
-    )
+    return DeviceLogits(*_logits_and_sizes(session, mask_logits), device)
+
+
+def _logits_and_sizes(
+    session: ImageSizes, mask_logits: np.ndarray
+) -> tuple[np.ndarray, tuple[int, int], tuple[int, int], tuple[int, int]]:
+    return (np.ascontiguousarray(mask_logits, dtype=np.float32), session.padded_hw,
+            session.resized_hw, session.original_hw)
 
 
 def panoptic_result(

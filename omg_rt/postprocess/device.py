@@ -104,6 +104,10 @@ class DeviceLogits:
         self.device = device
         self._torch = _torch()
 
+    def _block(self) -> int:
+        """Queries resized at once: :data:`_BLOCK_ELEMENTS` padded-size samples."""
+        return max(1, _BLOCK_ELEMENTS // (self.padded_hw[0] * self.padded_hw[1]))
+
     def dense(self, queries: np.ndarray) -> Any:
         """(N,) int queries -> (N, H, W) float32 torch tensor on the device: ``upsample_masks`` of
         those queries."""
@@ -136,8 +140,7 @@ class DeviceLogits:
         if n == 0:
             raise InvalidInputError("kept: expected at least one query, got none")
         h, w = self.original_hw
-        hp, wp = self.padded_hw
-        block = max(1, _BLOCK_ELEMENTS // (hp * wp))
+        block = self._block()
         thr = float(sigmoid_threshold())
         s = torch.from_numpy(np.ascontiguousarray(scores, np.float32)).to(self.device)
         best = torch.full((h, w), -float("inf"), device=self.device)
@@ -172,8 +175,7 @@ class DeviceLogits:
         """
         torch = self._torch
         h, w = self.original_hw
-        hp, wp = self.padded_hw
-        block = max(1, _BLOCK_ELEMENTS // (hp * wp))
+        block = self._block()
         d = queries.shape[0]
         masks = np.empty((d, h, w), bool)
         sums = np.empty(d, np.float64)
