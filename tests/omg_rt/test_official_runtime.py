@@ -100,6 +100,27 @@ def test_panoptic_map_matches_the_official_model(seg, session, bank):
     assert agreement(_official_id_map(result, bank.shape[0]), official) >= PIXEL_AGREEMENT
 
 
+def test_post_processing_on_a_device_gives_the_hosts_results_on_the_real_model(seg, session, bank):
+    # What Segmenter does on a GPU (post_device), here on torch's CPU device: ConvNeXt-L's own
+    # outputs at the photo's non-square padded shape, every step of the official resize.
+    pytest.importorskip("torch")
+    from omg_rt.assembly import instance_result, panoptic_result
+
+    p = seg.predict(session)
+    args = (session, p.class_scores, p.mask_logits[:, 0], p.vocabulary, seg.spec.postprocess)
+    host, device = panoptic_result(*args), panoptic_result(*args, device="cpu")
+    assert device.ids.tolist() == host.ids.tolist()
+    assert (device.id_map == host.id_map).mean() >= 0.999
+    official = load_npz("golden.npz")["panoptic"]
+    assert agreement(_official_id_map(device, bank.shape[0]), official) >= PIXEL_AGREEMENT
+    host, device = instance_result(*args), instance_result(*args, device="cpu")
+    assert host.ids.size > 0 and device.labels.tolist() == host.labels.tolist()
+    assert (device.masks != host.masks).mean() <= 1e-3
+    np.testing.assert_allclose(device.scores, host.scores, rtol=1e-4)
+    np.testing.assert_array_equal(device.boxes[(device.masks == host.masks).all((1, 2))],
+                                  host.boxes[(device.masks == host.masks).all((1, 2))])
+
+
 def _to_original(xy: np.ndarray, session) -> np.ndarray:
     """Resized-image pixels (the fixture's prompts) -> the user's original-image pixels."""
     (h, w), (hr, wr) = session.original_hw, session.resized_hw
