@@ -2,8 +2,9 @@
 # Everything that needs a GPU, in one go (under 10 minutes): the GPU/TensorRT tests (the official
 # goldens on CUDA among them), omg-bench of ConvNeXt-L on the GPU (PyTorch FP32/FP16 with the
 # Triton kernels, ONNX Runtime CUDA and TensorRT where this machine has them), the kernel
-# benchmark, post-processing on the host against the GPU, omg-bench of the tiny model (every backend x precision, accuracy), then the RESULTS
-# tables, printed last.
+# benchmark, post-processing on the host against the GPU, a profile of the runtime's calls,
+# omg-bench of the tiny model (every backend x precision, accuracy), then the RESULTS tables,
+# printed last.
 #
 #   benchmarks/gpu_check.sh            (PYTHON overrides the interpreter; OMG_BENCH_MODEL the
 #                                       model of the accuracy run, default preset:tiny;
@@ -84,6 +85,10 @@ step "kernel benchmark" 90 "$reports/kernels.md" \
 step "post-processing host vs GPU" 60 "$reports/post.md" \
   "$python" -m benchmarks.bench_postprocess --kinds trained,random-model --only panoptic,instance \
   --device cuda --runs 5
+# Where the time of a panoptic call, a cached click and a VIS clip goes (torch.profiler): what
+# to optimise next.
+step "profile of the runtime's calls (ConvNeXt-L)" 90 "$reports/profile.md" \
+  "$python" -m benchmarks.profile_calls --device cuda --runs 3 --rows 10
 # Accuracy deltas of every backend x precision on the tiny model (same weights everywhere).
 step "omg-bench ${OMG_BENCH_MODEL:-preset:tiny} (all backends x precisions, accuracy)" 120 \
   "$reports/omg-bench-tiny.txt" "$python" -m benchmarks.cli "${OMG_BENCH_MODEL:-preset:tiny}" --out "$reports/tiny" \
@@ -105,9 +110,13 @@ kept = [ln for ln in kernels.splitlines() if ln.startswith(("|", "_", "Kernel be
 kernels = "\n".join(ln + ("\n" if ln.startswith(("_", "Kernel")) else "") for ln in kept) or kernels
 post = (reports / "post.md").read_text() if (reports / "post.md").exists() else "(not run)"
 post = "\n".join(ln for ln in post.splitlines() if ln.startswith(("|", "_"))) or post
+profile = (reports / "profile.md").read_text() if (reports / "profile.md").exists() \
+    else "(not run)"
+profile = "\n".join(ln for ln in profile.splitlines()
+                    if ln.startswith(("Profile", "###", "wall", "|")) or not ln.strip())
 body = "\n".join(["GPU/TensorRT tests: `" + (tests[-1] if tests else "?") + "`", "", kernels,
                   "", "Post-processing, host (numpy) and `[cuda]` (omg_rt.postprocess.device):",
-                  "", post])
+                  "", post, "", profile])
 update_results(Path("benchmarks/RESULTS.md"), "gpu-check", body)
 PY
 echo

@@ -8,13 +8,18 @@ change its result: panoptic, instance and prompt results go through
 the undecided ones resized exactly, or every query a band of rows at a time when few tiles are
 decided); semantic results resize every query a band of rows at a time. Each output sample of a
 bilinear resize depends on its own input samples only, so both give the values of resizing
-everything (:func:`full_resolution`), bit for bit.
+everything (:func:`full_resolution`), bit for bit. With a torch ``device`` (a GPU), panoptic and
+instance results resize densely there instead (:class:`~omg_rt.postprocess.device.DeviceLogits`).
+
+The logits may be a tensor the PyTorch backend left on its device (:mod:`omg_rt.arrays`): the
+device path reads it where it is, the host paths bring it over.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from omg_rt.arrays import Array, to_host
 from omg_rt.bundle import Vocabulary
 from omg_rt.postprocess.device import DeviceLogits
 from omg_rt.postprocess.instance import instances_from_tiles, masks_to_boxes, select_instances
@@ -28,36 +33,38 @@ from omg_rt.sessions import ImageSizes
 from omg_rt.spec import PostprocessSpec
 
 
-def full_resolution(session: ImageSizes, mask_logits: np.ndarray) -> np.ndarray:
+def full_resolution(session: ImageSizes, mask_logits: Array) -> np.ndarray:
     """(N, h4, w4) stride-4 logits of the padded input -> (N, H, W) float32 at the original size."""
     return upsample_masks(*_logits_and_sizes(session, mask_logits))
 
 
-def tiled(session: ImageSizes, mask_logits: np.ndarray) -> TiledLogits:
+def tiled(session: ImageSizes, mask_logits: Array) -> TiledLogits:
     """(N, h4, w4) stride-4 logits of the padded input, evaluated lazily at the original size."""
     return TiledLogits(*_logits_and_sizes(session, mask_logits))
 
 
 def on_device(
-    session: ImageSizes, mask_logits: np.ndarray, device: str | None
+    session: ImageSizes, mask_logits: Array, device: str | None
 ) -> TiledLogits | DeviceLogits:
     """:func:`tiled`, or with a torch ``device`` the logits resized densely there."""
     if device is None:
         return tiled(session, mask_logits)
-    return DeviceLogits(*_logits_and_sizes(session, mask_logits), device)
+    return DeviceLogits(mask_logits, session.padded_hw, session.resized_hw, session.original_hw,
+                        device)
 
 
 def _logits_and_sizes(
-    session: ImageSizes, mask_logits: np.ndarray
+    session: ImageSizes, mask_logits: Array
 ) -> tuple[np.ndarray, tuple[int, int], tuple[int, int], tuple[int, int]]:
-    return (np.ascontiguousarray(mask_logits, dtype=np.float32), session.padded_hw,
+    """Host float32 logits and the session's sizes (padded, resized, original)."""
+    return (np.ascontiguousarray(to_host(mask_logits), dtype=np.float32), session.padded_hw,
             session.resized_hw, session.original_hw)
 
 
 def panoptic_result(
     session: ImageSizes,
     cls: np.ndarray,
-    mask_logits: np.ndarray,
+    mask_logits: Array,
     vocabulary: Vocabulary,
     post: PostprocessSpec,
     *,
@@ -98,7 +105,7 @@ def panoptic_result(
 def instance_result(
     session: ImageSizes,
     cls: np.ndarray,
-    mask_logits: np.ndarray,
+    mask_logits: Array,
     vocabulary: Vocabulary,
     post: PostprocessSpec,
     *,
@@ -139,7 +146,7 @@ def instance_result(
 def semantic_result(
     session: ImageSizes,
     cls: np.ndarray,
-    mask_logits: np.ndarray,
+    mask_logits: Array,
     vocabulary: Vocabulary,
     *,
     task: str = "semantic",
@@ -168,7 +175,7 @@ def semantic_result(
 
 def prompt_result(
     session: ImageSizes,
-    mask_logits: np.ndarray,
+    mask_logits: Array,
     iou_logits: np.ndarray,
     class_logits: np.ndarray,
     vocabulary: Vocabulary,
@@ -185,7 +192,7 @@ def prompt_result(
         ``scores`` = sigmoid(IoU head), ``labels`` = best non-void class, ``ids`` = 1..P.
     """
     pr = prompt_results(
-        np.ascontiguousarray(mask_logits, dtype=np.float32),
+        np.ascontiguousarray(to_host(mask_logits), dtype=np.float32),
         iou_logits,
         session.padded_hw,
         session.resized_hw,

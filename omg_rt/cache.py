@@ -12,8 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
+from omg_rt.arrays import Array
 from omg_rt.errors import InvalidInputError
 
 DEFAULT_CACHE_BYTES = 512 << 20
@@ -28,13 +27,17 @@ class EncodedImage:
         memory_s32, memory_s16, memory_s8: (1, C, Hp/s, Wp/s) float32.
         clip_features: (1, C5, Hp/32, Wp/32) float32, the stride-32 backbone map (dense CLIP
             features for the open-vocabulary ensemble).
+
+    Numpy arrays, or tensors on the device of the backend that computed them (the PyTorch
+    backend's: :mod:`omg_rt.arrays`); ``nbytes`` counts either, so a cache of a GPU backend is
+    bounded in device memory.
     """
 
-    mask_features: np.ndarray
-    memory_s32: np.ndarray
-    memory_s16: np.ndarray
-    memory_s8: np.ndarray
-    clip_features: np.ndarray
+    mask_features: Array
+    memory_s32: Array
+    memory_s16: Array
+    memory_s8: Array
+    clip_features: Array
 
     @property
     def nbytes(self) -> int:

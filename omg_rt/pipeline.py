@@ -23,6 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
+from omg_rt.arrays import Array, concat, row, to_host
 from omg_rt.backends.base import TensorSpec
 from omg_rt.cache import EncodedImage
 from omg_rt.errors import BundleError, InvalidInputError
@@ -46,9 +47,10 @@ MEMORIES = ("memory_s32", "memory_s16", "memory_s8", "mask_features")
 
 
 class Runner(Protocol):
-    """One graph: named numpy inputs -> named numpy outputs, and its input specs."""
+    """One graph: named inputs -> named outputs (numpy, or device tensors for the outputs a
+    backend keeps resident: ``omg_rt.backends.base.RESIDENT_OUTPUTS``), and its input specs."""
 
-    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def __call__(self, feeds: Mapping[str, Array]) -> dict[str, Array]: ...
 
     def inputs(self) -> dict[str, TensorSpec]: ...
 
@@ -60,14 +62,15 @@ class Predictions:
     Attributes:
         class_scores: (Q, K + 1) float32 class logits, or the open-vocabulary ensemble's
             log-probabilities; void last.
-        mask_logits: (Q, T, h4, w4) stride-4 mask logits of the padded input.
+        mask_logits: (Q, T, h4, w4) float32 stride-4 mask logits of the padded input (numpy, or a
+            tensor on the backend's device: ``omg_rt.arrays``).
         iou_logits: (Q,) float32.
         query_embeddings: (Q, C) float32 (video aligns clips on them).
         vocabulary: the vocabulary ``class_scores`` is over.
     """
 
     class_scores: np.ndarray
-    mask_logits: np.ndarray
+    mask_logits: Array
     iou_logits: np.ndarray
     query_embeddings: np.ndarray
     vocabulary: Vocabulary
@@ -148,11 +151,11 @@ class Pipeline:
         )
         return [
             EncodedImage(
-                mask_features=_row(pixels["mask_features"], i),
-                memory_s32=_row(pixels["memory_s32"], i),
-                memory_s16=_row(pixels["memory_s16"], i),
-                memory_s8=_row(pixels["memory_s8"], i),
-                clip_features=_row(features["features_s32"], i),
+                mask_features=row(pixels["mask_features"], i),
+                memory_s32=row(pixels["memory_s32"], i),
+                memory_s16=row(pixels["memory_s16"], i),
+                memory_s8=row(pixels["memory_s8"], i),
+                clip_features=row(features["features_s32"], i),
             )
             for i in range(n)
         ]
@@ -166,14 +169,11 @@ class Pipeline:
         position: np.ndarray,
         prompt_mode: bool,
         class_bank: np.ndarray,
-    ) -> dict[str, np.ndarray]:
+    ) -> dict[str, Array]:
         """The query decoder's feeds for one clip (B = 1, T = len(frames)) of queries
         ((Q, C) or (1, Q, C))."""
-        feeds = {
-            name: np.concatenate([getattr(f, name) for f in frames], axis=0)
-            if len(frames) > 1
-            else getattr(frames[0], name)
-            for name in MEMORIES
+        feeds: dict[str, Array] = {
+            name: concat([getattr(f, name) for f in frames]) for name in MEMORIES
         }
         feeds["class_bank"] = class_bank
         feeds["query_content"] = content[None] if content.ndim == 2 else content
@@ -188,7 +188,7 @@ class Pipeline:
         position: np.ndarray,
         prompt_mode: bool,
         class_bank: np.ndarray,
-    ) -> dict[str, np.ndarray]:
+    ) -> dict[str, Array]:
         """The query decoder over one clip; its raw outputs (batch axis 1)."""
         return self.runners[QUERY_DECODER.name](
             self.feeds(frames, content, position, prompt_mode, class_bank)
@@ -196,7 +196,7 @@ class Pipeline:
 
     def decode_learned(
         self, frames: Sequence[EncodedImage], class_bank: np.ndarray
-    ) -> dict[str, np.ndarray]:
+    ) -> dict[str, Array]:
         """The learned queries over one image or clip; raw outputs."""
         return self.decode(frames, self.query_content, self.query_position, False, class_bank)
 
@@ -215,7 +215,7 @@ class Pipeline:
 
     def class_scores(
         self,
-        outputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, Array],
         frames: Sequence[EncodedImage],
         vocabulary: Vocabulary,
         *,
@@ -228,9 +228,9 @@ class Pipeline:
             return cls
         if CLIP_HEAD.name not in self.runners:
             raise BundleError("open-vocabulary ensemble: this bundle has no CLIP head graph")
-        clip_features = np.concatenate([f.clip_features for f in frames], axis=0)
+        clip_features = np.concatenate([to_host(f.clip_features) for f in frames], axis=0)
         h4, w4 = frames[0].mask_features.shape[-2:]  # stride 4 of the padded input
-        mask_logits = outputs["mask_logits"][0].astype(np.float32, copy=False)
+        mask_logits = to_host(outputs["mask_logits"][0]).astype(np.float32, copy=False)
         pooled, valid = mask_pooled_clip_features(mask_logits, clip_features, (4 * h4, 4 * w4))
         embeddings = self.runners[CLIP_HEAD.name]({"pooled_features": pooled[None]})
         clip_logits = clip_class_logits(
@@ -294,7 +294,7 @@ class Pipeline:
         content, position = self.prompt_queries(boxes, resized_hw, pad_to=pad_to)
         outputs = self.decode([frame], content, position, True, class_bank)
         total = boxes.shape[0]
-        mask_logits = outputs["mask_logits"][0, :total, 0]
+        mask_logits = to_host(outputs["mask_logits"][0, :total, 0])
         iou = outputs["iou_logits"][0, :total].astype(np.float32)
         cls = outputs["class_logits"][0, :total].astype(np.float32)
         out = []
@@ -332,9 +332,6 @@ def run_rows(runner: Runner, input_name: str, values: np.ndarray, output_name: s
         outs.append(runner({input_name: chunk})[output_name][:n])
     return np.concatenate(outs, axis=0)
 
-
-def _row(array: np.ndarray, i: int) -> np.ndarray:
-    return np.ascontiguousarray(array[i : i + 1], dtype=np.float32)
 
 
 __all__ = ["Pipeline", "Predictions", "PromptPredictions", "Runner", "run_rows"]

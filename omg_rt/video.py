@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from omg_rt.arrays import to_host
 from omg_rt.assembly import (
     full_resolution,
     instance_result,
@@ -205,8 +206,9 @@ class VideoSession:
         perm = self._align(predictions.query_embeddings)
         cls, iou = self._average(predictions.class_scores[perm], predictions.iou_logits[perm])
         mask_logits = predictions.mask_logits[perm]  # (Q, T, h4, w4), aligned slots
-        if self.whole_video:  # results at finish(), from the logits of every clip
-            self.decoded.append((frames, mask_logits[:, : len(frames)]))
+        if self.whole_video:  # results at finish(), from the logits of every clip (kept on the
+            # host: a whole video's logits do not belong in device memory)
+            self.decoded.append((frames, to_host(mask_logits[:, : len(frames)])))
             return []
         results = []
         for t, (index, session) in enumerate(frames):

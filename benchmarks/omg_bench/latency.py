@@ -3,8 +3,9 @@
 Each measurement is a *case* (one target, one thing timed). Cases run round-robin — round r
 times every case once, starting at a rotating offset — so a noisy neighbour on a shared machine
 slows every target alike and the ratios stay honest. Timers are ``time.perf_counter`` around
-calls that return host numpy arrays: on a GPU every backend has synchronised (and copied its
-outputs to the host) when the timer stops, as the nanosam / EfficientViT-SAM tables count it.
+each call and the target's :meth:`~benchmarks.omg_bench.targets.Target.synchronize`: on a GPU
+every backend has finished its work when the timer stops (what the next stage needs stays on the
+device, as the runtime keeps it), as the nanosam / EfficientViT-SAM tables count it.
 
 Stages are the runtime's own graph runners called with the feeds its decoder layer builds
 (``Segmenter.pipeline``, :mod:`omg_rt.pipeline`); post-processing is the runtime's panoptic
@@ -52,6 +53,7 @@ def run_round_robin(cases: list[Case], *, warmup: int, runs: int, desc: str,
                     case.setup()
                 start = time.perf_counter()
                 case.fn()
+                case.target.synchronize()
                 elapsed = (time.perf_counter() - start) * 1e3
             if r >= warmup:
                 case.samples.append(elapsed)

@@ -72,6 +72,14 @@ class Target:
 
         return torch.autocast("cuda", dtype=torch.float16)
 
+    def synchronize(self) -> None:
+        """Wait for the work this target queued on its GPU: the PyTorch backend leaves its big
+        outputs there (``omg_rt.backends.base.RESIDENT_OUTPUTS``) without waiting for them."""
+        if self.backend == "torch" and self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend, "precision": self.precision,
                 "image_size": self.image_size, "device": self.device, "status": self.status,

@@ -1,5 +1,9 @@
-"""The backend interface: one small Protocol over named numpy arrays, and the runner that checks
-every feed against the backend's declared inputs before the backend sees it.
+"""The backend interface: one small Protocol over named arrays, and the runner that checks every
+feed against the backend's declared inputs before the backend sees it.
+
+Arrays are host numpy arrays, except the outputs a backend keeps on its device
+(:data:`RESIDENT_OUTPUTS`, PyTorch's backend: torch tensors, :mod:`omg_rt.arrays`), which any
+backend of the same device takes back as feeds.
 
 A backend is one loaded graph (an ONNX Runtime session, a TensorRT engine, or the PyTorch
 model's method of the same name). Backends hold no validation code: :class:`GraphRunner` does
@@ -13,10 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import numpy as np
-
+from omg_rt.arrays import Array, contiguous, dtype_name, is_host, is_tensor
 from omg_rt.errors import InvalidInputError, describe
-from omg_rt.spec import GraphIO
+from omg_rt.spec import ENCODER, PIXEL_DECODER, GraphIO
+
+# The outputs a backend may leave on its device: the big maps that only the next graph, the
+# encoder cache and device post-processing read (everything else comes back as numpy).
+RESIDENT_OUTPUTS = frozenset({*ENCODER.outputs, *PIXEL_DECODER.outputs, "mask_logits"})
 
 # Padded image height and width are multiples of the backbone's coarsest stride.
 INPUT_DIVISOR = 32
@@ -52,8 +59,9 @@ class Backend(Protocol):
         """Input name -> spec."""
         ...
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Named inputs -> named outputs (numpy, host memory)."""
+    def run(self, feeds: dict[str, Array]) -> dict[str, Array]:
+        """Named inputs -> named outputs (numpy in host memory; those of
+        :data:`RESIDENT_OUTPUTS` may be tensors on the backend's device)."""
         ...
 
     def close(self) -> None:
@@ -88,7 +96,7 @@ class GraphRunner:
     def inputs(self) -> dict[str, TensorSpec]:
         return dict(self._specs)
 
-    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
         checked = self.validate(feeds)
         with self._lock:
             self.calls += 1
@@ -100,8 +108,10 @@ class GraphRunner:
             )
         return outputs
 
-    def validate(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Return C-contiguous feeds after checking names, ranks, dtypes and fixed/named axes."""
+    def validate(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
+        """Return C-contiguous feeds after checking names, ranks, dtypes and fixed/named axes.
+        Numpy arrays go to every backend; tensors (:mod:`omg_rt.arrays`) to a backend that takes
+        them back (PyTorch's), and are brought to the host for any other."""
         expected = set(self.graph.inputs)
         given = set(feeds)
         if given != expected:
@@ -109,10 +119,12 @@ class GraphRunner:
                 f"{self.graph.name}: expected inputs {sorted(expected)}, got {sorted(given)}"
             )
         named: dict[str, tuple[int, str]] = {}
-        out: dict[str, np.ndarray] = {}
+        out: dict[str, Array] = {}
         for name in self.graph.inputs:
             value, spec = feeds[name], self._specs[name]
-            if not isinstance(value, np.ndarray) or value.dtype != np.dtype(spec.dtype):
+            if is_tensor(value) and not getattr(self.backend, "takes_tensors", False):
+                value = value.detach().cpu().numpy()
+            if not (is_host(value) or is_tensor(value)) or dtype_name(value) != spec.dtype:
                 raise InvalidInputError(
                     f"{self.graph.name}.{name}: expected {spec.describe()}, got {describe(value)}"
                 )
@@ -140,7 +152,7 @@ class GraphRunner:
                             f"{self.graph.name}.{name}: axis {axis} ({dim}) is {size} but "
                             f"{seen[1]} has {dim} = {seen[0]}"
                         )
-            out[name] = np.ascontiguousarray(value)
+            out[name] = contiguous(value)
         return out
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ from typing import TypeVar
 import numpy as np
 from scipy.special import expit
 
+from omg_rt.arrays import to_host
 from omg_rt.errors import InvalidInputError, describe
 
 _T = TypeVar("_T")
@@ -41,10 +42,12 @@ def parallel_map(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
 
 
 def check_array(value: object, name: str, ndim: int, dtype: str, expected: str) -> np.ndarray:
-    """Raise InvalidInputError unless ``value`` is an ndarray of that ndim and dtype kind.
+    """Raise InvalidInputError unless ``value`` is an ndarray of that ndim and dtype kind; a tensor
+    a backend kept on its device (:mod:`omg_rt.arrays`) is brought to the host first.
 
     ``dtype`` is ``"float32"``, ``"bool"`` or ``"int"`` (any integer dtype).
     """
+    value = to_host(value)
     ok = isinstance(value, np.ndarray) and value.ndim == ndim
     if ok:
         assert isinstance(value, np.ndarray)

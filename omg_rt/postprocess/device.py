@@ -10,6 +10,8 @@ to the original size), then the per-pixel winner of ``score * sigmoid``, a block
 time so that memory stays bounded. Only the (H, W) winner and confidence maps and the per-query
 areas come back to the host.
 
+The logits may already be there: the PyTorch backend leaves the query decoder's mask logits on its
+device (:mod:`omg_rt.arrays`), and they are read without a copy; host logits are uploaded.
 PyTorch is imported when a :class:`DeviceLogits` is made; the rest of ``omg_rt`` stays torch-free.
 The host path (:mod:`omg_rt.postprocess.panoptic`) is its reference: the same winners except
 where two queries' ``score * sigmoid`` are within rounding of each other
@@ -23,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from omg_rt.errors import BackendUnavailableError, InvalidInputError
+from omg_rt.arrays import Array, dtype_name, is_tensor
+from omg_rt.errors import BackendUnavailableError, InvalidInputError, describe
 from omg_rt.postprocess._common import check_array, sigmoid_threshold
 from omg_rt.postprocess.masks import upsample_masks
 
@@ -82,27 +85,37 @@ class DeviceLogits:
     """Stride-4 mask logits of the padded input, resized to the original size on ``device``.
 
     Args:
-        mask_logits: (Q, h4, w4) float32 (host).
+        mask_logits: (Q, h4, w4) float32, numpy or a tensor (moved to ``device`` once, where it
+            is elsewhere)
         padded_hw, resized_hw, original_hw: as :func:`~omg_rt.postprocess.masks.upsample_masks`.
         device: a torch device string (``cuda``, ``cuda:1``, ``cpu``).
     """
 
     def __init__(
         self,
-        mask_logits: np.ndarray,
+        mask_logits: Array,
         padded_hw: Sequence[int],
         resized_hw: Sequence[int],
         original_hw: Sequence[int],
         device: str,
     ) -> None:
-        mask_logits = check_array(mask_logits, "mask_logits", 3, "float32", "float32 (Q, h4, w4)")
-        upsample_masks(mask_logits[:0], padded_hw, resized_hw, original_hw)  # validates the sizes
-        self.logits = mask_logits
+        self._torch = _torch()
+        if is_tensor(mask_logits):
+            if mask_logits.ndim != 3 or dtype_name(mask_logits) != "float32":
+                raise InvalidInputError(
+                    f"mask_logits: expected float32 (Q, h4, w4), got {describe(mask_logits)}")
+            logits = mask_logits.detach().to(device)
+        else:
+            host = check_array(mask_logits, "mask_logits", 3, "float32", "float32 (Q, h4, w4)")
+            logits = self._torch.from_numpy(np.ascontiguousarray(host)).to(device)
+        # validates the sizes against the logits' (empty: no work)
+        upsample_masks(np.empty((0, *logits.shape[1:]), np.float32), padded_hw, resized_hw,
+                       original_hw)
+        self.logits = logits
         self.padded_hw = (int(padded_hw[0]), int(padded_hw[1]))
         self.resized_hw = (int(resized_hw[0]), int(resized_hw[1]))
         self.original_hw = (int(original_hw[0]), int(original_hw[1]))
         self.device = device
-        self._torch = _torch()
 
     def _block(self) -> int:
         """Queries resized at once: :data:`_BLOCK_ELEMENTS` padded-size samples."""
@@ -113,7 +126,7 @@ class DeviceLogits:
         those queries."""
         torch = self._torch
         functional = torch.nn.functional
-        x = torch.from_numpy(np.ascontiguousarray(self.logits[queries])).to(self.device)
+        x = self.logits[torch.from_numpy(np.asarray(queries, np.int64)).to(self.device)]
         x = functional.interpolate(x[None], size=self.padded_hw, mode="bilinear",
                                    align_corners=False)
         x = x[:, :, : self.resized_hw[0], : self.resized_hw[1]]
