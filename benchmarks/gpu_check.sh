@@ -78,8 +78,6 @@ step "omg-bench preset:omg-convl @1024 (latency)" 170 "$reports/omg-bench-convl.
   --image-shape 1024x768 --frame-shape 960x720 --prompts 1,16 --batch 1 --dataset photos \
   --num-images 1 --num-videos 1 --frames 6 --video-passes 1 \
   --no-cold-start --runs 20 --out "$reports/convl" --results-section omg-bench-gpu-convl --quiet
-step "kernel benchmark" 90 "$reports/kernels.md" \
-  "$python" benchmarks/bench_kernels.py --json "$reports/kernels.json"
 # Panoptic / instance post-processing at the ConvNeXt-L shapes: the host's numpy path and the
 # same results on the GPU (omg_rt.postprocess.device, what Segmenter does there), side by side.
 step "post-processing host vs GPU" 60 "$reports/post.md" \
@@ -89,6 +87,8 @@ step "post-processing host vs GPU" 60 "$reports/post.md" \
 # to optimise next.
 step "profile of the runtime's calls (ConvNeXt-L)" 90 "$reports/profile.md" \
   "$python" -m benchmarks.profile_calls --device cuda --runs 3 --rows 10
+step "kernel benchmark" 90 "$reports/kernels.md" \
+  "$python" benchmarks/bench_kernels.py --json "$reports/kernels.json"
 # Accuracy deltas of every backend x precision on the tiny model (same weights everywhere).
 step "omg-bench ${OMG_BENCH_MODEL:-preset:tiny} (all backends x precisions, accuracy)" 120 \
   "$reports/omg-bench-tiny.txt" "$python" -m benchmarks.cli "${OMG_BENCH_MODEL:-preset:tiny}" --out "$reports/tiny" \
