@@ -134,3 +134,19 @@ def test_bad_scale_and_std_raise():
         resize_keep_ratio(image, (1024,))
     with pytest.raises(InvalidInputError, match="std"):
         normalize_and_pad(image, std=(1.0, 0.0, 1.0))
+
+
+def test_normalisation_is_the_official_float32_arithmetic_bit_for_bit():
+    # mmdet's DetDataPreprocessor: (float(image) - mean) / std on the (3, H, W) tensor, then zero
+    # padding; fresh random sizes and pixels every run
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng()
+    h, w = (int(v) for v in rng.integers(20, 90, 2))
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    want = (torch.from_numpy(image).permute(2, 0, 1).float() - mean) / std
+    want = torch.nn.functional.pad(want, (0, -w % 32, 0, -h % 32))[None].numpy()
+    got = normalize_and_pad(image)
+    assert got.shape == want.shape, (h, w)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=f"{h}x{w}")
