@@ -5,7 +5,8 @@ PyTorch reference otherwise. ``masked_attention`` runs PyTorch's fused
 ``scaled_dot_product_attention`` with the boolean mask on CUDA: on the H200 of 2026-12-04 it took
 0.5-0.8x the time of our Triton kernel at every decoder shape and dtype (benchmarks/RESULTS.md,
 ``bench_kernels``: 300 queries give the kernel's one pass over the keys too few blocks), so the
-kernel runs only when asked (``triton``; the AOT library ships it too).
+kernel runs only when asked (``triton``; the AOT library ships it too). For a few queries
+(:data:`FEW_QUERIES`: prompts) ``auto`` runs the reference's matrix products instead.
 ``set_impl("reference" | "triton" | "auto")`` chooses for the whole model; ``impl=`` overrides
 per call; ``triton`` also runs on the CPU under ``TRITON_INTERPRET=1``.
 
@@ -23,6 +24,11 @@ import torch
 from kernels.reference import attendable, masked_attention_reference, ms_deform_attn_reference
 
 IMPLS = ("auto", "reference", "triton")
+# At most this many queries (prompts on a cached image), ``auto`` on CUDA runs the reference's
+# two matrix products: the fused SDPA kernel parallelises over query blocks and heads, so one
+# query kept 8 of the H200's 132 SMs busy for 0.55 ms per layer (profile_calls, 2026-12-04), where
+# the products read the keys once at full bandwidth.
+FEW_QUERIES = 32
 _impl = os.environ.get("OMG_KERNELS", "auto")
 
 
@@ -63,6 +69,8 @@ def masked_attention(q, k, v, mask, *, impl: str | None = None) -> torch.Tensor:
     """Masked attention; shapes as :func:`kernels.reference.masked_attention_reference`."""
     choice = impl or _impl
     if choice == "auto" and q.is_cuda:
+        if q.shape[-2] <= FEW_QUERIES:
+            return masked_attention_reference(q, k, v, mask)
         return masked_attention_sdpa(q, k, v, mask)
     if _use_triton(q, impl):
         from kernels.masked_attention_triton import masked_attention_triton

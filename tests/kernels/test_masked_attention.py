@@ -97,6 +97,18 @@ def test_the_sdpa_path_matches_reference(case):
                   masked_attention_reference(q, k, v, None), what="no mask")
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_on_cuda_runs_the_reference_for_a_few_queries_and_sdpa_for_more():
+    few = kernels.FEW_QUERIES
+    for nq, want in ((1, masked_attention_reference), (few, masked_attention_reference),
+                     (few + 1, kernels.masked_attention_sdpa)):
+        q, k, v, mask = (t.cuda() for t in make_inputs(1, 8, nq, 777, 32, 1))
+        got = kernels.masked_attention(q, k, v, mask, impl="auto")
+        assert torch.equal(got, want(q, k, v, mask)), nq
+        assert_parity(got, masked_attention_reference(q, k, v, mask))
+
+
 def test_bad_mask_raises_with_the_argument_name():
     q, k, v, mask = make_inputs(1, 2, 5, 33, 16, 1)
     with pytest.raises(TypeError, match="mask"):
