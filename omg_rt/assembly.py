@@ -179,6 +179,8 @@ def prompt_result(
     iou_logits: np.ndarray,
     class_logits: np.ndarray,
     vocabulary: Vocabulary,
+    *,
+    device: str | None = None,
 ) -> SegmentationResult:
     """One mask per prompt query.
 
@@ -187,16 +189,18 @@ def prompt_result(
         mask_logits: (P, h4, w4) stride-4 mask logits; iou_logits: (P,) float32;
             class_logits: (P, K + 1) float32.
         vocabulary: the K classes.
+        device: as :func:`panoptic_result`.
 
     Returns:
         ``scores`` = sigmoid(IoU head), ``labels`` = best non-void class, ``ids`` = 1..P.
     """
     pr = prompt_results(
-        np.ascontiguousarray(to_host(mask_logits), dtype=np.float32),
+        mask_logits if device is not None else _logits_and_sizes(session, mask_logits)[0],
         iou_logits,
         session.padded_hw,
         session.resized_hw,
         session.original_hw,
+        device=device,
     )
     n = mask_logits.shape[0]
     return SegmentationResult(
@@ -206,7 +210,7 @@ def prompt_result(
         labels=class_logits[:, :-1].argmax(-1).astype(np.int64),
         ids=np.arange(1, n + 1, dtype=np.int64),
         class_names=vocabulary.names,
-        boxes=masks_to_boxes(pr.masks),
+        boxes=pr.boxes if pr.boxes is not None else masks_to_boxes(pr.masks),
         is_thing=np.ones(n, bool),
     )
 

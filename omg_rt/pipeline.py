@@ -81,12 +81,13 @@ class PromptPredictions:
     """One prompt group's outputs on one image.
 
     Attributes:
-        mask_logits: (P, h4, w4) stride-4 mask logits of the padded input.
+        mask_logits: (P, h4, w4) float32 stride-4 mask logits of the padded input (numpy, or a
+            tensor on the backend's device).
         iou_logits: (P,) float32.
         class_logits: (P, K + 1) float32.
     """
 
-    mask_logits: np.ndarray
+    mask_logits: Array
     iou_logits: np.ndarray
     class_logits: np.ndarray
 
@@ -294,7 +295,7 @@ class Pipeline:
         content, position = self.prompt_queries(boxes, resized_hw, pad_to=pad_to)
         outputs = self.decode([frame], content, position, True, class_bank)
         total = boxes.shape[0]
-        mask_logits = to_host(outputs["mask_logits"][0, :total, 0])
+        mask_logits = outputs["mask_logits"][0, :total, 0]
         iou = outputs["iou_logits"][0, :total].astype(np.float32)
         cls = outputs["class_logits"][0, :total].astype(np.float32)
         out = []

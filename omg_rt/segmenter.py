@@ -475,7 +475,8 @@ class Segmenter:
             session.encoded, session.resized_hw, groups, vocabulary.class_bank, pad_to=pad_to
         )
         return [
-            prompt_result(session, p.mask_logits, p.iou_logits, p.class_logits, vocabulary)
+            prompt_result(session, p.mask_logits, p.iou_logits, p.class_logits, vocabulary,
+                          device=self.post_device)
             for p in outputs
         ]
 

@@ -18,6 +18,7 @@ from omg_rt.postprocess.instance import (
     masks_to_boxes,
     select_instances,
 )
+from omg_rt.postprocess.interactive import prompt_results
 from omg_rt.postprocess.masks import upsample_masks
 from omg_rt.postprocess.panoptic import _assign_pixels, panoptic_from_tiles, panoptic_results
 from omg_rt.postprocess.tiles import TiledLogits
@@ -140,6 +141,36 @@ def test_instances_on_the_device_equal_the_host_instances(device, monkeypatch):
     empty = ~got.masks.any((1, 2))
     assert empty.any() and (got.boxes[empty] == 0).all(), seed
 
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("sizes", RESIZES)
+def test_prompt_masks_on_the_device_equal_the_host_masks(device, sizes, monkeypatch):
+    rng, seed = _rng()
+    h4w4, padded, resized, original = sizes
+    logits = (rng.standard_normal((5, *h4w4)) * 3).astype(np.float32)
+    logits[3] = -4.0  # an empty mask
+    iou = rng.standard_normal(5).astype(np.float32)
+    monkeypatch.setattr(device_module, "_BLOCK_ELEMENTS", padded[0] * padded[1] * 2)  # 3 blocks
+    want = prompt_results(logits, iou, padded, resized, original)
+    for given in (logits, torch.from_numpy(logits).to(device)):  # host or device-resident
+        got = prompt_results(given, iou, padded, resized, original, device=device)
+        full = upsample_masks(logits, padded, resized, original)
+        near = (np.abs(full) <= 1e-5 * np.abs(full).max()).sum((1, 2))
+        assert np.all((got.masks != want.masks).sum((1, 2)) <= near), seed
+        np.testing.assert_array_equal(got.scores, want.scores)
+        assert got.boxes is not None and not got.masks[3].any(), seed
+        np.testing.assert_array_equal(got.boxes, masks_to_boxes(got.masks), err_msg=str(seed))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bool_masks_come_back_packed_and_whole(device):
+    rng = np.random.default_rng()
+    for width in (1, 7, 8, 9, 17, 64):
+        values = rng.random((3, 5, width)) < 0.4
+        got = device_module._bool_to_host(torch, torch.from_numpy(values).to(device))
+        assert got.dtype == bool and got.shape == values.shape, width
+        np.testing.assert_array_equal(got, values, err_msg=str(width))
 
 
 @pytest.mark.gpu
