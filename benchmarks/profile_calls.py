@@ -67,13 +67,18 @@ def _profile(name: str, fn: Callable[[], Any], setup: Callable[[], Any], device:
         fn()
         _sync(device)
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    events = prof.key_averages()
+    events = list(prof.key_averages())
+    if cuda:  # the kernels and copies themselves (an op's device time repeats its kernels')
+        from torch.autograd import DeviceType
+
+        events = [e for e in events if e.device_type == DeviceType.CUDA]
     busy = sum(getattr(e, key) for e in events) / 1e3
     wall = statistics.median(walls[1:])
     lines = [f"### {name}", "",
              f"wall p50 {wall:.1f} ms over {runs} runs; {'device' if cuda else 'CPU'} "
              f"self time {busy:.1f} ms ({100 * busy / wall:.0f} % of the wall)", "",
-             "| op | calls | self ms | % of self |", "|---|---:|---:|---:|"]
+             f"| {'kernel' if cuda else 'op'} | calls | self ms | % of self |",
+             "|---|---:|---:|---:|"]
     top = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:rows]
     for e in top:
         ms = getattr(e, key) / 1e3

@@ -148,6 +148,12 @@ class DeviceLogits:
             winner (H, W) int64 slot into ``kept``, confident (H, W) bool, original_area (N,)
             int64 — as :func:`omg_rt.postprocess.panoptic._assign_pixels`.
         """
+        assigned = self.assign_here(kept, scores)
+        return (assigned.winner.cpu().numpy(), assigned.confident.cpu().numpy(),
+                assigned.original_area.cpu().numpy())
+
+    def assign_here(self, kept: np.ndarray, scores: np.ndarray) -> DeviceAssignment:
+        """:meth:`assign`, its maps left on the device (:class:`DeviceAssignment`)."""
         torch = self._torch
         n = int(kept.shape[0])
         if n == 0:
@@ -173,7 +179,7 @@ class DeviceLogits:
                 winner = torch.where(take, index + a, winner)
                 mine = above.gather(0, index[None])[0]
                 confident = torch.where(take, mine, confident)
-        return winner.cpu().numpy(), confident.cpu().numpy(), area.cpu().numpy()
+        return DeviceAssignment(torch, winner, confident, area)
 
     def binary_masks(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``sigmoid > 0.5`` masks of ``queries`` (the prompt branch,
@@ -227,6 +233,41 @@ class DeviceLogits:
                 areas[part] = inside.sum((1, 2)).cpu().numpy()
                 boxes[part] = _boxes(torch, inside).cpu().numpy()
         return masks, sums, areas, boxes
+
+
+class DeviceAssignment:
+    """The per-pixel winners of :meth:`DeviceLogits.assign_here`, still on the device, and the
+    rest of the panoptic merge done there: only N areas and the final (H, W) map come back to
+    the host (the host's bincounts and map were most of a panoptic call's post-processing on
+    the H200).
+
+    Attributes:
+        winner: (H, W) int64 tensor, slot into the kept queries; confident: (H, W) bool tensor;
+        original_area: (N,) int64 tensor.
+    """
+
+    def __init__(self, torch: Any, winner: Any, confident: Any, original_area: Any) -> None:
+        self._torch = torch
+        self.winner, self.confident, self.original_area = winner, confident, original_area
+
+    def areas(self, filter_low_score: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per kept query (N,) int64: the pixels it won, those of them it paints (confident ones,
+        or all of them without ``filter_low_score``), and its ``sigmoid >= 0.5`` pixels."""
+        torch, n = self._torch, int(self.original_area.shape[0])
+        won = torch.bincount(self.winner.flatten(), minlength=n)
+        painted = torch.bincount(self.winner[self.confident], minlength=n) if filter_low_score \
+            else won
+        return won.cpu().numpy(), painted.cpu().numpy(), self.original_area.cpu().numpy()
+
+    def paint(self, value: np.ndarray, void: int, filter_low_score: bool) -> np.ndarray:
+        """(H, W) int32 host map: ``value[winner]`` where painted, else ``void``."""
+        torch = self._torch
+        values = torch.from_numpy(np.ascontiguousarray(value, np.int64)).to(self.winner.device)
+        mapped = values[self.winner]
+        if filter_low_score:
+            mapped = torch.where(self.confident, mapped, void)
+        out: np.ndarray = mapped.to(torch.int32).cpu().numpy()
+        return out
 
 
 def _bool_to_host(torch: Any, values: Any) -> np.ndarray:

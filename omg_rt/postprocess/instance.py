@@ -171,11 +171,11 @@ def instances_from_tiles(
         class_probs, labels, query_indices: (N,) from :func:`select_instances`.
         tiles: all queries' stride-4 mask logits with the image's sizes.
     """
-    distinct, which = np.unique(query_indices, return_inverse=True)
     if isinstance(tiles, DeviceLogits):
-        masks, sums, area, boxes = tiles.instance_masks(distinct)
-        return _scored(class_probs, labels, query_indices, masks[which], sums[which],
-                       area[which], boxes[which])
+        # in result order, a query twice if it has two labels: no reordering copy on the host
+        masks, sums, area, boxes = tiles.instance_masks(query_indices)
+        return _scored(class_probs, labels, query_indices, masks, sums, area, boxes)
+    distinct, which = np.unique(query_indices, return_inverse=True)
     masks, sums = _tile_masks(distinct, tiles)
     return _scored(class_probs, labels, query_indices, masks[which], sums[which])
 

@@ -181,16 +181,19 @@ def _panoptic(
     if kept.size == 0:
         return PanopticResult(id_map=id_map, segments=[])
 
-    if isinstance(mask_logits, TiledLogits):
-        winner, painted, original_area = _assign_tiles(mask_logits, kept, scores[kept])
-    elif isinstance(mask_logits, DeviceLogits):
-        winner, painted, original_area = mask_logits.assign(kept, scores[kept])
+    on_device = None
+    if isinstance(mask_logits, DeviceLogits):  # the merge's maps stay there
+        on_device = mask_logits.assign_here(kept, scores[kept])
+        won_area, painted_area, original_area = on_device.areas(filter_low_score)
     else:
-        winner, painted, original_area = _assign_pixels(mask_logits[kept], scores[kept])
-    won_area = np.bincount(winner.ravel(), minlength=kept.size)
-    if not filter_low_score:
-        painted = np.ones_like(painted)
-    painted_area = np.bincount(winner.ravel(), weights=painted.ravel(), minlength=kept.size)
+        if isinstance(mask_logits, TiledLogits):
+            winner, painted, original_area = _assign_tiles(mask_logits, kept, scores[kept])
+        else:
+            winner, painted, original_area = _assign_pixels(mask_logits[kept], scores[kept])
+        won_area = np.bincount(winner.ravel(), minlength=kept.size)
+        if not filter_low_score:
+            painted = np.ones_like(painted)
+        painted_area = np.bincount(winner.ravel(), weights=painted.ravel(), minlength=kept.size)
 
     value = np.full(kept.size, num_classes, dtype=np.int64)
     segments: list[PanopticSegment] = []
@@ -230,7 +233,10 @@ def _panoptic(
                         area=painted_pixels,
                     )
                 )
-    id_map[...] = np.where(painted, value[winner], num_classes)
+    if on_device is not None:
+        id_map = on_device.paint(value, num_classes, filter_low_score)
+    else:
+        id_map[...] = np.where(painted, value[winner], num_classes)
     return PanopticResult(id_map=id_map, segments=segments)
 
 
