@@ -113,7 +113,8 @@ post = "\n".join(ln for ln in post.splitlines() if ln.startswith(("|", "_"))) or
 profile = (reports / "profile.md").read_text() if (reports / "profile.md").exists() \
     else "(not run)"
 profile = "\n".join(ln for ln in profile.splitlines()
-                    if ln.startswith(("Profile", "###", "wall", "|")) or not ln.strip())
+                    if ln.startswith(("Profile", "###", "wall", "|", "device busy", "host in ops"))
+                    or not ln.strip())
 body = "\n".join(["GPU/TensorRT tests: `" + (tests[-1] if tests else "?") + "`", "", kernels,
                   "", "Post-processing, host (numpy) and `[cuda]` (omg_rt.postprocess.device):",
                   "", post, "", profile])

@@ -66,24 +66,31 @@ def _profile(name: str, fn: Callable[[], Any], setup: Callable[[], Any], device:
     with profile(activities=activities) as prof:
         fn()
         _sync(device)
-    key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    events = list(prof.key_averages())
+    everything = list(prof.key_averages())
+    wall = statistics.median(walls[1:])
+    lines = [f"### {name}", "", f"wall p50 {wall:.1f} ms over {runs} runs", ""]
     if cuda:  # the kernels and copies themselves (an op's device time repeats its kernels')
         from torch.autograd import DeviceType
 
-        events = [e for e in events if e.device_type == DeviceType.CUDA]
-    busy = sum(getattr(e, key) for e in events) / 1e3
-    wall = statistics.median(walls[1:])
-    lines = [f"### {name}", "",
-             f"wall p50 {wall:.1f} ms over {runs} runs; {'device' if cuda else 'CPU'} "
-             f"self time {busy:.1f} ms ({100 * busy / wall:.0f} % of the wall)", "",
-             f"| {'kernel' if cuda else 'op'} | calls | self ms | % of self |",
-             "|---|---:|---:|---:|"]
-    top = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:rows]
-    for e in top:
+        kernels = [e for e in everything if e.device_type == DeviceType.CUDA]
+        lines += _table("kernel", kernels, "self_device_time_total", wall, "device busy", rows)
+        host = [e for e in everything if e.device_type == DeviceType.CPU]
+        lines += _table("host op (incl. launching)", host, "self_cpu_time_total", wall,
+                        "host in ops", rows // 2)
+    else:
+        lines += _table("op", everything, "self_cpu_time_total", wall, "CPU in ops", rows)
+    return [*lines, ""]
+
+
+def _table(what: str, events: list[Any], key: str, wall: float, total_name: str,
+           rows: int) -> list[str]:
+    total = sum(getattr(e, key) for e in events) / 1e3
+    lines = [f"{total_name} {total:.1f} ms ({100 * total / wall:.0f} % of the wall)", "",
+             f"| {what} | calls | self ms | share |", "|---|---:|---:|---:|"]
+    for e in sorted(events, key=lambda e: getattr(e, key), reverse=True)[:rows]:
         ms = getattr(e, key) / 1e3
-        share = 100 * ms / max(busy, 1e-9)
-        lines.append(f"| `{e.key[:70]}` | {e.count} | {ms:.2f} | {share:.1f} |")
+        lines.append(f"| `{e.key[:70]}` | {e.count} | {ms:.2f} | "
+                     f"{100 * ms / max(total, 1e-9):.1f} % |")
     return [*lines, ""]
 
 

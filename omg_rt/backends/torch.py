@@ -127,10 +127,12 @@ class TorchGraph:
         others as numpy."""
         torch = self._torch
         with torch.inference_mode():
-            tensors = {
-                k: (v if is_tensor(v) else torch.from_numpy(np.array(v))).to(self._device)
-                for k, v in feeds.items()
-            }
+            tensors = {}
+            for name, value in feeds.items():
+                t = value if is_tensor(value) else torch.from_numpy(np.array(value))
+                # scalars (the prompt-mode flag) stay on the host: the model reads them as
+                # Python values, and reading one from a GPU waits for all the work queued there
+                tensors[name] = t if t.ndim == 0 else t.to(self._device)
             outputs = self._fn(**tensors)
             result: dict[str, Array] = {}
             for name, out in zip(self.graph.outputs, outputs, strict=True):
