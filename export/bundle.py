@@ -101,9 +101,11 @@ def build_bundle(
     contract = InputContract.at_image_size(spec.preprocess, image_size)
     defs = graph_defs(model)
     graphs: dict[str, dict[str, Any]] = {}
-    flavour_jobs = [(name, "portable") for name in defs]
-    if target != "cpu":
-        flavour_jobs.append((PIXEL_DECODER.name, "tensorrt"))
+    # the pixel decoder's plugin flavour: TensorRT's on GPU targets, the fused graph of ONNX
+    # Runtime's CPU provider (omg_rt.backends.ort_ops) on the cpu target
+    plugin_key, plugin_dir = ("tensorrt_files", "tensorrt") if target != "cpu" else \
+        ("fused_files", "fused")
+    flavour_jobs = [(name, "portable") for name in defs] + [(PIXEL_DECODER.name, "tensorrt")]
     for name, flavour in tqdm(flavour_jobs, desc="onnx export", unit="graph", disable=not show):
         if flavour == "portable":
             path = export_graph(defs[name], work / f"{name}.onnx")
@@ -111,8 +113,8 @@ def build_bundle(
                             "dynamic_axes": {t: {str(a): s for a, s in axes.items()}
                                              for t, axes in defs[name].dynamic_axes.items()}}
         else:
-            path = export_graph(defs[name], work / "tensorrt" / f"{name}.onnx", flavour=flavour)
-            graphs[name]["tensorrt_files"] = {"fp32": f"tensorrt/{name}.onnx"}
+            path = export_graph(defs[name], work / plugin_dir / f"{name}.onnx", flavour=flavour)
+            graphs[name][plugin_key] = {"fp32": f"{plugin_dir}/{name}.onnx"}
 
     content, position = (q[0].detach().numpy() for q in model.learned_queries(1))
     np.savez(work / QUERIES_FILE, query_content=content, query_position=position)
@@ -135,7 +137,9 @@ def build_bundle(
                 graphs[name]["tensorrt_files"]["fp16"] = graphs[name]["tensorrt_files"]["fp32"]
     if "int8" in precisions:
         images = _calibration_images(calib_images, image_size, mean, std)
-        _quantize(work, images, target, show)
+        if _quantize(work, images, target, show):
+            fused_int8 = f"int8/fused/{PIXEL_DECODER.name}.onnx"
+            graphs[PIXEL_DECODER.name]["fused_files"]["int8"] = fused_int8
         for name in precision_mod.INT8_GRAPHS:
             graphs[name]["files"]["int8"] = f"int8/{name}.onnx"
     for entry in graphs.values():  # graphs left in FP32 serve every precision
@@ -143,6 +147,10 @@ def build_bundle(
             entry["files"].setdefault(p, entry["files"]["fp32"])
             if "tensorrt_files" in entry:
                 entry["tensorrt_files"].setdefault(p, entry["tensorrt_files"]["fp32"])
+            # a fused graph serves a precision only where the portable graph is the FP32 one (an
+            # INT8 fused graph left out stays left out: the portable INT8 graph runs)
+            if "fused_files" in entry and entry["files"][p] == entry["files"]["fp32"]:
+                entry["fused_files"].setdefault(p, entry["fused_files"]["fp32"])
 
     report: dict[str, Any] = {"skipped": True, "passed": None}
     if verify:
@@ -246,7 +254,10 @@ def _calibration_images(calib_images, image_size: int, mean, std) -> list[np.nda
     return tensors
 
 
-def _quantize(work: Path, images: list[np.ndarray], target: str, show: bool) -> None:
+def _quantize(work: Path, images: list[np.ndarray], target: str, show: bool) -> bool:
+    """INT8 encoder and pixel decoder; on the cpu target also the fused pixel decoder, with the
+    portable one's activation ranges (False where omg-rt's custom operator cannot be built
+    here to pre-process it: the bundle then has no INT8 fused graph)."""
     import onnxruntime as ort
 
     symmetric = target != "cpu"  # TensorRT reads only symmetric (zero-point 0) QDQ
@@ -254,10 +265,24 @@ def _quantize(work: Path, images: list[np.ndarray], target: str, show: bool) -> 
                                 [{"image": x} for x in images], desc="int8 calibration: encoder",
                                 progress=show, symmetric_activations=symmetric)
     session = ort.InferenceSession(str(work / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    ranges = work / "pixel_decoder.calibration.json"
     precision_mod.quantize_int8(work / "pixel_decoder.onnx", work / "int8" / "pixel_decoder.onnx",
                                 precision_mod.encoder_feeds(session, images),
                                 desc="int8 calibration: pixel decoder", progress=show,
-                                symmetric_activations=symmetric)
+                                symmetric_activations=symmetric, keep_calibration=ranges)
+    fused = work / "fused" / "pixel_decoder.onnx"
+    try:
+        if target != "cpu":
+            return False
+        precision_mod.alias_calibration(ranges, work / "pixel_decoder.onnx", fused, ranges)
+        precision_mod.quantize_int8(fused, work / "int8" / "fused" / "pixel_decoder.onnx", [],
+                                    desc="int8: fused pixel decoder", progress=show,
+                                    calibration=ranges)
+        return True
+    except BackendUnavailableError:
+        return False
+    finally:
+        ranges.unlink()
 
 
 def _manifest(spec, contract: InputContract, target, precisions, graphs: dict[str, Any],

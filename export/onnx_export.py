@@ -85,6 +85,7 @@ def export_graph(
         model = onnxslim.slim(model)
     _check_names(model, graph)
     _fix_output_shapes(model, graph)
+    _type_untyped_value_info(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_model(model, path, external_data_bytes=external_data_bytes)
     return path
@@ -124,6 +125,24 @@ def _check_names(model: onnx.ModelProto, graph: GraphDef) -> None:
             f"{graph.io.name}: exported I/O {inputs} -> {outputs} differs from the contract "
             f"{graph.io.inputs} -> {graph.io.outputs} (omg_rt.spec)"
         )
+
+
+def _type_untyped_value_info(model: onnx.ModelProto) -> None:
+    """Type the intermediate value infos the exporter leaves without an element type: the
+    plugin node's outputs, which it cannot infer. ONNX Runtime refuses a graph with an untyped
+    one ("Invalid tensor data type 0"); typed float32 (the plugin's output is its value input's
+    type, float32 in every exported graph), ONNX shape inference carries the type on to the
+    quantizer."""
+    for value in model.graph.value_info:
+        if not value.type.tensor_type.elem_type:
+            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    known = {v.name for v in model.graph.value_info} | {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        if node.domain and node.domain != "ai.onnx":  # a custom node: ONNX cannot infer it
+            for name in node.output:
+                if name not in known:
+                    model.graph.value_info.append(
+                        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
 
 
 def _fix_output_shapes(model: onnx.ModelProto, graph: GraphDef) -> None:

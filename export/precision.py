@@ -21,6 +21,7 @@ stays FP32: its masked attention thresholds mask logits at 0, and INT8 flips tho
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -45,6 +46,7 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from tqdm import tqdm
 
 from export.onnx_export import EXTERNAL_DATA_BYTES, save_model
+from omg_rt.backends import ort_ops
 from omg_rt.errors import InvalidInputError
 from omg_rt.preprocess import keep_ratio_size, normalize_and_pad, prepare_image
 from omg_rt.spec import IMAGENET_MEAN, IMAGENET_STD, SIZE_DIVISOR
@@ -178,7 +180,8 @@ class _FeedReader(CalibrationDataReader):
 
 def quantize_int8(source: Path, target: Path, feeds: Sequence[dict[str, np.ndarray]], *,
                   desc: str, progress: bool = True, symmetric_activations: bool = False,
-                  external_data_bytes: int = EXTERNAL_DATA_BYTES) -> Path:
+                  external_data_bytes: int = EXTERNAL_DATA_BYTES,
+                  calibration: Path | None = None, keep_calibration: Path | None = None) -> Path:
     """Static QDQ INT8 quantization of ``source`` calibrated on ``feeds``; external data in and out.
 
     Weights: per-channel symmetric INT8 (Conv: output channels, MatMul / Gemm: output columns).
@@ -194,11 +197,18 @@ def quantize_int8(source: Path, target: Path, feeds: Sequence[dict[str, np.ndarr
     written with :func:`export.onnx_export.save_model` (weights in ``<target>.data`` when they
     exceed ``external_data_bytes``).
 
+    ``calibration``: activation ranges saved by an earlier call (``keep_calibration``) instead of
+    calibrating here: the fused flavour of a graph (omg-rt's custom operator in place of the
+    GridSample form, ``omg_rt.backends.ort_ops``) takes the ranges of its portable twin, whose
+    quantized tensors have the same names; ``feeds`` are then not run.
+
     Raises:
         InvalidInputError: ``feeds`` empty, or a feed whose names, dtypes or shapes do not fit
             ``source``'s inputs.
+        BackendUnavailableError: a graph with omg-rt's custom operator where it cannot be built.
     """
-    _check_feeds(source, feeds)
+    if calibration is None:
+        _check_feeds(source, feeds)
     target.parent.mkdir(parents=True, exist_ok=True)
     activation = QuantType.QInt8 if symmetric_activations else QuantType.QUInt8
     with tempfile.TemporaryDirectory(prefix=f".{target.stem}.int8-", dir=target.parent) as tmp:
@@ -207,14 +217,19 @@ def quantize_int8(source: Path, target: Path, feeds: Sequence[dict[str, np.ndarr
         ranges = work / "calibration.json"
         _pre_process(source, prepared)
         with _temp_dir(work):  # onnxruntime.quantization's own temporary files land here too
-            # calibrate first and free the calibration session before the quantizer loads the
-            # model again: ConvNeXt-L at 512 peaks at 6 GB instead of 7.2 GB
-            calibrator = create_calibrator(
-                prepared, list(INT8_OPS), augmented_model_path=str(work / "augmented.onnx"),
-                calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True)
-            calibrator.collect_data(_FeedReader(feeds, desc, progress))
-            save_tensors_data(calibrator.compute_data(), ranges)
-            del calibrator
+            if calibration is not None:
+                shutil.copyfile(calibration, ranges)
+            else:
+                # calibrate first and free the calibration session before the quantizer loads
+                # the model again: ConvNeXt-L at 512 peaks at 6 GB instead of 7.2 GB
+                calibrator = create_calibrator(
+                    prepared, list(INT8_OPS), augmented_model_path=str(work / "augmented.onnx"),
+                    calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True)
+                calibrator.collect_data(_FeedReader(feeds, desc, progress))
+                save_tensors_data(calibrator.compute_data(), ranges)
+                del calibrator
+            if keep_calibration is not None:
+                shutil.copyfile(ranges, keep_calibration)
             quantize_static(
                 str(prepared), str(quantized), None, calibration_cache_path=ranges,
                 quant_format=QuantFormat.QDQ,
@@ -329,6 +344,8 @@ def _pre_process(source: Path, prepared: Path) -> None:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(optimized)
+    if _uses_custom_ops(source):
+        ort_ops.register(options)
     options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                      optimized.name + ".data")
     options.add_session_config_entry(
@@ -338,6 +355,43 @@ def _pre_process(source: Path, prepared: Path) -> None:
     model = onnx.load_model(str(prepared), load_external_data=False)
     add_pre_process_metadata(model)  # tells quantize_static that the pre-processing ran
     onnx.save_model(model, str(prepared))  # the weights stay in the optimised model's data file
+
+
+def alias_calibration(ranges: Path, portable: Path, fused: Path, out: Path) -> int:
+    """Activation ranges of ``portable`` (``keep_calibration``) for its fused twin ``fused``:
+    where a quantized op (same node name in both) reads or writes a tensor named differently in
+    the fused graph (the deformable attention's output, produced there by the custom node), the
+    fused name gets the portable tensor's range: the values are the same.
+
+    Returns:
+        How many ranges were added.
+    """
+    import json
+
+    payload = json.loads(ranges.read_text())
+    data = payload["data"]
+
+    def quantized(path: Path) -> dict[str, onnx.NodeProto]:
+        graph = onnx.load_model(str(path), load_external_data=False).graph
+        return {n.name: n for n in graph.node if n.op_type in INT8_OPS}
+
+    theirs, ours = quantized(portable), quantized(fused)
+    added = 0
+    for name, node in ours.items():
+        twin = theirs.get(name)
+        if twin is None or twin.op_type != node.op_type:
+            continue
+        for mine, its in zip([*node.input, *node.output], [*twin.input, *twin.output]):
+            if mine != its and its in data and mine not in data:
+                data[mine] = data[its]
+                added += 1
+    out.write_text(json.dumps(payload))
+    return added
+
+
+def _uses_custom_ops(path: Path) -> bool:
+    model = onnx.load_model(str(path), load_external_data=False)
+    return any(node.domain == ort_ops.DOMAIN for node in model.graph.node)
 
 
 @contextmanager

@@ -41,7 +41,9 @@ Manifest keys (``format_version`` 3; :class:`Manifest` holds them):
   or ``trt_plugin`` (TensorRT targets: ``tensorrt/pixel_decoder.onnx`` holds
   ``MultiscaleDeformableAttnPlugin_TRT`` nodes, the ``files`` entries stay portable).
 - ``graphs``: ``{name: {"files": {precision: path}, "tensorrt_files": {precision: path} (TensorRT
-  targets), "inputs": {name: {"shape": [...], "dtype": str}}, "outputs": {...},
+  targets), "fused_files": {precision: path} (the ``cpu`` target's pixel decoder with the same
+  plugin nodes, run by ONNX Runtime's CPU provider with ``omg_rt.backends.ort_ops``; optional),
+  "inputs": {name: {"shape": [...], "dtype": str}}, "outputs": {...},
   "dynamic_axes": {tensor: {axis index (str): symbol}}}}`` (:class:`GraphEntry`); symbolic
   dimensions are strings (``N`` images, ``B`` batch, ``T`` frames with N = B x T, ``Q`` queries or
   prompts, ``K`` classes, ``K+1`` classes and void, ``S`` synonyms, ``H`` / ``W`` the padded
@@ -265,6 +267,8 @@ class GraphEntry:
         inputs, outputs: the graph's I/O (symbolic dimensions as strings).
         dynamic_axes: tensor -> {axis index: symbol}.
         tensorrt_files: precision -> the TensorRT flavour's path (plugin nodes), if exported.
+        fused_files: precision -> the same flavour for ONNX Runtime's CPU provider (the plugin
+            node as omg-rt's custom operator, :mod:`omg_rt.backends.ort_ops`), if exported.
     """
 
     name: str
@@ -273,6 +277,7 @@ class GraphEntry:
     outputs: dict[str, TensorSpec]
     dynamic_axes: dict[str, dict[str, str]] = field(default_factory=dict)
     tensorrt_files: dict[str, str] | None = None
+    fused_files: dict[str, str] | None = None
 
     def tensorrt_source(self, precision: str) -> str:
         """The file TensorRT parses: the plugin flavour where exported, else the portable one."""
@@ -287,11 +292,13 @@ class GraphEntry:
         }
         if self.tensorrt_files is not None:
             out["tensorrt_files"] = dict(self.tensorrt_files)
+        if self.fused_files is not None:
+            out["fused_files"] = dict(self.fused_files)
         return out
 
     @classmethod
     def from_dict(cls, name: str, value: Any, where: str) -> GraphEntry:
-        r = _Reader(value, where, ("files", "tensorrt_files", "inputs", "outputs",
+        r = _Reader(value, where, ("files", "tensorrt_files", "fused_files", "inputs", "outputs",
                                    "dynamic_axes"))
         files = r.str_map("files")
         assert files is not None
@@ -312,6 +319,7 @@ class GraphEntry:
             outputs=_tensors(r.get("outputs", dict), f"{where}.outputs"),
             dynamic_axes={t: dict(a) for t, a in axes.items()},
             tensorrt_files=r.str_map("tensorrt_files", optional=True),
+            fused_files=r.str_map("fused_files", optional=True),
         )
 
 
@@ -581,7 +589,8 @@ class Manifest:
         if self.tokenizer_file is not None:
             used.append(self.tokenizer_file)
         for graph in self.graphs.values():
-            used += list(graph.files.values()) + list((graph.tensorrt_files or {}).values())
+            for files in (graph.files, graph.tensorrt_files or {}, graph.fused_files or {}):
+                used += list(files.values())
         return used
 
 

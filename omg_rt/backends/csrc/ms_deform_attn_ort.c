@@ -1,0 +1,241 @@
+/* ONNX Runtime custom operator trt::MultiscaleDeformableAttnPlugin_TRT on the CPU (FP32), the
+ * node the TensorRT flavour of omg-rt's pixel decoder carries (kernels/trt_plugin.py): inputs
+ * value (N, S, M, D), spatial_shapes (L, 2) int32, level_start_index (L,) int32,
+ * sampling_locations (N, Lq, M, L, P, 2), attention_weights (N, Lq, M, L, P); output
+ * (N, Lq, M, D). The computation is ms_deform_attn_compute.h, split over ONNX Runtime's own
+ * intra-op threads.
+ *
+ * Built without ONNX Runtime's headers: the library declares what it uses of the C ABI itself.
+ * OrtApi is a table of function pointers that only ever grows (entries keep their place across
+ * releases), so each function is taken from the table by its place; OrtCustomOp is filled up to
+ * the fields of ORT_CUSTOM_OP_VERSION, and ONNX Runtime reads no field added after that version.
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ms_deform_attn_compute.h"
+
+typedef struct OrtStatus OrtStatus;
+typedef struct OrtValue OrtValue;
+typedef struct OrtKernelContext OrtKernelContext;
+typedef struct OrtKernelInfo OrtKernelInfo;
+typedef struct OrtCustomOpDomain OrtCustomOpDomain;
+typedef struct OrtSessionOptions OrtSessionOptions;
+typedef struct OrtTensorTypeAndShapeInfo OrtTensorTypeAndShapeInfo;
+typedef void OrtApiTable; /* const OrtApi*: read as an array of function pointers */
+
+typedef struct OrtApiBase {
+    const OrtApiTable* (*GetApi)(uint32_t version);
+    const char* (*GetVersionString)(void);
+} OrtApiBase;
+
+/* The API version asked of ONNX Runtime: the oldest that has every entry used below
+ * (KernelContext_ParallelFor, the newest of them, came with ONNX Runtime 1.17). */
+#define OMG_ORT_API_VERSION 17
+/* OrtCustomOp fields filled in: through KernelComputeV2 (version 16), which returns a status */
+#define ORT_CUSTOM_OP_VERSION 16
+
+enum { ORT_FLOAT = 1, ORT_INT32 = 6 };  /* ONNXTensorElementDataType */
+enum { INPUT_OUTPUT_REQUIRED = 0 };  /* OrtCustomOpInputOutputCharacteristic */
+enum { ORT_INVALID_ARGUMENT = 2 };  /* OrtErrorCode */
+enum { ORT_MEM_TYPE_DEFAULT = 0 };  /* OrtMemType */
+
+/* Places in OrtApi (0-based) of the entries used. */
+enum {
+    API_CreateStatus = 0,
+    API_CreateCustomOpDomain = 26,
+    API_CustomOpDomain_Add = 27,
+    API_AddCustomOpDomain = 28,
+    API_GetTensorMutableData = 51,
+    API_GetTensorElementType = 60,
+    API_GetDimensionsCount = 61,
+    API_GetDimensions = 62,
+    API_GetTensorTypeAndShape = 65,
+    API_KernelContext_GetInput = 90,
+    API_KernelContext_GetOutput = 91,
+    API_ReleaseTensorTypeAndShapeInfo = 99,
+    API_KernelContext_ParallelFor = 274,
+};
+
+typedef OrtStatus* (*CreateStatusFn)(int code, const char* message);
+typedef OrtStatus* (*CreateCustomOpDomainFn)(const char* domain, OrtCustomOpDomain** out);
+typedef OrtStatus* (*CustomOpDomainAddFn)(OrtCustomOpDomain* domain, const void* op);
+typedef OrtStatus* (*AddCustomOpDomainFn)(OrtSessionOptions* options, OrtCustomOpDomain* domain);
+typedef OrtStatus* (*GetTensorMutableDataFn)(OrtValue* value, void** out);
+typedef OrtStatus* (*GetTensorTypeAndShapeFn)(const OrtValue* value,
+                                               OrtTensorTypeAndShapeInfo** out);
+typedef OrtStatus* (*GetDimensionsCountFn)(const OrtTensorTypeAndShapeInfo* info, size_t* out);
+typedef OrtStatus* (*GetDimensionsFn)(const OrtTensorTypeAndShapeInfo* info, int64_t* values,
+                                      size_t count);
+typedef OrtStatus* (*GetTensorElementTypeFn)(const OrtTensorTypeAndShapeInfo* info, int* out);
+typedef void (*ReleaseTensorTypeAndShapeInfoFn)(OrtTensorTypeAndShapeInfo* info);
+typedef OrtStatus* (*KernelContextGetInputFn)(const OrtKernelContext* context, size_t index,
+                                             const OrtValue** out);
+typedef OrtStatus* (*KernelContextGetOutputFn)(OrtKernelContext* context, size_t index,
+                                              const int64_t* dims, size_t count, OrtValue** out);
+typedef OrtStatus* (*KernelContextParallelForFn)(OrtKernelContext* context,
+                                                void (*fn)(void*, size_t), size_t total,
+                                                size_t num_batch, void* user_data);
+
+typedef struct OmgCustomOp {
+    uint32_t version;
+    void* (*CreateKernel)(const struct OmgCustomOp* op, const OrtApiTable* api,
+                          const OrtKernelInfo* info);
+    const char* (*GetName)(const struct OmgCustomOp* op);
+    const char* (*GetExecutionProviderType)(const struct OmgCustomOp* op);
+    int (*GetInputType)(const struct OmgCustomOp* op, size_t index);
+    size_t (*GetInputTypeCount)(const struct OmgCustomOp* op);
+    int (*GetOutputType)(const struct OmgCustomOp* op, size_t index);
+    size_t (*GetOutputTypeCount)(const struct OmgCustomOp* op);
+    void (*KernelCompute)(void* kernel, OrtKernelContext* context);
+    void (*KernelDestroy)(void* kernel);
+    int (*GetInputCharacteristic)(const struct OmgCustomOp* op, size_t index);
+    int (*GetOutputCharacteristic)(const struct OmgCustomOp* op, size_t index);
+    int (*GetInputMemoryType)(const struct OmgCustomOp* op, size_t index);
+    int (*GetVariadicInputMinArity)(const struct OmgCustomOp* op);
+    int (*GetVariadicInputHomogeneity)(const struct OmgCustomOp* op);
+    int (*GetVariadicOutputMinArity)(const struct OmgCustomOp* op);
+    int (*GetVariadicOutputHomogeneity)(const struct OmgCustomOp* op);
+    OrtStatus* (*CreateKernelV2)(const struct OmgCustomOp* op, const OrtApiTable* api,
+                                 const OrtKernelInfo* info, void** kernel);
+    OrtStatus* (*KernelComputeV2)(void* kernel, OrtKernelContext* context);
+} OmgCustomOp;
+
+static const void* const* g_api = NULL;
+#define ORT(name, type) ((type)(g_api[API_##name]))
+
+/* ------------------------------------------------------------------ the kernel */
+
+typedef struct {
+    MsdaArgs args;
+    int64_t chunk;  /* items per task */
+} MsdaTask;
+
+static void msda_task(void* data, size_t index) {
+    const MsdaTask* task = (const MsdaTask*)data;
+    const int64_t total = task->args.n * task->args.lq;
+    const int64_t begin = (int64_t)index * task->chunk;
+    const int64_t end = begin + task->chunk < total ? begin + task->chunk : total;
+    msda_items(&task->args, begin, end);
+}
+
+/* dims of input `index` into dims[0..max) -> rank, or -1 with the element type not `want` */
+static int64_t input_dims(OrtKernelContext* context, size_t index, int want, int64_t* dims,
+                          size_t max, const void** data) {
+    const OrtValue* value = NULL;
+    OrtTensorTypeAndShapeInfo* info = NULL;
+    size_t rank = 0;
+    int type = 0;
+    if (ORT(KernelContext_GetInput, KernelContextGetInputFn)(context, index, &value) || !value)
+        return -1;
+    if (ORT(GetTensorTypeAndShape, GetTensorTypeAndShapeFn)(value, &info)) return -1;
+    int ok = !ORT(GetTensorElementType, GetTensorElementTypeFn)(info, &type) && type == want &&
+             !ORT(GetDimensionsCount, GetDimensionsCountFn)(info, &rank) && rank <= max &&
+             !ORT(GetDimensions, GetDimensionsFn)(info, dims, rank);
+    ORT(ReleaseTensorTypeAndShapeInfo, ReleaseTensorTypeAndShapeInfoFn)(info);
+    if (!ok) return -1;
+    void* pointer = NULL;
+    if (ORT(GetTensorMutableData, GetTensorMutableDataFn)((OrtValue*)value, &pointer)) return -1;
+    *data = pointer;
+    return (int64_t)rank;
+}
+
+static OrtStatus* invalid(const char* message) {
+    return ORT(CreateStatus, CreateStatusFn)(ORT_INVALID_ARGUMENT, message);
+}
+
+static OrtStatus* msda_compute(void* kernel, OrtKernelContext* context) {
+    (void)kernel;
+    int64_t v[8], sh[8], st[8], lo[8], w[8];
+    const void *value, *shapes, *starts, *locations, *weights;
+    if (input_dims(context, 0, ORT_FLOAT, v, 8, &value) != 4 ||
+        input_dims(context, 1, ORT_INT32, sh, 8, &shapes) != 2 ||
+        input_dims(context, 2, ORT_INT32, st, 8, &starts) != 1 ||
+        input_dims(context, 3, ORT_FLOAT, lo, 8, &locations) != 6 ||
+        input_dims(context, 4, ORT_FLOAT, w, 8, &weights) != 5)
+        return invalid("MultiscaleDeformableAttnPlugin_TRT: expected float32 value (N, S, M, D), "
+                       "int32 spatial_shapes (L, 2) and level_start_index (L,), float32 "
+                       "sampling_locations (N, Lq, M, L, P, 2) and attention_weights "
+                       "(N, Lq, M, L, P)");
+    const int64_t n = v[0], s = v[1], m = v[2], d = v[3], lq = lo[1], l = lo[3], p = lo[4];
+    if (sh[0] != l || sh[1] != 2 || st[0] != l || lo[0] != n || lo[2] != m || lo[5] != 2 ||
+        w[0] != n || w[1] != lq || w[2] != m || w[3] != l || w[4] != p)
+        return invalid("MultiscaleDeformableAttnPlugin_TRT: the inputs' N, M, L, Lq or P "
+                       "disagree");
+    if (d > OMG_MSDA_MAX_D) return invalid("MultiscaleDeformableAttnPlugin_TRT: D > 1024");
+    const int32_t* shape_values = (const int32_t*)shapes;
+    const int32_t* start_values = (const int32_t*)starts;
+    for (int64_t i = 0; i < l; ++i) {  /* every level inside the value tensor */
+        int64_t h = shape_values[2 * i], wd = shape_values[2 * i + 1];
+        if (h < 1 || wd < 1 || start_values[i] < 0 || start_values[i] + h * wd > s)
+            return invalid("MultiscaleDeformableAttnPlugin_TRT: a level lies outside value");
+    }
+    const int64_t out_dims[4] = {n, lq, m, d};
+    OrtValue* out = NULL;
+    void* out_data = NULL;
+    OrtStatus* status =
+        ORT(KernelContext_GetOutput, KernelContextGetOutputFn)(context, 0, out_dims, 4, &out);
+    if (status) return status;
+    status = ORT(GetTensorMutableData, GetTensorMutableDataFn)(out, &out_data);
+    if (status) return status;
+    MsdaTask task = {{(const float*)value, shape_values, start_values, (const float*)locations,
+                      (const float*)weights, (float*)out_data, n, s, m, d, lq, l, p},
+                     64};
+    const int64_t total = n * lq;
+    if (total == 0) return NULL;
+    const size_t tasks = (size_t)((total + task.chunk - 1) / task.chunk);
+    return ORT(KernelContext_ParallelFor, KernelContextParallelForFn)(context, msda_task, tasks,
+                                                                     0, &task);
+}
+
+/* ------------------------------------------------------------------ the operator */
+
+static void* op_create_kernel(const OmgCustomOp* op, const OrtApiTable* api,
+                              const OrtKernelInfo* info) {
+    (void)op; (void)api; (void)info;
+    static int kernel;  /* stateless: any non-NULL pointer */
+    return &kernel;
+}
+static const char* op_name(const OmgCustomOp* op) { (void)op; return "MultiscaleDeformableAttnPlugin_TRT"; }
+static const char* op_provider(const OmgCustomOp* op) { (void)op; return "CPUExecutionProvider"; }
+static int op_input_type(const OmgCustomOp* op, size_t index) {
+    (void)op;
+    return index == 1 || index == 2 ? ORT_INT32 : ORT_FLOAT;
+}
+static size_t op_input_count(const OmgCustomOp* op) { (void)op; return 5; }
+static int op_output_type(const OmgCustomOp* op, size_t index) { (void)op; (void)index; return ORT_FLOAT; }
+static size_t op_output_count(const OmgCustomOp* op) { (void)op; return 1; }
+static void op_destroy(void* kernel) { (void)kernel; }
+static int op_required(const OmgCustomOp* op, size_t index) {
+    (void)op; (void)index;
+    return INPUT_OUTPUT_REQUIRED;
+}
+static int op_memory(const OmgCustomOp* op, size_t index) {
+    (void)op; (void)index;
+    return ORT_MEM_TYPE_DEFAULT;
+}
+static int op_one(const OmgCustomOp* op) { (void)op; return 1; }  /* variadic: unused */
+
+static const OmgCustomOp g_op = {
+    ORT_CUSTOM_OP_VERSION, op_create_kernel, op_name, op_provider, op_input_type,
+    op_input_count, op_output_type, op_output_count,
+    NULL,  /* KernelCompute: KernelComputeV2 runs, and reports bad inputs as a status */
+    op_destroy, op_required, op_required, op_memory, op_one, op_one, op_one, op_one,
+    NULL,  /* CreateKernelV2: CreateKernel runs */
+    msda_compute,
+};
+
+/* The entry point of SessionOptions.register_custom_ops_library. */
+OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
+    g_api = (const void* const*)base->GetApi(OMG_ORT_API_VERSION);
+    if (!g_api) return NULL;  /* an ONNX Runtime older than 1.17: register nothing */
+    OrtCustomOpDomain* domain = NULL;
+    OrtStatus* status = ORT(CreateCustomOpDomain, CreateCustomOpDomainFn)("trt", &domain);
+    if (status) return status;
+    status = ORT(CustomOpDomain_Add, CustomOpDomainAddFn)(domain, &g_op);
+    if (status) return status;
+    return ORT(AddCustomOpDomain, AddCustomOpDomainFn)(options, domain);
+}
+
+/* For tests: the computation alone, on the calling thread. */
+void omg_msda_forward(const MsdaArgs* args) { msda_items(args, 0, args->n * args->lq); }

@@ -1,0 +1,108 @@
+"""ONNX Runtime custom operators of omg-rt: multi-scale deformable attention as one CPU kernel.
+
+ONNX has no deformable attention: the portable graphs spell it as one ``GridSample`` per level
+plus the weighting (``Mul``, ``ReduceSum``, ``Add``), which on ConvNeXt-L at 768x1024 cost half
+of ONNX Runtime's pixel decoder on the CPU (GridSample reads 32 channel planes per corner; the
+weighting writes and re-reads every sample). ``csrc/ms_deform_attn_ort.c`` is the same
+computation as one kernel over the head-contiguous value layout, registered with ONNX Runtime's
+C API for the node the TensorRT flavour of the graphs already carries
+(``trt::MultiscaleDeformableAttnPlugin_TRT``, :mod:`kernels.trt_plugin`): one graph for TensorRT
+and for ONNX Runtime with this library.
+
+The library is compiled on first use with the machine's C compiler (``cc``; ``CC`` overrides)
+for this CPU, into ``$OMG_RT_CACHE`` (default ``~/.cache/omg-rt``), keyed by the source, the
+compiler and the CPU; it needs no ONNX Runtime headers (the few C API entries it calls are
+declared in the source by their place in ``OrtApi``, which only ever grows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from omg_rt.errors import BackendUnavailableError
+
+DOMAIN = "trt"
+OP_NAME = "MultiscaleDeformableAttnPlugin_TRT"
+_SOURCES = ("ms_deform_attn_compute.h", "ms_deform_attn_ort.c")
+_lock = threading.Lock()
+_built: dict[str, Path] = {}
+
+
+def _source_dir() -> Path:
+    return Path(__file__).resolve().parent / "csrc"
+
+
+def _cpu_key() -> str:
+    """What the compiled code depends on besides the source: the machine and its CPU flags."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = line
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()}|{flags}"
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("OMG_RT_CACHE") or os.path.join(Path.home(), ".cache", "omg-rt")
+    return Path(root) / "ort-ops"
+
+
+def library() -> Path:
+    """The custom-op shared library, compiled once per source, compiler and CPU.
+
+    Raises:
+        BackendUnavailableError: no C compiler, or it failed (its message included).
+    """
+    compiler = os.environ.get("CC", "cc")
+    found = shutil.which(compiler)
+    if found is None:
+        raise BackendUnavailableError(
+            f"onnxruntime custom ops: no C compiler ({compiler!r} is not on PATH); install one "
+            "(Debian: apt-get install gcc) or use a bundle exported without fused ops")
+    digest = hashlib.sha256()
+    for name in _SOURCES:
+        digest.update((_source_dir() / name).read_bytes())
+    digest.update(f"{found}|{_cpu_key()}".encode())
+    key = digest.hexdigest()[:16]
+    with _lock:
+        if key in _built:
+            return _built[key]
+        target = _cache_dir() / key / "libomg_ort_ops.so"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as work:
+                partial = Path(work) / target.name
+                command = [found, "-O3", "-march=native", "-fPIC", "-shared", "-std=c11",
+                           "-o", str(partial), str(_source_dir() / "ms_deform_attn_ort.c"), "-lm"]
+                done = subprocess.run(command, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    raise BackendUnavailableError(
+                        f"onnxruntime custom ops: {' '.join(command)} failed: "
+                        f"{done.stderr.strip()[-2000:]}")
+                os.replace(partial, target)  # atomic: another process may build the same
+        _built[key] = target
+        return target
+
+
+def register(options: Any) -> None:
+    """Register the library with an ``onnxruntime.SessionOptions``."""
+    options.register_custom_ops_library(str(library()))
+
+
+def missing_from(error: BaseException) -> bool:
+    """Whether ONNX Runtime refused a graph for want of this library's operator."""
+    return OP_NAME in str(error)
+
+
+__all__ = ["DOMAIN", "OP_NAME", "library", "missing_from", "register"]
