@@ -115,6 +115,7 @@ class Segmenter:
         post_device: str | None = "auto",
         verify: bool = True,
         tensorrt_options: dict[str, Any] | None = None,
+        fused_ops: bool = True,
     ) -> Segmenter:
         """Load a bundle and open its graphs.
 
@@ -130,6 +131,9 @@ class Segmenter:
             post_device: where masks are post-processed (see the class).
             verify: check every file's sha256 against the manifest.
             tensorrt_options: see :class:`omg_rt.backends.tensorrt.TensorRTOptions`.
+            fused_ops: ONNX Runtime on the CPU runs the bundle's fused pixel decoder where
+                omg-rt's custom operator builds (:mod:`omg_rt.backends.ort_ops`); False: the
+                portable graph always (the values of a Triton repository's graphs, bit for bit).
         """
         bundle = load_bundle(path, verify=verify)
         model = None
@@ -144,6 +148,7 @@ class Segmenter:
             model, _ = load_torch_model(checkpoint)
         options = dict(tensorrt_options or {})
         options["threads"] = threads
+        options["fused_ops"] = fused_ops
         choice = open_backends(
             backend,
             bundle=bundle,

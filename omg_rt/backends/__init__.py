@@ -66,7 +66,7 @@ def _open_onnxruntime(
     chosen = choose_providers(providers)
     return {
         name: OnnxRuntimeGraph(
-            _onnxruntime_file(bundle, name, precision, chosen),
+            _onnxruntime_file(bundle, name, precision, chosen, options.get("fused_ops", True)),
             providers=chosen,
             intra_op_threads=options.get("threads", 0),
             trt_cache_dir=bundle.root / "engines" / "onnxruntime-trt",
@@ -76,12 +76,13 @@ def _open_onnxruntime(
     }
 
 
-def _onnxruntime_file(bundle: Any, name: str, precision: str, providers: list[str]) -> Any:
+def _onnxruntime_file(bundle: Any, name: str, precision: str, providers: list[str],
+                      fused_ops: bool) -> Any:
     """The graph file ONNX Runtime runs: on the CPU provider alone, the fused flavour where the
     bundle has one and omg-rt's custom operators build here (``omg_rt.backends.ort_ops``; a
     third faster pixel decoder on ConvNeXt-L), else the portable graph."""
     fused = bundle.graphs[name].fused_files or {}
-    if precision in fused and providers == ["CPUExecutionProvider"]:
+    if fused_ops and precision in fused and providers == ["CPUExecutionProvider"]:
         from omg_rt.backends import ort_ops
 
         try:
@@ -112,7 +113,7 @@ def open_backends(
         precision: ``fp32``, ``fp16`` or ``int8`` (bundle backends).
         device: torch device (``auto``, ``cpu``, ``cuda``).
         providers: onnxruntime providers (``auto``, ``cpu``, ``cuda``, ``tensorrt`` or a list).
-        options: ``threads`` (onnxruntime), and TensorRT options (see
+        options: ``threads`` and ``fused_ops`` (onnxruntime), and TensorRT options (see
             :class:`~omg_rt.backends.tensorrt.TensorRTOptions`).
     """
     options = dict(options or {})
