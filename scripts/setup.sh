@@ -21,13 +21,16 @@ echo "omg-rt installed in .venv ($(.venv/bin/python --version))"
 
 # The omg-rt ui browser test drives Debian's chromium through its chromedriver (selenium, from the
 # dev extra); nothing downloads a browser. Without them that test skips with this install line.
-if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+# A C compiler builds omg-rt's ONNX Runtime operator (omg_rt.backends.ort_ops); without one the
+# portable graphs run and its tests skip.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || ! command -v cc >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     if apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -qq chromium chromium-driver >/dev/null; then
-      echo "setup: installed $(/usr/bin/chromium --version 2>/dev/null)"
+        apt-get install -y -qq chromium chromium-driver gcc >/dev/null; then
+      echo "setup: installed $(/usr/bin/chromium --version 2>/dev/null), $(cc --version | head -1)"
     else
-      echo "setup: apt-get could not install chromium: the omg-rt ui browser test will skip"
+      echo "setup: apt-get could not install chromium / gcc: the omg-rt ui browser test or the" \
+           "custom-operator tests will skip"
     fi
   else
     echo "setup: no chromium/chromedriver and no root apt-get: the omg-rt ui browser test will" \
