@@ -344,13 +344,11 @@ def _pre_process(source: Path, prepared: Path) -> None:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(optimized)
-    if _uses_custom_ops(source):
-        ort_ops.register(options)
     options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                      optimized.name + ".data")
     options.add_session_config_entry(
         "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    ort_ops.inference_session(source, options, ["CPUExecutionProvider"])
     onnx.shape_inference.infer_shapes_path(str(optimized), str(prepared))
     model = onnx.load_model(str(prepared), load_external_data=False)
     add_pre_process_metadata(model)  # tells quantize_static that the pre-processing ran
@@ -387,11 +385,6 @@ def alias_calibration(ranges: Path, portable: Path, fused: Path, out: Path) -> i
                 added += 1
     out.write_text(json.dumps(payload))
     return added
-
-
-def _uses_custom_ops(path: Path) -> bool:
-    model = onnx.load_model(str(path), load_external_data=False)
-    return any(node.domain == ort_ops.DOMAIN for node in model.graph.node)
 
 
 @contextmanager

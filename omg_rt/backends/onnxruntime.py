@@ -111,28 +111,15 @@ class OnnxRuntimeGraph:
                 )
             else:
                 provider_args.append(provider)
-        self.custom_ops = False
         try:
-            try:
-                self.session = onnxruntime.InferenceSession(
-                    str(path), sess_options=options, providers=provider_args
-                )
-            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-                if not ort_ops.missing_from(exc):
-                    raise
-                # a graph with omg-rt's fused deformable attention: compile (once) and register
-                # its kernel, then load again
-                ort_ops.register(options)
-                self.custom_ops = True
-                self.session = onnxruntime.InferenceSession(
-                    str(path), sess_options=options, providers=provider_args
-                )
+            # "+omg-ops" below: the graph runs omg-rt's fused operators (ort_ops)
+            self.session, self.custom_ops = ort_ops.inference_session(path, options,
+                                                                      provider_args)
         except BackendUnavailableError:
             raise
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise BundleError(f"{path}: onnxruntime cannot load it ({exc})") from exc
         providers_used = ",".join(self.session.get_providers())
-        # "+omg-ops": the graph runs omg-rt's fused operators (omg_rt.backends.ort_ops)
         self.name = f"onnxruntime[{providers_used}]" + ("+omg-ops" if self.custom_ops else "")
         self._inputs = {
             node.name: TensorSpec(

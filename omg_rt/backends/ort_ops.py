@@ -100,9 +100,26 @@ def register(options: Any) -> None:
     options.register_custom_ops_library(str(library()))
 
 
-def missing_from(error: BaseException) -> bool:
-    """Whether ONNX Runtime refused a graph for want of this library's operator."""
-    return OP_NAME in str(error)
+def inference_session(path: Path, options: Any, providers: Any) -> tuple[Any, bool]:
+    """``onnxruntime.InferenceSession`` of ``path``; a graph ONNX Runtime refuses for want of this
+    library's operator is loaded again with the library registered (built on first use).
+
+    Returns:
+        the session, and whether the library was registered for it.
+
+    Raises:
+        BackendUnavailableError: the graph needs the library and it cannot be built here.
+    """
+    import onnxruntime
+
+    try:
+        return onnxruntime.InferenceSession(str(path), sess_options=options,
+                                            providers=providers), False
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        if OP_NAME not in str(exc):
+            raise
+    register(options)
+    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers), True
 
 
-__all__ = ["DOMAIN", "OP_NAME", "library", "missing_from", "register"]
+__all__ = ["DOMAIN", "OP_NAME", "inference_session", "library", "register"]
