@@ -18,7 +18,7 @@ from tqdm import tqdm
 from export import precision as precision_mod
 from export.engines import build_engines
 from export.graphs import graph_defs
-from export.onnx_export import OPSET, describe_io, export_graph
+from export.onnx_export import OPSET, describe_io, export_graph, save_model
 from export.verify import ParityError, Verifier
 from export.verify import verify as run_verification
 from export.vocab import resolve_vocabulary, save_vocabulary
@@ -36,7 +36,7 @@ from omg_rt.manifest import (
     write_manifest,
 )
 from omg_rt.preprocess import prepare_image
-from omg_rt.spec import PIXEL_DECODER, PRECISIONS
+from omg_rt.spec import ENCODER, PIXEL_DECODER, PRECISIONS
 from training.model import OMGSeg
 from training.model.checkpoint import load_checkpoint
 
@@ -137,9 +137,8 @@ def build_bundle(
                 graphs[name]["tensorrt_files"]["fp16"] = graphs[name]["tensorrt_files"]["fp32"]
     if "int8" in precisions:
         images = _calibration_images(calib_images, image_size, mean, std)
-        if _quantize(work, images, target, show):
-            fused_int8 = f"int8/fused/{PIXEL_DECODER.name}.onnx"
-            graphs[PIXEL_DECODER.name]["fused_files"]["int8"] = fused_int8
+        for name in _quantize(work, images, target, show):
+            graphs[name].setdefault("fused_files", {})["int8"] = f"int8/fused/{name}.onnx"
         for name in precision_mod.INT8_GRAPHS:
             graphs[name]["files"]["int8"] = f"int8/{name}.onnx"
     for entry in graphs.values():  # graphs left in FP32 serve every precision
@@ -149,8 +148,9 @@ def build_bundle(
                 entry["tensorrt_files"].setdefault(p, entry["tensorrt_files"]["fp32"])
             # a fused graph serves a precision only where the portable graph is the FP32 one (an
             # INT8 fused graph left out stays left out: the portable INT8 graph runs)
-            if "fused_files" in entry and entry["files"][p] == entry["files"]["fp32"]:
-                entry["fused_files"].setdefault(p, entry["fused_files"]["fp32"])
+            fused = entry.get("fused_files", {})
+            if "fp32" in fused and entry["files"][p] == entry["files"]["fp32"]:
+                fused.setdefault(p, fused["fp32"])
 
     report: dict[str, Any] = {"skipped": True, "passed": None}
     if verify:
@@ -254,14 +254,21 @@ def _calibration_images(calib_images, image_size: int, mean, std) -> list[np.nda
     return tensors
 
 
-def _quantize(work: Path, images: list[np.ndarray], target: str, show: bool) -> bool:
-    """INT8 encoder and pixel decoder; on the cpu target also the fused pixel decoder, with the
-    portable one's activation ranges (False where omg-rt's custom operator cannot be built
-    here to pre-process it: the bundle then has no INT8 fused graph)."""
+def _quantize(work: Path, images: list[np.ndarray], target: str, show: bool) -> list[str]:
+    """INT8 encoder and pixel decoder; on the cpu target also their fused flavours for ONNX
+    Runtime with omg-rt's operators (``omg_rt.backends.ort_ops``): the encoder with its MLPs'
+    GELU + quantization as one node, the fused pixel decoder with the portable one's activation
+    ranges (left out where the operator cannot be built here to pre-process it).
+
+    Returns:
+        The graphs with a fused INT8 file (``int8/fused/<name>.onnx``).
+    """
+    import onnx
     import onnxruntime as ort
 
     symmetric = target != "cpu"  # TensorRT reads only symmetric (zero-point 0) QDQ
-    precision_mod.quantize_int8(work / "encoder.onnx", work / "int8" / "encoder.onnx",
+    encoder = work / "int8" / f"{ENCODER.name}.onnx"
+    precision_mod.quantize_int8(work / "encoder.onnx", encoder,
                                 [{"image": x} for x in images], desc="int8 calibration: encoder",
                                 progress=show, symmetric_activations=symmetric)
     session = ort.InferenceSession(str(work / "encoder.onnx"), providers=["CPUExecutionProvider"])
@@ -270,19 +277,27 @@ def _quantize(work: Path, images: list[np.ndarray], target: str, show: bool) -> 
                                 precision_mod.encoder_feeds(session, images),
                                 desc="int8 calibration: pixel decoder", progress=show,
                                 symmetric_activations=symmetric, keep_calibration=ranges)
-    fused = work / "fused" / "pixel_decoder.onnx"
+    fused: list[str] = []
     try:
         if target != "cpu":
-            return False
-        precision_mod.alias_calibration(ranges, work / "pixel_decoder.onnx", fused, ranges)
-        precision_mod.quantize_int8(fused, work / "int8" / "fused" / "pixel_decoder.onnx", [],
+            return fused
+        model = onnx.load_model(str(encoder))
+        if precision_mod.fuse_gelu_quantize(model):
+            (work / "int8" / "fused").mkdir(parents=True, exist_ok=True)
+            save_model(model, work / "int8" / "fused" / f"{ENCODER.name}.onnx")
+            fused.append(ENCODER.name)
+        del model
+        pixel = work / "fused" / "pixel_decoder.onnx"
+        precision_mod.alias_calibration(ranges, work / "pixel_decoder.onnx", pixel, ranges)
+        precision_mod.quantize_int8(pixel, work / "int8" / "fused" / "pixel_decoder.onnx", [],
                                     desc="int8: fused pixel decoder", progress=show,
                                     calibration=ranges)
-        return True
+        fused.append(PIXEL_DECODER.name)
     except BackendUnavailableError:
-        return False
+        pass
     finally:
         ranges.unlink()
+    return fused
 
 
 def _manifest(spec, contract: InputContract, target, precisions, graphs: dict[str, Any],

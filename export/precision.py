@@ -291,6 +291,116 @@ def keep_float_paths(graph: onnx.GraphProto) -> int:
             graph.node.remove(node)
 
 
+def fuse_gelu_quantize(model: onnx.ModelProto) -> int:
+    """Replace each ``bias -> erf GELU -> QuantizeLinear`` chain after a quantized matrix product
+    or convolution by omg-rt's ``omg_rt::BiasGeluQuantize`` node (``omg_rt.backends.ort_ops``), in
+    place: the fused INT8 encoder of the cpu target (ConvNeXt's MLPs: ONNX Runtime would write
+    the GELU in float32 and read it back to quantize it for the second product).
+
+    A chain is fused only when it is exactly ``Mul(Mul(v, Add(Erf(Div(v, sqrt 2)), 1)), 0.5)``
+    (the exporter's erf GELU, operands in either order) then ``QuantizeLinear`` with one float32
+    scale and one uint8 zero point, with nothing else reading a tensor in between. Where ``v`` is
+    ``Add(bias, MatMul(a, DQ(W)))`` with a 1-D float32 bias as long as W's columns (ConvNeXt-L's
+    linear MLP) the bias joins the node; otherwise (the 1x1-conv MLP of small ConvNeXts, whose
+    bias is inside the Conv) the node reads ``v`` with a bias of 0.
+
+    Returns:
+        How many chains were fused.
+    """
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    readers: Counter[str] = Counter(name for node in graph.node for name in node.input)
+    readers.update(o.name for o in graph.output)
+    values = {i.name: i for i in graph.initializer}
+
+    def constant(name: str) -> np.ndarray | None:
+        tensor = values.get(name)
+        return None if tensor is None else onnx.numpy_helper.to_array(tensor)
+
+    def is_scalar(name: str, value: float) -> bool:
+        array = constant(name)
+        return array is not None and array.size == 1 and \
+            abs(float(array.ravel()[0]) - value) <= 1e-6 * abs(value)
+
+    def private(name: str, op_type: str, uses: int = 1) -> onnx.NodeProto | None:
+        """The ``op_type`` node making ``name``, when the chain alone reads it."""
+        node = producers.get(name)
+        ok = node is not None and node.op_type == op_type and readers[name] == uses
+        return node if ok else None
+
+    def other(node: onnx.NodeProto, name: str) -> str | None:
+        """The operand of binary ``node`` that is not ``name`` (None when neither is)."""
+        a, b = node.input
+        return b if a == name else a if b == name else None
+
+    def constant_operand(node: onnx.NodeProto, test) -> tuple[str, str] | None:
+        """(constant operand that passes ``test``, the other operand) of binary ``node``."""
+        a, b = node.input
+        return (a, b) if test(a) else (b, a) if test(b) else None
+
+    def chain_of(quantize: onnx.NodeProto) -> tuple[list[onnx.NodeProto], str, str] | None:
+        """The chain ending at ``quantize``: its nodes, the GELU's input before the bias, and
+        the bias ("" for none)."""
+        scale, zero_point = (constant(n) for n in quantize.input[1:3])
+        if scale is None or zero_point is None or scale.size != 1 or zero_point.size != 1 \
+                or scale.dtype != np.float32 or zero_point.dtype != np.uint8:
+            return None
+        half = private(quantize.input[0], "Mul")
+        halved = half and constant_operand(half, lambda n: is_scalar(n, 0.5))
+        product = halved and private(halved[1], "Mul")
+        if not product:
+            return None
+        for v in product.input:  # Mul(v, Add(Erf(Div(v, sqrt 2)), 1))
+            one = private(other(product, v) or "", "Add")
+            plus_one = one and constant_operand(one, lambda n: is_scalar(n, 1.0))
+            erf = plus_one and private(plus_one[1], "Erf")
+            div = erf and private(erf.input[0], "Div")
+            if div and div.input[0] == v and is_scalar(div.input[1], float(np.sqrt(2.0))) \
+                    and readers[v] == 2:
+                break
+        else:
+            return None
+        gelu = [div, erf, one, product, half, quantize]
+        source = producers.get(v)
+        biased = source is not None and source.op_type == "Add" and constant_operand(
+            source, lambda n: (c := constant(n)) is not None and c.ndim == 1
+            and c.dtype == np.float32)
+        matmul = biased and private(biased[1], "MatMul")
+        weight_dq = matmul and producers.get(matmul.input[1])
+        weight = constant(weight_dq.input[0]) \
+            if weight_dq and weight_dq.op_type == "DequantizeLinear" else None
+        length = constant(biased[0]).shape[0] if biased else -1
+        if weight is not None and weight.ndim == 2 and weight.shape[1] == length:
+            return [source, *gelu], biased[1], biased[0]  # the product's bias folded in
+        return gelu, v, ""
+
+    fused = 0
+    for quantize in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
+        found = chain_of(quantize) if len(quantize.input) == 3 else None
+        if found is None:
+            continue
+        chain, product_output, bias = found
+        if not bias:  # one zero for every column
+            bias = f"{quantize.name}/zero_bias"
+            graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(1, np.float32), bias))
+        node = onnx.helper.make_node(
+            ort_ops.GELU_QUANTIZE_OP, [product_output, bias, *quantize.input[1:3]],
+            list(quantize.output), name=f"{quantize.name}/{ort_ops.GELU_QUANTIZE_OP}",
+            domain=ort_ops.GELU_QUANTIZE_DOMAIN)
+        place = list(graph.node).index(chain[0])
+        for old in chain:
+            graph.node.remove(old)
+        graph.node.insert(place, node)
+        fused += 1
+    if fused:
+        read = {name for node in graph.node for name in node.input}
+        for tensor in [t for t in graph.initializer if t.name not in read]:
+            graph.initializer.remove(tensor)  # the GELU's constants
+        if all(o.domain != ort_ops.GELU_QUANTIZE_DOMAIN for o in model.opset_import):
+            model.opset_import.append(onnx.helper.make_opsetid(ort_ops.GELU_QUANTIZE_DOMAIN, 1))
+    return fused
+
+
 def _int8_options(symmetric_activations: bool) -> dict[str, object]:
     """``quantize_static``'s extra options, chosen for what ONNX Runtime's CPU provider fuses.
 
@@ -414,7 +524,7 @@ def optimized_op_counts(path: Path) -> dict[str, int]:
         options.add_session_config_entry(
             "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         options.log_severity_level = 3  # the "hardware-specific optimised model" warning
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        ort_ops.inference_session(path, options, ["CPUExecutionProvider"])
         graph = onnx.load_model(str(optimized), load_external_data=False).graph
         return dict(Counter(node.op_type for node in graph.node))
 

@@ -41,8 +41,9 @@ Manifest keys (``format_version`` 3; :class:`Manifest` holds them):
   or ``trt_plugin`` (TensorRT targets: ``tensorrt/pixel_decoder.onnx`` holds
   ``MultiscaleDeformableAttnPlugin_TRT`` nodes, the ``files`` entries stay portable).
 - ``graphs``: ``{name: {"files": {precision: path}, "tensorrt_files": {precision: path} (TensorRT
-  targets), "fused_files": {precision: path} (the ``cpu`` target's pixel decoder with the same
-  plugin nodes, run by ONNX Runtime's CPU provider with ``omg_rt.backends.ort_ops``; optional),
+  targets), "fused_files": {precision: path} (the ``cpu`` target's graphs with omg-rt's ONNX
+  Runtime operators, run by the CPU provider with ``omg_rt.backends.ort_ops``: the pixel decoder
+  with the same plugin nodes, the INT8 encoder with its GELU + quantization fused; optional),
   "inputs": {name: {"shape": [...], "dtype": str}}, "outputs": {...},
   "dynamic_axes": {tensor: {axis index (str): symbol}}}}`` (:class:`GraphEntry`); symbolic
   dimensions are strings (``N`` images, ``B`` batch, ``T`` frames with N = B x T, ``Q`` queries or
@@ -267,8 +268,9 @@ class GraphEntry:
         inputs, outputs: the graph's I/O (symbolic dimensions as strings).
         dynamic_axes: tensor -> {axis index: symbol}.
         tensorrt_files: precision -> the TensorRT flavour's path (plugin nodes), if exported.
-        fused_files: precision -> the same flavour for ONNX Runtime's CPU provider (the plugin
-            node as omg-rt's custom operator, :mod:`omg_rt.backends.ort_ops`), if exported.
+        fused_files: precision -> the same graph with omg-rt's custom operators for ONNX
+            Runtime's CPU provider (:mod:`omg_rt.backends.ort_ops`: the deformable attention's
+            plugin node, the INT8 MLP's GELU + quantization), if exported.
     """
 
     name: str

@@ -1,13 +1,20 @@
-"""ONNX Runtime custom operators of omg-rt: multi-scale deformable attention as one CPU kernel.
+"""ONNX Runtime custom operators of omg-rt: multi-scale deformable attention and the INT8 MLP's
+GELU + quantization, each as one CPU kernel.
 
 ONNX has no deformable attention: the portable graphs spell it as one ``GridSample`` per level
 plus the weighting (``Mul``, ``ReduceSum``, ``Add``), which on ConvNeXt-L at 768x1024 cost half
 of ONNX Runtime's pixel decoder on the CPU (GridSample reads 32 channel planes per corner; the
-weighting writes and re-reads every sample). ``csrc/ms_deform_attn_ort.c`` is the same
-computation as one kernel over the head-contiguous value layout, registered with ONNX Runtime's
-C API for the node the TensorRT flavour of the graphs already carries
-(``trt::MultiscaleDeformableAttnPlugin_TRT``, :mod:`kernels.trt_plugin`): one graph for TensorRT
-and for ONNX Runtime with this library.
+weighting writes and re-reads every sample). ``csrc/ort_ops.c`` registers the same
+computation as one kernel over the head-contiguous value layout with ONNX Runtime's C API for
+the node the TensorRT flavour of the graphs already carries
+(``trt::MultiscaleDeformableAttnPlugin_TRT``, :mod:`kernels.trt_plugin`): one graph for
+TensorRT and for ONNX Runtime with this library.
+
+The INT8 encoder's MLPs run ``bias -> GELU -> QuantizeLinear`` between their two integer matrix
+products; ONNX Runtime writes the GELU in float32 and reads it back to quantize, the largest
+float cost of the INT8 ConvNeXt after its matrix products. ``omg_rt::BiasGeluQuantize`` does it
+in one pass (``export.precision.fuse_gelu_quantize`` puts it into the cpu target's fused INT8
+encoder).
 
 The library is compiled on first use with the machine's C compiler (``cc``; ``CC`` overrides)
 for this CPU, into ``$OMG_RT_CACHE`` (default ``~/.cache/omg-rt``), keyed by the source, the
@@ -31,7 +38,13 @@ from omg_rt.errors import BackendUnavailableError
 
 DOMAIN = "trt"
 OP_NAME = "MultiscaleDeformableAttnPlugin_TRT"
-_SOURCES = ("ms_deform_attn_compute.h", "ms_deform_attn_ort.c")
+GELU_QUANTIZE_DOMAIN = "omg_rt"
+GELU_QUANTIZE_OP = "BiasGeluQuantize"
+_SOURCES = ("gelu_quantize_compute.h", "ms_deform_attn_compute.h", "ort_ops.c")
+# -fno-math-errno / -fno-trapping-math: branch-free float loops (rintf) vectorise; no result
+# changes (the code reads neither errno nor floating-point exception flags)
+_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared",
+          "-std=c11")
 _lock = threading.Lock()
 _built: dict[str, Path] = {}
 
@@ -73,7 +86,7 @@ def library() -> Path:
     digest = hashlib.sha256()
     for name in _SOURCES:
         digest.update((_source_dir() / name).read_bytes())
-    digest.update(f"{found}|{_cpu_key()}".encode())
+    digest.update(f"{found}|{' '.join(_FLAGS)}|{_cpu_key()}".encode())
     key = digest.hexdigest()[:16]
     with _lock:
         if key in _built:
@@ -83,8 +96,8 @@ def library() -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=target.parent) as work:
                 partial = Path(work) / target.name
-                command = [found, "-O3", "-march=native", "-fPIC", "-shared", "-std=c11",
-                           "-o", str(partial), str(_source_dir() / "ms_deform_attn_ort.c"), "-lm"]
+                command = [found, *_FLAGS, "-o", str(partial), str(_source_dir() / "ort_ops.c"),
+                           "-lm"]
                 done = subprocess.run(command, capture_output=True, text=True, check=False)
                 if done.returncode != 0:
                     raise BackendUnavailableError(
@@ -101,8 +114,8 @@ def register(options: Any) -> None:
 
 
 def inference_session(path: Path, options: Any, providers: Any) -> tuple[Any, bool]:
-    """``onnxruntime.InferenceSession`` of ``path``; a graph ONNX Runtime refuses for want of this
-    library's operator is loaded again with the library registered (built on first use).
+    """``onnxruntime.InferenceSession`` of ``path``; a graph ONNX Runtime refuses for want of one of
+    this library's operators is loaded again with the library registered (built on first use).
 
     Returns:
         the session, and whether the library was registered for it.
@@ -116,10 +129,11 @@ def inference_session(path: Path, options: Any, providers: Any) -> tuple[Any, bo
         return onnxruntime.InferenceSession(str(path), sess_options=options,
                                             providers=providers), False
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-        if OP_NAME not in str(exc):
+        if not any(op in str(exc) for op in (OP_NAME, GELU_QUANTIZE_OP)):
             raise
     register(options)
     return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers), True
 
 
-__all__ = ["DOMAIN", "OP_NAME", "inference_session", "library", "register"]
+__all__ = ["DOMAIN", "GELU_QUANTIZE_DOMAIN", "GELU_QUANTIZE_OP", "OP_NAME", "inference_session",
+           "library", "register"]

@@ -1,7 +1,9 @@
-"""omg-rt's ONNX Runtime custom operator (``omg_rt.backends.ort_ops``): deformable attention as
+"""omg-rt's ONNX Runtime custom operators (``omg_rt.backends.ort_ops``): deformable attention as
 one CPU kernel for the plugin node of the fused pixel decoder, against the PyTorch reference on
-fresh random inputs every run (sizes, levels, heads, locations outside the map, batch 2), its
-build cache and its errors, and the bundle's fused pixel decoder through the runtime."""
+fresh random inputs every run (sizes, levels, heads, locations outside the map, batch 2); the INT8
+MLP's bias + GELU + quantization against the exact float64 chain; the graph rewrite that puts the
+latter into the INT8 encoder; the build cache and errors; and the bundle's fused graphs through
+the runtime."""
 
 from __future__ import annotations
 
@@ -94,6 +96,166 @@ def test_the_fused_kernel_is_the_reference(tmp_path, case):
                                err_msg=str(seed))
 
 
+def _gelu_quantize_session(tmp_path, rank):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node(ort_ops.GELU_QUANTIZE_OP, ["x", "bias", "scale", "zero_point"], ["y"],
+                            domain=ort_ops.GELU_QUANTIZE_DOMAIN)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None] * rank),
+              helper.make_tensor_value_info("bias", TensorProto.FLOAT, [None]),
+              helper.make_tensor_value_info("scale", TensorProto.FLOAT, []),
+              helper.make_tensor_value_info("zero_point", TensorProto.UINT8, [])]
+    graph = helper.make_graph([node], "gq", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, None)])
+    model = helper.make_model(graph, opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid(ort_ops.GELU_QUANTIZE_DOMAIN, 1)])
+    path = tmp_path / f"gq{rank}.onnx"
+    onnx.save(model, str(path))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    ort_ops.register(options)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _gelu_quantize_check(x, bias, scale, zero_point, got, seed):
+    """``got`` is ``saturate(round(gelu(x + bias) / scale) + zero_point)`` of the exact float64
+    GELU, except by one step where the exact value lies within the kernel's float32 error
+    (GELU within ~5e-7 absolute + 2e-7 relative, then a division) of a rounding boundary."""
+    from scipy.special import erf
+
+    v = x.astype(np.float64) + bias.astype(np.float64)
+    exact = 0.5 * v * (1.0 + erf(v / np.sqrt(2.0))) / float(scale)
+    want = np.clip(np.rint(exact) + int(zero_point), 0, 255)
+    off = np.abs(got.astype(np.int64) - want)
+    assert off.max() <= 1, seed
+    boundary = np.abs(np.abs(exact - np.floor(exact)) - 0.5)  # distance to x.5
+    slack = (1e-6 + 4e-7 * np.abs(v)) / float(scale) + 2e-6 * np.abs(exact)
+    assert np.all(boundary[off > 0] <= slack[off > 0]), seed
+
+
+@pytest.mark.parametrize("shape", [(37, 61), (2, 5, 3072), (1, 1), (4, 8)])
+def test_gelu_quantize_is_the_exact_chain_rounded(tmp_path, shape):
+    _library_or_skip()
+    session = _gelu_quantize_session(tmp_path, len(shape))
+    seed = int(np.random.SeedSequence().entropy % (1 << 32))
+    rng = np.random.default_rng(seed)
+    for _ in range(2):  # a second call on other inputs: every element written again
+        x = (rng.standard_normal(shape) * rng.uniform(0.5, 8)).astype(np.float32)
+        # one bias per column, or one for all (the node a conv MLP's GELU gets)
+        bias = rng.standard_normal(rng.choice([shape[-1], 1])).astype(np.float32)
+        # the scale of a calibrated GELU output (range [-0.17, max] over 255 steps), and
+        # one small enough that both ends saturate
+        scale = np.array(rng.choice([float(np.abs(x).max()) / 250, 0.004]), np.float32)
+        zero_point = np.array(rng.integers(0, 40), np.uint8)
+        got = session.run(None, {"x": x, "bias": bias, "scale": scale,
+                                 "zero_point": zero_point})[0]
+        assert got.shape == shape and got.dtype == np.uint8, seed
+        _gelu_quantize_check(x, bias, scale, zero_point, got, seed)
+
+
+def test_gelu_quantize_refuses_inputs_that_do_not_fit(tmp_path):
+    _library_or_skip()
+    session = _gelu_quantize_session(tmp_path, 2)
+    x = np.ones((3, 4), np.float32)
+    good = {"x": x, "bias": np.zeros(4, np.float32), "scale": np.array(0.1, np.float32),
+            "zero_point": np.array(3, np.uint8)}
+    assert session.run(None, good)[0].shape == (3, 4)
+    for name, bad in [("bias", np.zeros(5, np.float32)), ("scale", np.array(0.0, np.float32)),
+                      ("scale", np.array(-1.0, np.float32))]:
+        with pytest.raises(Exception, match="BiasGeluQuantize"):
+            session.run(None, {**good, name: bad})
+
+
+def _mlp_graph(rng, *, extra_reader=False):
+    """A quantized MLP as ``quantize_int8`` leaves it: DQ(W1) MatMul, bias Add, the exporter's
+    erf GELU, Q -> DQ, DQ(W2) MatMul. ``extra_reader``: the GELU's output is a graph output too
+    (the chain is then not private and must stay)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    c, hidden = 6, 24
+    inits = {
+        "w1_q": rng.integers(-127, 128, (c, hidden)).astype(np.int8),
+        "w1_s": (rng.random(hidden) * 0.02 + 0.01).astype(np.float32),
+        "w1_z": np.zeros(hidden, np.int8),
+        "b1": rng.standard_normal(hidden).astype(np.float32),
+        "w2_q": rng.integers(-127, 128, (hidden, c)).astype(np.int8),
+        "w2_s": (rng.random(c) * 0.02 + 0.01).astype(np.float32),
+        "w2_z": np.zeros(c, np.int8),
+        "sqrt2": np.array(np.sqrt(2.0), np.float32), "one": np.array(1.0, np.float32),
+        "half": np.array(0.5, np.float32),
+        "g_s": np.array(0.02, np.float32), "g_z": np.array(9, np.uint8),
+    }
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w1_q", "w1_s", "w1_z"], ["w1"], axis=1),
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Add", ["b1", "h"], ["v"]),
+        helper.make_node("Div", ["v", "sqrt2"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["e1"]),
+        helper.make_node("Mul", ["v", "e1"], ["m"]),
+        helper.make_node("Mul", ["m", "half"], ["g"]),
+        helper.make_node("QuantizeLinear", ["g", "g_s", "g_z"], ["gq"]),
+        helper.make_node("DequantizeLinear", ["gq", "g_s", "g_z"], ["gd"]),
+        helper.make_node("DequantizeLinear", ["w2_q", "w2_s", "w2_z"], ["w2"], axis=1),
+        helper.make_node("MatMul", ["gd", "w2"], ["y"]),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if extra_reader:
+        outputs.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, None))
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 5, c])],
+        outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_rewrite_fuses_exactly_the_gelu_quantize_chain(tmp_path):
+    from export.precision import fuse_gelu_quantize
+
+    _library_or_skip()
+    seed = int(np.random.SeedSequence().entropy % (1 << 32))
+    rng = np.random.default_rng(seed)
+    model = _mlp_graph(rng)
+    original = model.SerializeToString()
+    assert fuse_gelu_quantize(model) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count(ort_ops.GELU_QUANTIZE_OP) == 1 and not {"Erf", "Div", "QuantizeLinear",
+                                                             "Add"} & set(ops), ops
+    assert not {"sqrt2", "one", "half"} & {t.name for t in model.graph.initializer}
+    options = ort.SessionOptions()
+    ort_ops.register(options)
+    fused = ort.InferenceSession(model.SerializeToString(), options,
+                                 providers=["CPUExecutionProvider"])
+    plain = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((3, 5, 6)).astype(np.float32) * 4
+    a, b = fused.run(None, {"x": x})[0], plain.run(None, {"x": x})[0]
+    # one quantization step of the GELU (0.02) times a column of W2 at most, in rare elements
+    step = 0.02 * float(np.abs(onnx.numpy_helper.to_array(
+        next(t for t in model.graph.initializer if t.name == "w2_q"))).max() * 0.03)
+    assert float(np.abs(a - b).max()) <= step, seed
+    assert float(np.mean(a != b)) <= 0.05, seed
+    kept = _mlp_graph(rng, extra_reader=True)
+    assert fuse_gelu_quantize(kept) == 0
+    assert "Erf" in [n.op_type for n in kept.graph.node]
+    # a GELU input that is no bias + product (a conv MLP's): fused with a bias of 0, the Add kept
+    unbiased = _mlp_graph(rng)
+    for node in unbiased.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] == "w1_q":
+            node.input[0] = "w1_q_other"  # W1 is no longer a constant: the bias stays apart
+    unbiased.graph.input.append(onnx.helper.make_tensor_value_info(
+        "w1_q_other", onnx.TensorProto.INT8, [6, 24]))
+    w1 = onnx.numpy_helper.to_array(next(t for t in unbiased.graph.initializer
+                                         if t.name == "w1_q"))
+    reference = ort.InferenceSession(unbiased.SerializeToString(),
+                                     providers=["CPUExecutionProvider"])
+    assert fuse_gelu_quantize(unbiased) == 1
+    ops = [n.op_type for n in unbiased.graph.node]
+    assert ops.count("Add") == 1 and "Erf" not in ops, ops
+    feeds = {"x": x, "w1_q_other": w1}
+    a = ort.InferenceSession(unbiased.SerializeToString(), options,
+                             providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert float(np.abs(a - reference.run(None, feeds)[0]).max()) <= step, seed
+
+
 def test_inputs_that_disagree_fail_the_node_not_the_process(tmp_path):
     _library_or_skip()
     session = _op_session(tmp_path)
@@ -137,14 +299,17 @@ def test_the_bundles_fused_pixel_decoder_runs_and_equals_the_portable_one(tmp_pa
     bundle_dir = build_bundle(merging_model(), tmp_path / "bundle", image_size=128,
                               vocab=types.SimpleNamespace(names=NAMES, num_things=NUM_THINGS),
                               precisions=("fp32", "int8"), verify=False, progress=False)
-    entry = load_bundle(bundle_dir).graphs["pixel_decoder"]
-    assert entry.fused_files == {"fp32": "fused/pixel_decoder.onnx",
-                                 "int8": "int8/fused/pixel_decoder.onnx"}
+    graphs = load_bundle(bundle_dir).graphs
+    assert graphs["pixel_decoder"].fused_files == {"fp32": "fused/pixel_decoder.onnx",
+                                                   "int8": "int8/fused/pixel_decoder.onnx"}
+    assert graphs["encoder"].fused_files == {"int8": "int8/fused/encoder.onnx"}
     image = scene(5, (90, 130))
     for precision in ("fp32", "int8"):
         fused = Segmenter.from_bundle(bundle_dir, backend="onnxruntime", precision=precision)
         name = fused.pipeline.runners["pixel_decoder"].backend.name
         assert name.endswith("+omg-ops"), (precision, name)
+        name = fused.pipeline.runners["encoder"].backend.name
+        assert name.endswith("+omg-ops") == (precision == "int8"), (precision, name)
         monkeypatch.setenv("CC", "no-such-compiler-omg")
         monkeypatch.setattr(ort_ops, "_built", {})
         portable = Segmenter.from_bundle(bundle_dir, backend="onnxruntime", precision=precision)

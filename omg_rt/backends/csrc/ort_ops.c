@@ -1,9 +1,14 @@
-/* ONNX Runtime custom operator trt::MultiscaleDeformableAttnPlugin_TRT on the CPU (FP32), the
- * node the TensorRT flavour of omg-rt's pixel decoder carries (kernels/trt_plugin.py): inputs
- * value (N, S, M, D), spatial_shapes (L, 2) int32, level_start_index (L,) int32,
- * sampling_locations (N, Lq, M, L, P, 2), attention_weights (N, Lq, M, L, P); output
- * (N, Lq, M, D). The computation is ms_deform_attn_compute.h, split over ONNX Runtime's own
- * intra-op threads.
+/* omg-rt's ONNX Runtime custom operators on the CPU, each split over ONNX Runtime's own intra-op
+ * threads:
+ *
+ * - trt::MultiscaleDeformableAttnPlugin_TRT (FP32), the node the TensorRT flavour of omg-rt's
+ *   pixel decoder carries (kernels/trt_plugin.py): inputs value (N, S, M, D), spatial_shapes
+ *   (L, 2) int32, level_start_index (L,) int32, sampling_locations (N, Lq, M, L, P, 2),
+ *   attention_weights (N, Lq, M, L, P); output (N, Lq, M, D). ms_deform_attn_compute.h.
+ * - omg_rt::BiasGeluQuantize, the bias + erf GELU + QuantizeLinear chain of the INT8 ConvNeXt
+ *   MLP (export/precision.py fuse_gelu_quantize): inputs x (..., C) float32, bias (C,) or (1,)
+ *   float32, y_scale float32 and y_zero_point uint8 (one value each); output uint8 of x's shape.
+ *   gelu_quantize_compute.h.
  *
  * Built without ONNX Runtime's headers: the library declares what it uses of the C ABI itself.
  * OrtApi is a table of function pointers that only ever grows (entries keep their place across
@@ -12,7 +17,9 @@
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
+#include "gelu_quantize_compute.h"
 #include "ms_deform_attn_compute.h"
 
 typedef struct OrtStatus OrtStatus;
@@ -35,7 +42,7 @@ typedef struct OrtApiBase {
 /* OrtCustomOp fields filled in: through KernelComputeV2 (version 16), which returns a status */
 #define ORT_CUSTOM_OP_VERSION 16
 
-enum { ORT_FLOAT = 1, ORT_INT32 = 6 };  /* ONNXTensorElementDataType */
+enum { ORT_FLOAT = 1, ORT_UINT8 = 2, ORT_INT32 = 6 };  /* ONNXTensorElementDataType */
 enum { INPUT_OUTPUT_REQUIRED = 0 };  /* OrtCustomOpInputOutputCharacteristic */
 enum { ORT_INVALID_ARGUMENT = 2 };  /* OrtErrorCode */
 enum { ORT_MEM_TYPE_DEFAULT = 0 };  /* OrtMemType */
@@ -188,7 +195,71 @@ static OrtStatus* msda_compute(void* kernel, OrtKernelContext* context) {
                                                                      0, &task);
 }
 
-/* ------------------------------------------------------------------ the operator */
+typedef struct {
+    GeluQuantizeArgs args;
+    int64_t chunk;  /* rows per task */
+} GeluQuantizeTask;
+
+static void gelu_quantize_task(void* data, size_t index) {
+    const GeluQuantizeTask* task = (const GeluQuantizeTask*)data;
+    const int64_t begin = (int64_t)index * task->chunk;
+    const int64_t end = begin + task->chunk < task->args.rows ? begin + task->chunk
+                                                              : task->args.rows;
+    gelu_quantize_rows(&task->args, begin, end);
+}
+
+static int64_t element_count(const int64_t* dims, int64_t rank) {
+    int64_t count = 1;
+    for (int64_t i = 0; i < rank; ++i) count *= dims[i];
+    return count;
+}
+
+static OrtStatus* gelu_quantize_compute(void* kernel, OrtKernelContext* context) {
+    (void)kernel;
+    int64_t x[8], b[8], sc[8], zp[8];
+    const void *x_data, *bias, *scale, *zero_point;
+    const int64_t rank = input_dims(context, 0, ORT_FLOAT, x, 8, &x_data);
+    const int64_t b_rank = input_dims(context, 1, ORT_FLOAT, b, 8, &bias);
+    const int64_t sc_rank = input_dims(context, 2, ORT_FLOAT, sc, 8, &scale);
+    const int64_t zp_rank = input_dims(context, 3, ORT_UINT8, zp, 8, &zero_point);
+    if (rank < 1 || b_rank != 1 || sc_rank < 0 || zp_rank < 0 ||
+        element_count(sc, sc_rank) != 1 || element_count(zp, zp_rank) != 1)
+        return invalid("BiasGeluQuantize: expected float32 x (..., C), float32 bias (C,), one "
+                       "float32 y_scale and one uint8 y_zero_point");
+    const int64_t cols = x[rank - 1];
+    if (b[0] != cols && b[0] != 1)
+        return invalid("BiasGeluQuantize: bias length is neither x's last dimension nor 1");
+    const float scale_value = *(const float*)scale;
+    if (!(scale_value > 0.0f) || isinf(scale_value))
+        return invalid("BiasGeluQuantize: y_scale must be positive and finite");
+    OrtValue* out = NULL;
+    void* out_data = NULL;
+    OrtStatus* status = ORT(KernelContext_GetOutput, KernelContextGetOutputFn)(
+        context, 0, x, (size_t)rank, &out);
+    if (status) return status;
+    status = ORT(GetTensorMutableData, GetTensorMutableDataFn)(out, &out_data);
+    if (status) return status;
+    const int64_t rows = cols ? element_count(x, rank) / cols : 0;
+    if (rows == 0) return NULL;
+    float* row_bias = NULL;  /* one bias for every column: spelled out along a row */
+    if (b[0] != cols) {
+        row_bias = (float*)malloc((size_t)cols * sizeof(float));
+        if (!row_bias) return invalid("BiasGeluQuantize: out of memory");
+        for (int64_t c = 0; c < cols; ++c) row_bias[c] = *(const float*)bias;
+    }
+    GeluQuantizeTask task = {{(const float*)x_data, row_bias ? row_bias : (const float*)bias,
+                              (uint8_t*)out_data, rows, cols, scale_value,
+                              (float)*(const uint8_t*)zero_point},
+                             0};
+    task.chunk = (1 << 16) / cols > 0 ? (1 << 16) / cols : 1;  /* ~64K elements a task */
+    const size_t tasks = (size_t)((rows + task.chunk - 1) / task.chunk);
+    status = ORT(KernelContext_ParallelFor, KernelContextParallelForFn)(
+        context, gelu_quantize_task, tasks, 0, &task);
+    free(row_bias);
+    return status;
+}
+
+/* ------------------------------------------------------------------ the operators */
 
 static void* op_create_kernel(const OmgCustomOp* op, const OrtApiTable* api,
                               const OrtKernelInfo* info) {
@@ -196,14 +267,7 @@ static void* op_create_kernel(const OmgCustomOp* op, const OrtApiTable* api,
     static int kernel;  /* stateless: any non-NULL pointer */
     return &kernel;
 }
-static const char* op_name(const OmgCustomOp* op) { (void)op; return "MultiscaleDeformableAttnPlugin_TRT"; }
 static const char* op_provider(const OmgCustomOp* op) { (void)op; return "CPUExecutionProvider"; }
-static int op_input_type(const OmgCustomOp* op, size_t index) {
-    (void)op;
-    return index == 1 || index == 2 ? ORT_INT32 : ORT_FLOAT;
-}
-static size_t op_input_count(const OmgCustomOp* op) { (void)op; return 5; }
-static int op_output_type(const OmgCustomOp* op, size_t index) { (void)op; (void)index; return ORT_FLOAT; }
 static size_t op_output_count(const OmgCustomOp* op) { (void)op; return 1; }
 static void op_destroy(void* kernel) { (void)kernel; }
 static int op_required(const OmgCustomOp* op, size_t index) {
@@ -216,25 +280,50 @@ static int op_memory(const OmgCustomOp* op, size_t index) {
 }
 static int op_one(const OmgCustomOp* op) { (void)op; return 1; }  /* variadic: unused */
 
-static const OmgCustomOp g_op = {
-    ORT_CUSTOM_OP_VERSION, op_create_kernel, op_name, op_provider, op_input_type,
-    op_input_count, op_output_type, op_output_count,
-    NULL,  /* KernelCompute: KernelComputeV2 runs, and reports bad inputs as a status */
-    op_destroy, op_required, op_required, op_memory, op_one, op_one, op_one, op_one,
-    NULL,  /* CreateKernelV2: CreateKernel runs */
-    msda_compute,
-};
+static const char* msda_name(const OmgCustomOp* op) { (void)op; return "MultiscaleDeformableAttnPlugin_TRT"; }
+static int msda_input_type(const OmgCustomOp* op, size_t index) {
+    (void)op;
+    return index == 1 || index == 2 ? ORT_INT32 : ORT_FLOAT;
+}
+static size_t msda_input_count(const OmgCustomOp* op) { (void)op; return 5; }
+static int msda_output_type(const OmgCustomOp* op, size_t index) { (void)op; (void)index; return ORT_FLOAT; }
+
+static const char* gq_name(const OmgCustomOp* op) { (void)op; return "BiasGeluQuantize"; }
+static int gq_input_type(const OmgCustomOp* op, size_t index) {
+    (void)op;
+    return index == 3 ? ORT_UINT8 : ORT_FLOAT;
+}
+static size_t gq_input_count(const OmgCustomOp* op) { (void)op; return 4; }
+static int gq_output_type(const OmgCustomOp* op, size_t index) { (void)op; (void)index; return ORT_UINT8; }
+
+/* KernelCompute is NULL: KernelComputeV2 runs, and reports bad inputs as a status;
+ * CreateKernelV2 is NULL: CreateKernel runs. */
+#define OMG_OP(name, input_type, input_count, output_type, compute)                          \
+    {ORT_CUSTOM_OP_VERSION, op_create_kernel, name, op_provider, input_type, input_count,     \
+     output_type, op_output_count, NULL, op_destroy, op_required, op_required, op_memory,     \
+     op_one, op_one, op_one, op_one, NULL, compute}
+
+static const OmgCustomOp g_msda_op =
+    OMG_OP(msda_name, msda_input_type, msda_input_count, msda_output_type, msda_compute);
+static const OmgCustomOp g_gelu_quantize_op =
+    OMG_OP(gq_name, gq_input_type, gq_input_count, gq_output_type, gelu_quantize_compute);
+
+static OrtStatus* add_domain(OrtSessionOptions* options, const char* name, const OmgCustomOp* op) {
+    OrtCustomOpDomain* domain = NULL;
+    OrtStatus* status = ORT(CreateCustomOpDomain, CreateCustomOpDomainFn)(name, &domain);
+    if (status) return status;
+    status = ORT(CustomOpDomain_Add, CustomOpDomainAddFn)(domain, op);
+    if (status) return status;
+    return ORT(AddCustomOpDomain, AddCustomOpDomainFn)(options, domain);
+}
 
 /* The entry point of SessionOptions.register_custom_ops_library. */
 OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
     g_api = (const void* const*)base->GetApi(OMG_ORT_API_VERSION);
     if (!g_api) return NULL;  /* an ONNX Runtime older than 1.17: register nothing */
-    OrtCustomOpDomain* domain = NULL;
-    OrtStatus* status = ORT(CreateCustomOpDomain, CreateCustomOpDomainFn)("trt", &domain);
+    OrtStatus* status = add_domain(options, "trt", &g_msda_op);
     if (status) return status;
-    status = ORT(CustomOpDomain_Add, CustomOpDomainAddFn)(domain, &g_op);
-    if (status) return status;
-    return ORT(AddCustomOpDomain, AddCustomOpDomainFn)(options, domain);
+    return add_domain(options, "omg_rt", &g_gelu_quantize_op);
 }
 
 /* For tests: the computation alone, on the calling thread. */
