@@ -149,3 +149,18 @@ def test_odd_shapes_half_precision_gpu(case, dtype, poisoned):
     q, k, v, mask = make_inputs(*case[1:], dtype=dtype)
     assert_parity(masked_attention_triton(q, k, v, mask), masked_attention_reference(q, k, v, mask),
                   dtype=dtype)
+
+
+@pytest.mark.parametrize("case", SHAPES, ids=[c[0] for c in SHAPES])
+def test_the_reference_is_the_masked_fill_bit_for_bit(case):
+    """The reference's finite bias and row-max subtraction (no boolean ``any`` in its exported
+    graph) give the bits of the plain formulation: ``-inf`` where ``attendable`` blocks, with
+    scores scaled up to the size of a trained decoder's logits."""
+    from kernels.reference import attendable
+
+    q, k, v, mask = make_inputs(*case[1:])
+    q = q * 8.0  # scores of a few hundred
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    plain = torch.matmul(torch.softmax(scores.masked_fill(~attendable(mask), float("-inf")), -1),
+                         v.float())
+    assert torch.equal(masked_attention_reference(q, k, v, mask), plain)
