@@ -322,10 +322,10 @@ def fuse_gelu_quantize(model: onnx.ModelProto) -> int:
         return array is not None and array.size == 1 and \
             abs(float(array.ravel()[0]) - value) <= 1e-6 * abs(value)
 
-    def private(name: str, op_type: str, uses: int = 1) -> onnx.NodeProto | None:
-        """The ``op_type`` node making ``name``, when the chain alone reads it."""
+    def private(name: str, op_type: str) -> onnx.NodeProto | None:
+        """The ``op_type`` node making ``name``, when the chain alone reads it (once)."""
         node = producers.get(name)
-        ok = node is not None and node.op_type == op_type and readers[name] == uses
+        ok = node is not None and node.op_type == op_type and readers[name] == 1
         return node if ok else None
 
     def other(node: onnx.NodeProto, name: str) -> str | None:
