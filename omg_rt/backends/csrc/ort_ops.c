@@ -111,19 +111,38 @@ typedef struct OmgCustomOp {
 static const void* const* g_api = NULL;
 #define ORT(name, type) ((type)(g_api[API_##name]))
 
-/* ------------------------------------------------------------------ the kernel */
+/* ------------------------------------------------------------------ the kernels */
 
+/* Items [0, total) of a computation, `chunk` at a time, over ONNX Runtime's intra-op threads. */
+typedef void (*RangeFn)(const void* args, int64_t begin, int64_t end);
 typedef struct {
-    MsdaArgs args;
-    int64_t chunk;  /* items per task */
-} MsdaTask;
+    RangeFn run;
+    const void* args;
+    int64_t total, chunk;
+} RangeTask;
 
-static void msda_task(void* data, size_t index) {
-    const MsdaTask* task = (const MsdaTask*)data;
-    const int64_t total = task->args.n * task->args.lq;
+static void range_task(void* data, size_t index) {
+    const RangeTask* task = (const RangeTask*)data;
     const int64_t begin = (int64_t)index * task->chunk;
-    const int64_t end = begin + task->chunk < total ? begin + task->chunk : total;
-    msda_items(&task->args, begin, end);
+    const int64_t end = begin + task->chunk < task->total ? begin + task->chunk : task->total;
+    task->run(task->args, begin, end);
+}
+
+static OrtStatus* parallel_ranges(OrtKernelContext* context, RangeFn run, const void* args,
+                                  int64_t total, int64_t chunk) {
+    if (total == 0) return NULL;
+    RangeTask task = {run, args, total, chunk};
+    const size_t tasks = (size_t)((total + chunk - 1) / chunk);
+    return ORT(KernelContext_ParallelFor, KernelContextParallelForFn)(context, range_task, tasks,
+                                                                     0, &task);
+}
+
+static void msda_range(const void* args, int64_t begin, int64_t end) {
+    msda_items((const MsdaArgs*)args, begin, end);
+}
+
+static void gelu_quantize_range(const void* args, int64_t begin, int64_t end) {
+    gelu_quantize_rows((const GeluQuantizeArgs*)args, begin, end);
 }
 
 /* dims of input `index` into dims[0..max) -> rank, or -1 with the element type not `want` */
@@ -185,27 +204,10 @@ static OrtStatus* msda_compute(void* kernel, OrtKernelContext* context) {
     if (status) return status;
     status = ORT(GetTensorMutableData, GetTensorMutableDataFn)(out, &out_data);
     if (status) return status;
-    MsdaTask task = {{(const float*)value, shape_values, start_values, (const float*)locations,
-                      (const float*)weights, (float*)out_data, n, s, m, d, lq, l, p},
-                     64};
-    const int64_t total = n * lq;
-    if (total == 0) return NULL;
-    const size_t tasks = (size_t)((total + task.chunk - 1) / task.chunk);
-    return ORT(KernelContext_ParallelFor, KernelContextParallelForFn)(context, msda_task, tasks,
-                                                                     0, &task);
-}
-
-typedef struct {
-    GeluQuantizeArgs args;
-    int64_t chunk;  /* rows per task */
-} GeluQuantizeTask;
-
-static void gelu_quantize_task(void* data, size_t index) {
-    const GeluQuantizeTask* task = (const GeluQuantizeTask*)data;
-    const int64_t begin = (int64_t)index * task->chunk;
-    const int64_t end = begin + task->chunk < task->args.rows ? begin + task->chunk
-                                                              : task->args.rows;
-    gelu_quantize_rows(&task->args, begin, end);
+    const MsdaArgs args = {(const float*)value, shape_values, start_values,
+                           (const float*)locations, (const float*)weights, (float*)out_data,
+                           n, s, m, d, lq, l, p};
+    return parallel_ranges(context, msda_range, &args, n * lq, 64);  /* 64 queries a task */
 }
 
 static int64_t element_count(const int64_t* dims, int64_t rank) {
@@ -247,14 +249,11 @@ static OrtStatus* gelu_quantize_compute(void* kernel, OrtKernelContext* context)
         if (!row_bias) return invalid("BiasGeluQuantize: out of memory");
         for (int64_t c = 0; c < cols; ++c) row_bias[c] = *(const float*)bias;
     }
-    GeluQuantizeTask task = {{(const float*)x_data, row_bias ? row_bias : (const float*)bias,
-                              (uint8_t*)out_data, rows, cols, scale_value,
-                              (float)*(const uint8_t*)zero_point},
-                             0};
-    task.chunk = (1 << 16) / cols > 0 ? (1 << 16) / cols : 1;  /* ~64K elements a task */
-    const size_t tasks = (size_t)((rows + task.chunk - 1) / task.chunk);
-    status = ORT(KernelContext_ParallelFor, KernelContextParallelForFn)(
-        context, gelu_quantize_task, tasks, 0, &task);
+    const GeluQuantizeArgs args = {(const float*)x_data,
+                                   row_bias ? row_bias : (const float*)bias, (uint8_t*)out_data,
+                                   rows, cols, scale_value, (float)*(const uint8_t*)zero_point};
+    const int64_t chunk = (1 << 16) / cols > 0 ? (1 << 16) / cols : 1;  /* ~64K elements */
+    status = parallel_ranges(context, gelu_quantize_range, &args, rows, chunk);
     free(row_bias);
     return status;
 }
