@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from omg_rt.errors import InvalidInputError
-from omg_rt.postprocess._common import check_array, sigmoid, softmax
+from omg_rt.postprocess._common import check_array, parallel_map, sigmoid, softmax
 from omg_rt.postprocess.device import DeviceLogits
 from omg_rt.postprocess.tiles import TiledLogits
 from omg_rt.postprocess.topk import topk_indices
@@ -186,7 +186,8 @@ def _tile_masks(distinct: np.ndarray, tiles: TiledLogits) -> tuple[np.ndarray, n
 
     A tile whose upper bound is <= 0 is out; one whose lower bound is > 0 and whose sigmoid
     there is exactly 1.0 in float32 is in, with a sigmoid sum of its pixel count; the rest are
-    evaluated. Sums of float32 sigmoids in [0.5, 1] are exact in float64 (fewer than 2**29
+    evaluated (queries needing much of the image are resized whole, on the post-processing
+    threads). Sums of float32 sigmoids in [0.5, 1] are exact in float64 (fewer than 2**29
     terms), so their order does not matter.
     """
     h, w = tiles.original_hw
@@ -212,13 +213,16 @@ def _tile_masks(distinct: np.ndarray, tiles: TiledLogits) -> tuple[np.ndarray, n
         part = np.where(kept, sigmoid(logits), np.float32(0.0)).sum((1, 2), dtype=np.float64)
         sums += np.bincount(di, weights=part, minlength=distinct.shape[0])
     masks = np.empty((distinct.shape[0], h, w), bool)
-    for i in range(distinct.shape[0]):
+
+    def fill(i: int) -> None:  # writes masks[i] and sums[i] only
         if whole[i]:
             full = tiles.dense(distinct[i : i + 1])[0]
-            masks[i] = full > 0
+            np.greater(full, 0, out=masks[i])
             sums[i] = sigmoid(full[masks[i]]).sum(dtype=np.float64)
         else:
             masks[i] = tiles.assemble(masks_t[i])
+
+    parallel_map(fill, range(distinct.shape[0]))
     return masks, sums
 
 
