@@ -46,6 +46,8 @@ _BAND_ELEMENTS = 1 << 24
 # Cost of a pixel evaluated on a tile (_assign_tiles) against a query-pixel of _assign_dense
 # (measured: benchmarks/bench_postprocess.py); _assign_tiles hands over when it would cost more.
 _TILE_COST = 10.0
+# _won_original_area resizes a query whole when this fraction of its tiles are across 0.5.
+_WHOLE_FRACTION = 0.3
 # _assign_tiles first decides on every _SAMPLE-th row of tiles.
 _SAMPLE = 4
 # Query-pixels per band of _assign_dense (its logits, comparisons and candidate lists).
@@ -331,17 +333,47 @@ def _assign_tiles(
             confident[my[group], mx[group]] = np.take_along_axis(logits, pick, 0) >= thr
 
     winner_map, confident_map = tiles.assemble(winner), tiles.assemble(confident)
-    won = np.flatnonzero(np.bincount(winner_map.ravel(), minlength=n))
+    return winner_map, confident_map, _won_original_area(tiles, kept, winner_map, (lo, hi))
+
+
+def _won_original_area(
+    tiles: TiledLogits,
+    kept: np.ndarray,
+    winner: np.ndarray,
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """(N,) int64 ``sigmoid >= 0.5`` pixel counts of the kept queries that win a pixel of
+    ``winner``, 0 for the others (they are dropped whatever it is): tiles wholly above the
+    threshold counted from their bounds, the tiles across it evaluated, or the whole query
+    resized (on the post-processing threads) when they are :data:`_WHOLE_FRACTION` of the tiles.
+
+    Args:
+        tiles: all queries' stride-4 logits; kept: (N,) int query indices.
+        winner: (H, W) int64 slots of ``kept``.
+        bounds: the kept queries' (N, ty, tx) tile bounds when already computed.
+    """
+    n = kept.shape[0]
+    thr = sigmoid_threshold()
+    won = np.flatnonzero(np.bincount(winner.ravel(), minlength=n))
+    lo, hi = tiles.bounds(kept[won]) if bounds is None else (bounds[0][won], bounds[1][won])
+    across = (lo < thr) & (hi >= thr)  # (w, ty, tx)
+    whole = across.sum((1, 2)) >= _WHOLE_FRACTION * across[0].size
+    across[whole] = False
     original_area = np.zeros(n, np.int64)
     valid = tiles.valid()
-    full = (lo[won] >= thr) * valid.sum((2, 3))  # (w, ty, tx) pixels of tiles wholly above
+    full = (lo >= thr) * valid.sum((2, 3))  # (w, ty, tx) pixels of tiles wholly above
     original_area[won] = full.sum((1, 2))
-    wi, wy, wx = np.nonzero((lo[won] < thr) & (hi[won] >= thr))
+    wi, wy, wx = np.nonzero(across)
     if wi.size:
         above = (tiles.evaluate(kept[won[wi]], wy, wx) >= thr) & valid[wy, wx]
         counts = np.bincount(wi, weights=above.sum((1, 2)), minlength=won.size)
         original_area[won] += counts.astype(np.int64)
-    return winner_map, confident_map, original_area
+
+    def count(query: int) -> int:
+        return int(np.count_nonzero(tiles.dense(np.array([query]))[0] >= thr))
+
+    original_area[won[whole]] = parallel_map(count, kept[won[whole]])
+    return original_area
 
 
 def _decide(
@@ -401,7 +433,8 @@ def _assign_dense(
         kept: (N,) int query indices; scores: (N,) float32.
 
     Returns:
-        as :func:`_assign_pixels`.
+        as :func:`_assign_pixels`, ``original_area`` counted only for the queries that win a
+        pixel (:func:`_won_original_area`).
     """
     n = kept.shape[0]
     h, w = tiles.original_hw
@@ -422,10 +455,8 @@ def _assign_dense(
     ranked = tiles.select(kept[order])  # the kept queries' logits in score order, gathered once
     every = np.arange(n)
 
-    def span_area(span: tuple[int, int]) -> np.ndarray:
-        """Assign the rows of ``span`` (writes ``winner`` / ``confident`` there); their
-        ``sigmoid >= 0.5`` counts in score order."""
-        area = np.zeros(n, np.int64)
+    def assign_span(span: tuple[int, int]) -> None:
+        """Assign the rows of ``span`` (writes ``winner`` / ``confident`` there)."""
         flags = np.empty(n * rows * w, bool)
         maxima = np.empty((len(bounding), rows * w), np.float32)
         for top, band in ranked.row_bands(every, rows, step, span):
@@ -436,9 +467,7 @@ def _assign_dense(
                 np.maximum.reduce(logits[a:b], axis=0, out=maxima[g, :p])
             low = _value_lower_bound(maxima[:, :p], low_score)
             cutoff = _logit_cutoff(low, high_score)  # (G, P)
-            for g, (a, b) in enumerate(groups):  # a group's rows stay in cache for both tests
-                np.greater_equal(logits[a:b], thr, out=mask[a:b])
-                area[a:b] += np.add.reduce(mask[a:b].view(np.uint8), axis=1, dtype=np.int32)
+            for g, (a, b) in enumerate(groups):
                 np.greater_equal(logits[a:b], cutoff[g], out=mask[a:b])
             mask[position[0], low == 0] = True  # all values may be 0: the first slot wins ties
             qi, pi = np.divmod(np.flatnonzero(mask), p)
@@ -460,11 +489,11 @@ def _assign_dense(
                 band_confident[left] = rest[first[left], np.arange(left.size)] >= thr
             winner[top * w : top * w + p] = first
             confident[top * w : top * w + p] = band_confident
-        return area
 
     # Spans of rows on the post-processing threads: every band is computed as in one pass.
-    area = np.sum(parallel_map(span_area, row_spans(h, step, thread_count())), axis=0)
-    return winner.reshape(h, w), confident.reshape(h, w), area[position]
+    parallel_map(assign_span, row_spans(h, step, thread_count()))
+    winner_map = winner.reshape(h, w)
+    return winner_map, confident.reshape(h, w), _won_original_area(tiles, kept, winner_map)
 
 
 def _value_lower_bound(maxima: np.ndarray, low_score: np.ndarray) -> np.ndarray:
