@@ -257,8 +257,9 @@ def _calibration_images(calib_images, image_size: int, mean, std) -> list[np.nda
 def _quantize(work: Path, images: list[np.ndarray], target: str, show: bool) -> list[str]:
     """INT8 encoder and pixel decoder; on the cpu target also their fused flavours for ONNX
     Runtime with omg-rt's operators (``omg_rt.backends.ort_ops``): the encoder with its MLPs'
-    GELU + quantization as one node, the fused pixel decoder with the portable one's activation
-    ranges (left out where the operator cannot be built here to pre-process it).
+    GELU + quantization and its norms' dequantize + LayerNorm + quantize each as one node, the
+    fused pixel decoder with the portable one's activation ranges (left out where the operator
+    cannot be built here to pre-process it).
 
     Returns:
         The graphs with a fused INT8 file (``int8/fused/<name>.onnx``).
@@ -282,7 +283,9 @@ def _quantize(work: Path, images: list[np.ndarray], target: str, show: bool) -> 
         if target != "cpu":
             return fused
         model = onnx.load_model(str(encoder))
-        if precision_mod.fuse_gelu_quantize(model):
+        fused_nodes = precision_mod.fuse_gelu_quantize(model)
+        fused_nodes += precision_mod.fuse_layernorm_quantize(model)
+        if fused_nodes:
             (work / "int8" / "fused").mkdir(parents=True, exist_ok=True)
             save_model(model, work / "int8" / "fused" / f"{ENCODER.name}.onnx")
             fused.append(ENCODER.name)

@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -291,6 +292,68 @@ def keep_float_paths(graph: onnx.GraphProto) -> int:
             graph.node.remove(node)
 
 
+class _Chains:
+    """A graph's producers, readers and constants, for replacing a chain of nodes that nothing
+    outside it reads by one of omg-rt's operators (:func:`fuse_gelu_quantize`,
+    :func:`fuse_layernorm_quantize`)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        graph = model.graph
+        self.producers = {out: node for node in graph.node for out in node.output}
+        self.readers: Counter[str] = Counter(name for node in graph.node for name in node.input)
+        self.readers.update(o.name for o in graph.output)
+        self.values = {i.name: i for i in graph.initializer}
+
+    def constant(self, name: str) -> np.ndarray | None:
+        tensor = self.values.get(name)
+        return None if tensor is None else onnx.numpy_helper.to_array(tensor)
+
+    def is_scalar(self, name: str, value: float) -> bool:
+        array = self.constant(name)
+        return array is not None and array.size == 1 and \
+            abs(float(array.ravel()[0]) - value) <= 1e-6 * abs(value)
+
+    def private(self, name: str, op_type: str) -> onnx.NodeProto | None:
+        """The ``op_type`` node making ``name``, when the chain alone reads it (once)."""
+        node = self.producers.get(name)
+        ok = node is not None and node.op_type == op_type and self.readers[name] == 1
+        return node if ok else None
+
+    def per_tensor(self, scale: str, zero_point: str) -> bool:
+        """Whether a (De)QuantizeLinear's scale and zero point are one float32 and one uint8."""
+        values = (self.constant(scale), self.constant(zero_point))
+        return values[0] is not None and values[1] is not None and values[0].size == 1 \
+            and values[1].size == 1 and values[0].dtype == np.float32 \
+            and values[1].dtype == np.uint8
+
+    def add_constant(self, name: str, value: np.ndarray) -> str:
+        self.model.graph.initializer.append(onnx.numpy_helper.from_array(value, name))
+        return name
+
+    def replace(self, chain: list[onnx.NodeProto], nodes: list[onnx.NodeProto]) -> None:
+        """``nodes`` where ``chain`` began, ``chain`` removed."""
+        graph = self.model.graph
+        place = list(graph.node).index(chain[0])
+        for old in chain:
+            graph.node.remove(old)
+        for offset, node in enumerate(nodes):
+            graph.node.insert(place + offset, node)
+
+    def finish(self, fused: int) -> int:
+        """After ``fused`` replacements: drop the initializers nothing reads any more and import
+        omg-rt's operator domain."""
+        if fused:
+            graph = self.model.graph
+            read = {name for node in graph.node for name in node.input}
+            for tensor in [t for t in graph.initializer if t.name not in read]:
+                graph.initializer.remove(tensor)
+            if all(o.domain != ort_ops.GELU_QUANTIZE_DOMAIN for o in self.model.opset_import):
+                self.model.opset_import.append(
+                    onnx.helper.make_opsetid(ort_ops.GELU_QUANTIZE_DOMAIN, 1))
+        return fused
+
+
 def fuse_gelu_quantize(model: onnx.ModelProto) -> int:
     """Replace each ``bias -> erf GELU -> QuantizeLinear`` chain after a quantized matrix product
     or convolution by omg-rt's ``omg_rt::BiasGeluQuantize`` node (``omg_rt.backends.ort_ops``), in
@@ -307,26 +370,8 @@ def fuse_gelu_quantize(model: onnx.ModelProto) -> int:
     Returns:
         How many chains were fused.
     """
-    graph = model.graph
-    producers = {out: node for node in graph.node for out in node.output}
-    readers: Counter[str] = Counter(name for node in graph.node for name in node.input)
-    readers.update(o.name for o in graph.output)
-    values = {i.name: i for i in graph.initializer}
-
-    def constant(name: str) -> np.ndarray | None:
-        tensor = values.get(name)
-        return None if tensor is None else onnx.numpy_helper.to_array(tensor)
-
-    def is_scalar(name: str, value: float) -> bool:
-        array = constant(name)
-        return array is not None and array.size == 1 and \
-            abs(float(array.ravel()[0]) - value) <= 1e-6 * abs(value)
-
-    def private(name: str, op_type: str) -> onnx.NodeProto | None:
-        """The ``op_type`` node making ``name``, when the chain alone reads it (once)."""
-        node = producers.get(name)
-        ok = node is not None and node.op_type == op_type and readers[name] == 1
-        return node if ok else None
+    index = _Chains(model)
+    constant, private, is_scalar = index.constant, index.private, index.is_scalar
 
     def other(node: onnx.NodeProto, name: str) -> str | None:
         """The operand of binary ``node`` that is not ``name`` (None when neither is)."""
@@ -341,9 +386,7 @@ def fuse_gelu_quantize(model: onnx.ModelProto) -> int:
     def chain_of(quantize: onnx.NodeProto) -> tuple[list[onnx.NodeProto], str, str] | None:
         """The chain ending at ``quantize``: its nodes, the GELU's input before the bias, and
         the bias ("" for none)."""
-        scale, zero_point = (constant(n) for n in quantize.input[1:3])
-        if scale is None or zero_point is None or scale.size != 1 or zero_point.size != 1 \
-                or scale.dtype != np.float32 or zero_point.dtype != np.uint8:
+        if not index.per_tensor(*quantize.input[1:3]):
             return None
         half = private(quantize.input[0], "Mul")
         halved = half and constant_operand(half, lambda n: is_scalar(n, 0.5))
@@ -356,17 +399,17 @@ def fuse_gelu_quantize(model: onnx.ModelProto) -> int:
             erf = plus_one and private(plus_one[1], "Erf")
             div = erf and private(erf.input[0], "Div")
             if div and div.input[0] == v and is_scalar(div.input[1], float(np.sqrt(2.0))) \
-                    and readers[v] == 2:
+                    and index.readers[v] == 2:
                 break
         else:
             return None
         gelu = [div, erf, one, product, half, quantize]
-        source = producers.get(v)
+        source = index.producers.get(v)
         biased = source is not None and source.op_type == "Add" and constant_operand(
             source, lambda n: (c := constant(n)) is not None and c.ndim == 1
             and c.dtype == np.float32)
         matmul = biased and private(biased[1], "MatMul")
-        weight_dq = matmul and producers.get(matmul.input[1])
+        weight_dq = matmul and index.producers.get(matmul.input[1])
         weight = constant(weight_dq.input[0]) \
             if weight_dq and weight_dq.op_type == "DequantizeLinear" else None
         length = constant(biased[0]).shape[0] if biased else -1
@@ -375,30 +418,79 @@ def fuse_gelu_quantize(model: onnx.ModelProto) -> int:
         return gelu, v, ""
 
     fused = 0
-    for quantize in [n for n in graph.node if n.op_type == "QuantizeLinear"]:
+    for quantize in [n for n in model.graph.node if n.op_type == "QuantizeLinear"]:
         found = chain_of(quantize) if len(quantize.input) == 3 else None
         if found is None:
             continue
         chain, product_output, bias = found
         if not bias:  # one zero for every column
-            bias = f"{quantize.name}/zero_bias"
-            graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(1, np.float32), bias))
+            bias = index.add_constant(f"{quantize.name}/zero_bias", np.zeros(1, np.float32))
         node = onnx.helper.make_node(
             ort_ops.GELU_QUANTIZE_OP, [product_output, bias, *quantize.input[1:3]],
             list(quantize.output), name=f"{quantize.name}/{ort_ops.GELU_QUANTIZE_OP}",
             domain=ort_ops.GELU_QUANTIZE_DOMAIN)
-        place = list(graph.node).index(chain[0])
-        for old in chain:
-            graph.node.remove(old)
-        graph.node.insert(place, node)
+        index.replace(chain, [node])
         fused += 1
-    if fused:
-        read = {name for node in graph.node for name in node.input}
-        for tensor in [t for t in graph.initializer if t.name not in read]:
-            graph.initializer.remove(tensor)  # the GELU's constants
-        if all(o.domain != ort_ops.GELU_QUANTIZE_DOMAIN for o in model.opset_import):
-            model.opset_import.append(onnx.helper.make_opsetid(ort_ops.GELU_QUANTIZE_DOMAIN, 1))
-    return fused
+    return index.finish(fused)
+
+
+def fuse_layernorm_quantize(model: onnx.ModelProto) -> int:
+    """Replace each ``DequantizeLinear -> [Transpose ->] LayerNormalization -> QuantizeLinear``
+    chain by omg-rt's ``omg_rt::LayerNormQuantize`` node (``omg_rt.backends.ort_ops``), in place:
+    ConvNeXt's norm between its quantized depthwise convolution and its first MLP product, which
+    ONNX Runtime runs as three float32 passes. A Transpose in the chain moves before the node,
+    onto the uint8 tensor (where ONNX Runtime's layout passes can cancel it).
+
+    A chain is fused only when the LayerNormalization normalises the last axis (float32
+    statistics, constant 1-D float32 scale and bias, no optional outputs), both quantizations
+    are per tensor (one float32 scale, one uint8 zero point) and nothing else reads a tensor in
+    between.
+
+    Returns:
+        How many chains were fused.
+    """
+    index = _Chains(model)
+    fused = 0
+    for quantize in [n for n in model.graph.node if n.op_type == "QuantizeLinear"]:
+        if len(quantize.input) != 3 or not index.per_tensor(*quantize.input[1:3]):
+            continue
+        norm = index.private(quantize.input[0], "LayerNormalization")
+        attributes = _attributes(norm) if norm else {}
+        if norm is None or len(norm.input) != 3 or len([o for o in norm.output if o]) != 1 \
+                or attributes.get("axis", -1) != -1 or attributes.get("stash_type", 1) != 1:
+            continue
+        gamma, beta = (index.constant(n) for n in norm.input[1:3])
+        if gamma is None or beta is None or gamma.ndim != 1 or gamma.shape != beta.shape \
+                or gamma.dtype != np.float32 or beta.dtype != np.float32:
+            continue
+        transpose = index.private(norm.input[0], "Transpose")
+        dequantize = index.private(transpose.input[0] if transpose else norm.input[0],
+                                   "DequantizeLinear")
+        if dequantize is None or len(dequantize.input) != 3 \
+                or not index.per_tensor(*dequantize.input[1:3]):
+            continue
+        source, nodes = dequantize.input[0], []
+        if transpose is not None:  # the same permutation, on the uint8 tensor
+            nodes.append(onnx.helper.make_node(
+                "Transpose", [source], [f"{transpose.output[0]}/uint8"],
+                name=f"{transpose.name}/uint8", **_attributes(transpose)))
+            source = nodes[-1].output[0]
+        epsilon = index.add_constant(
+            f"{norm.name}/epsilon", np.array(attributes.get("epsilon", 1e-5), np.float32))
+        nodes.append(onnx.helper.make_node(
+            ort_ops.LAYERNORM_QUANTIZE_OP,
+            [source, *dequantize.input[1:3], *norm.input[1:3], epsilon, *quantize.input[1:3]],
+            list(quantize.output), name=f"{norm.name}/{ort_ops.LAYERNORM_QUANTIZE_OP}",
+            domain=ort_ops.GELU_QUANTIZE_DOMAIN))
+        chain = [dequantize, *([transpose] if transpose else []), norm, quantize]
+        index.replace(chain, nodes)
+        fused += 1
+    return index.finish(fused)
+
+
+def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    """A node's attributes by name, as Python values."""
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _int8_options(symmetric_activations: bool) -> dict[str, object]:

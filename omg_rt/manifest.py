@@ -43,7 +43,8 @@ Manifest keys (``format_version`` 3; :class:`Manifest` holds them):
 - ``graphs``: ``{name: {"files": {precision: path}, "tensorrt_files": {precision: path} (TensorRT
   targets), "fused_files": {precision: path} (the ``cpu`` target's graphs with omg-rt's ONNX
   Runtime operators, run by the CPU provider with ``omg_rt.backends.ort_ops``: the pixel decoder
-  with the same plugin nodes, the INT8 encoder with its GELU + quantization fused; optional),
+  with the same plugin nodes, the INT8 encoder with its GELU + quantization and its
+  LayerNorm + quantization fused; optional),
   "inputs": {name: {"shape": [...], "dtype": str}}, "outputs": {...},
   "dynamic_axes": {tensor: {axis index (str): symbol}}}}`` (:class:`GraphEntry`); symbolic
   dimensions are strings (``N`` images, ``B`` batch, ``T`` frames with N = B x T, ``Q`` queries or
@@ -270,7 +271,8 @@ class GraphEntry:
         tensorrt_files: precision -> the TensorRT flavour's path (plugin nodes), if exported.
         fused_files: precision -> the same graph with omg-rt's custom operators for ONNX
             Runtime's CPU provider (:mod:`omg_rt.backends.ort_ops`: the deformable attention's
-            plugin node, the INT8 MLP's GELU + quantization), if exported.
+            plugin node, the INT8 MLP's GELU + quantization and norm + quantization), if
+            exported.
     """
 
     name: str

@@ -14,7 +14,8 @@ The INT8 encoder's MLPs run ``bias -> GELU -> QuantizeLinear`` between their two
 products; ONNX Runtime writes the GELU in float32 and reads it back to quantize, the largest
 float cost of the INT8 ConvNeXt after its matrix products. ``omg_rt::BiasGeluQuantize`` does it
 in one pass (``export.precision.fuse_gelu_quantize`` puts it into the cpu target's fused INT8
-encoder).
+encoder); ``omg_rt::LayerNormQuantize`` likewise the block's ``DequantizeLinear -> LayerNorm ->
+QuantizeLinear`` before the MLP (``export.precision.fuse_layernorm_quantize``).
 
 The library is compiled on first use with the machine's C compiler (``cc``; ``CC`` overrides)
 for this CPU, into ``$OMG_RT_CACHE`` (default ``~/.cache/omg-rt``), keyed by the source, the
@@ -40,7 +41,9 @@ DOMAIN = "trt"
 OP_NAME = "MultiscaleDeformableAttnPlugin_TRT"
 GELU_QUANTIZE_DOMAIN = "omg_rt"
 GELU_QUANTIZE_OP = "BiasGeluQuantize"
-_SOURCES = ("gelu_quantize_compute.h", "ms_deform_attn_compute.h", "ort_ops.c")
+LAYERNORM_QUANTIZE_OP = "LayerNormQuantize"  # in GELU_QUANTIZE_DOMAIN too
+_SOURCES = ("gelu_quantize_compute.h", "layernorm_quantize_compute.h", "ms_deform_attn_compute.h",
+            "ort_ops.c")
 # -fno-math-errno / -fno-trapping-math: branch-free float loops (rintf) vectorise; no result
 # changes (the code reads neither errno nor floating-point exception flags)
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared",
@@ -129,11 +132,11 @@ def inference_session(path: Path, options: Any, providers: Any) -> tuple[Any, bo
         return onnxruntime.InferenceSession(str(path), sess_options=options,
                                             providers=providers), False
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-        if not any(op in str(exc) for op in (OP_NAME, GELU_QUANTIZE_OP)):
+        if not any(op in str(exc) for op in (OP_NAME, GELU_QUANTIZE_OP, LAYERNORM_QUANTIZE_OP)):
             raise
     register(options)
     return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers), True
 
 
-__all__ = ["DOMAIN", "GELU_QUANTIZE_DOMAIN", "GELU_QUANTIZE_OP", "OP_NAME", "inference_session",
-           "library", "register"]
+__all__ = ["DOMAIN", "GELU_QUANTIZE_DOMAIN", "GELU_QUANTIZE_OP", "LAYERNORM_QUANTIZE_OP", "OP_NAME",
+           "inference_session", "library", "register"]

@@ -256,6 +256,166 @@ def test_the_rewrite_fuses_exactly_the_gelu_quantize_chain(tmp_path):
     assert float(np.abs(a - reference.run(None, feeds)[0]).max()) <= step, seed
 
 
+_LQ_INPUTS = ("x", "x_scale", "x_zero_point", "gamma", "beta", "epsilon", "y_scale",
+              "y_zero_point")
+
+
+def _layernorm_quantize_session(tmp_path, rank):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node(ort_ops.LAYERNORM_QUANTIZE_OP, list(_LQ_INPUTS), ["y"],
+                            domain=ort_ops.GELU_QUANTIZE_DOMAIN)
+    types = [TensorProto.UINT8, TensorProto.FLOAT, TensorProto.UINT8, TensorProto.FLOAT,
+             TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.UINT8]
+    shapes = [[None] * rank, [], [], [None], [None], [], [], []]
+    inputs = [helper.make_tensor_value_info(n, t, d) for n, t, d in zip(_LQ_INPUTS, types, shapes)]
+    graph = helper.make_graph([node], "lq", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, None)])
+    model = helper.make_model(graph, opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid(ort_ops.GELU_QUANTIZE_DOMAIN, 1)])
+    path = tmp_path / f"lq{rank}.onnx"
+    onnx.save(model, str(path))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    ort_ops.register(options)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _layernorm_quantize_check(feeds, got, seed):
+    """``got`` is the exact float64 chain ``DQ -> LayerNorm (last axis) -> Q``, except by one
+    step where the exact value lies within the kernel's float32 error of a rounding boundary
+    (the normalised value as ``x * a + b`` with a, b rounded to float32, then ``* gamma + beta``
+    and a division: a few float32 ulps of the terms)."""
+    x = (feeds["x"].astype(np.float64) - float(feeds["x_zero_point"])) * float(feeds["x_scale"])
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    inv = 1.0 / np.sqrt(var + float(feeds["epsilon"]))
+    normal = (x - mean) * inv
+    gamma, beta = feeds["gamma"].astype(np.float64), feeds["beta"].astype(np.float64)
+    exact = (normal * gamma + beta) / float(feeds["y_scale"])
+    want = np.clip(np.rint(exact) + int(feeds["y_zero_point"]), 0, 255)
+    off = np.abs(got.astype(np.int64) - want)
+    assert off.max() <= 1, seed
+    terms = np.abs(x + float(feeds["x_zero_point"]) * float(feeds["x_scale"])) * inv \
+        + np.abs(mean * inv)  # |x * a| + |b|
+    ulp = 2.0 ** -23
+    slack = 4 * ulp * (terms * np.abs(gamma) + np.abs(normal * gamma) + np.abs(beta)) \
+        / float(feeds["y_scale"]) + 4 * ulp * np.abs(exact)
+    boundary = np.abs(np.abs(exact - np.floor(exact)) - 0.5)  # distance to x.5
+    assert np.all(boundary[off > 0] <= slack[off > 0]), seed
+
+
+def _layernorm_quantize_feeds(rng, shape):
+    x = rng.integers(0, 256, shape).astype(np.uint8)
+    if len(shape) > 1 and shape[-1] > 1:
+        x[(0,) * (len(shape) - 1)] = rng.integers(0, 256)  # a constant row: variance 0
+    c = shape[-1]
+    return {
+        "x": x,
+        "x_scale": np.array(rng.uniform(0.001, 0.2), np.float32),
+        "x_zero_point": np.array(rng.integers(0, 256), np.uint8),
+        "gamma": rng.uniform(-2, 2, c).astype(np.float32),
+        "beta": rng.standard_normal(c).astype(np.float32),
+        "epsilon": np.array(rng.choice([1e-6, 1e-5]), np.float32),
+        # a calibrated output's step (about 8 / 255), and one small enough to saturate
+        "y_scale": np.array(rng.choice([0.03, 0.004]), np.float32),
+        "y_zero_point": np.array(rng.integers(0, 256), np.uint8),
+    }
+
+
+@pytest.mark.parametrize("shape", [(37, 61), (2, 5, 192), (1, 1), (3, 1536)])
+def test_layernorm_quantize_is_the_exact_chain_rounded(tmp_path, shape):
+    _library_or_skip()
+    session = _layernorm_quantize_session(tmp_path, len(shape))
+    seed = int(np.random.SeedSequence().entropy % (1 << 32))
+    rng = np.random.default_rng(seed)
+    for _ in range(2):  # a second call on other inputs: every element written again
+        feeds = _layernorm_quantize_feeds(rng, shape)
+        got = session.run(None, feeds)[0]
+        assert got.shape == shape and got.dtype == np.uint8, seed
+        _layernorm_quantize_check(feeds, got, seed)
+
+
+def test_layernorm_quantize_refuses_inputs_that_do_not_fit(tmp_path):
+    _library_or_skip()
+    session = _layernorm_quantize_session(tmp_path, 2)
+    good = _layernorm_quantize_feeds(np.random.default_rng(0), (3, 4))
+    assert session.run(None, good)[0].shape == (3, 4)
+    for name, bad in [("gamma", np.ones(5, np.float32)), ("beta", np.ones(3, np.float32)),
+                      ("y_scale", np.array(0.0, np.float32)),
+                      ("x_scale", np.array(-1.0, np.float32)),
+                      ("epsilon", np.array(np.inf, np.float32))]:
+        with pytest.raises(Exception, match="LayerNormQuantize"):
+            session.run(None, {**good, name: bad})
+
+
+def _norm_graph(rng, *, transpose=True, extra_reader=False):
+    """ConvNeXt's norm as ``quantize_int8`` leaves it: a quantized NCHW map (Q -> DQ), Transpose
+    to NHWC, LayerNormalization over C, Q -> DQ, DQ(W) MatMul. ``transpose=False``: an NHWC map
+    and no Transpose. ``extra_reader``: the norm's output is a graph output too (not private)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    c = 12
+    inits = {
+        "x_s": np.array(0.05, np.float32), "x_z": np.array(128, np.uint8),
+        "gamma": rng.uniform(0.5, 2, c).astype(np.float32),
+        "beta": rng.standard_normal(c).astype(np.float32) * 0.1,
+        "n_s": np.array(0.03, np.float32), "n_z": np.array(120, np.uint8),
+        "w_q": rng.integers(-127, 128, (c, 5)).astype(np.int8),
+        "w_s": (rng.random(5) * 0.02 + 0.01).astype(np.float32), "w_z": np.zeros(5, np.int8),
+    }
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_s", "x_z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "x_s", "x_z"], ["xd"])]
+    if transpose:
+        nodes.append(helper.make_node("Transpose", ["xd"], ["xt"], perm=[0, 2, 3, 1]))
+    nodes += [
+        helper.make_node("LayerNormalization", ["xt" if transpose else "xd", "gamma", "beta"],
+                         ["n"], axis=-1, epsilon=1e-6),
+        helper.make_node("QuantizeLinear", ["n", "n_s", "n_z"], ["nq"]),
+        helper.make_node("DequantizeLinear", ["nq", "n_s", "n_z"], ["nd"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], axis=1),
+        helper.make_node("MatMul", ["nd", "w"], ["y"]),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if extra_reader:
+        outputs.append(helper.make_tensor_value_info("n", TensorProto.FLOAT, None))
+    shape = [1, c, 7, 9] if transpose else [1, 7, 9, c]
+    graph = helper.make_graph(
+        nodes, "norm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)], outputs,
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), shape
+
+
+@pytest.mark.parametrize("transpose", [True, False])
+def test_the_rewrite_fuses_exactly_the_layernorm_quantize_chain(transpose):
+    from export.precision import fuse_layernorm_quantize
+
+    _library_or_skip()
+    seed = int(np.random.SeedSequence().entropy % (1 << 32))
+    rng = np.random.default_rng(seed)
+    model, shape = _norm_graph(rng, transpose=transpose)
+    original = model.SerializeToString()
+    assert fuse_layernorm_quantize(model) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count(ort_ops.LAYERNORM_QUANTIZE_OP) == 1 and "LayerNormalization" not in ops, ops
+    assert ops.count("Transpose") == int(transpose) and ops.count("QuantizeLinear") == 1, ops
+    options = ort.SessionOptions()
+    ort_ops.register(options)
+    fused = ort.InferenceSession(model.SerializeToString(), options,
+                                 providers=["CPUExecutionProvider"])
+    plain = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    a, b = fused.run(None, {"x": x})[0], plain.run(None, {"x": x})[0]
+    # one quantization step of the norm (0.03) times a weight at most, in rare elements
+    w = onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w_q"))
+    step = 0.03 * float(np.abs(w).max()) * 0.03
+    assert a.shape == b.shape and float(np.abs(a - b).max()) <= step, seed
+    assert float(np.mean(a != b)) <= 0.05, seed
+    kept, _ = _norm_graph(rng, transpose=transpose, extra_reader=True)
+    assert fuse_layernorm_quantize(kept) == 0
+    assert "LayerNormalization" in [n.op_type for n in kept.graph.node]
+
+
 def test_inputs_that_disagree_fail_the_node_not_the_process(tmp_path):
     _library_or_skip()
     session = _op_session(tmp_path)

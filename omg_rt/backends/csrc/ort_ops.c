@@ -9,6 +9,11 @@
  *   MLP (export/precision.py fuse_gelu_quantize): inputs x (..., C) float32, bias (C,) or (1,)
  *   float32, y_scale float32 and y_zero_point uint8 (one value each); output uint8 of x's shape.
  *   gelu_quantize_compute.h.
+ * - omg_rt::LayerNormQuantize, the DequantizeLinear + LayerNormalization (last axis) +
+ *   QuantizeLinear chain before the INT8 ConvNeXt MLP (export/precision.py
+ *   fuse_layernorm_quantize): inputs x (..., C) uint8, x_scale float32, x_zero_point uint8,
+ *   gamma (C,) and beta (C,) float32, epsilon float32, y_scale float32, y_zero_point uint8 (one
+ *   value each but gamma and beta); output uint8 of x's shape. layernorm_quantize_compute.h.
  *
  * Built without ONNX Runtime's headers: the library declares what it uses of the C ABI itself.
  * OrtApi is a table of function pointers that only ever grows (entries keep their place across
@@ -20,6 +25,7 @@
 #include <stdlib.h>
 
 #include "gelu_quantize_compute.h"
+#include "layernorm_quantize_compute.h"
 #include "ms_deform_attn_compute.h"
 
 typedef struct OrtStatus OrtStatus;
@@ -145,6 +151,10 @@ static void gelu_quantize_range(const void* args, int64_t begin, int64_t end) {
     gelu_quantize_rows((const GeluQuantizeArgs*)args, begin, end);
 }
 
+static void layernorm_quantize_range(const void* args, int64_t begin, int64_t end) {
+    layernorm_quantize_rows((const LayerNormQuantizeArgs*)args, begin, end);
+}
+
 /* dims of input `index` into dims[0..max) -> rank, or -1 with the element type not `want` */
 static int64_t input_dims(OrtKernelContext* context, size_t index, int want, int64_t* dims,
                           size_t max, const void** data) {
@@ -258,6 +268,63 @@ static OrtStatus* gelu_quantize_compute(void* kernel, OrtKernelContext* context)
     return status;
 }
 
+/* one value of input `index` of element type `want` into *value (float), or 0 */
+static int scalar_input(OrtKernelContext* context, size_t index, int want, float* value) {
+    int64_t dims[8];
+    const void* data = NULL;
+    const int64_t rank = input_dims(context, index, want, dims, 8, &data);
+    if (rank < 0 || element_count(dims, rank) != 1) return 0;
+    *value = want == ORT_UINT8 ? (float)*(const uint8_t*)data : *(const float*)data;
+    return 1;
+}
+
+static OrtStatus* layernorm_quantize_compute(void* kernel, OrtKernelContext* context) {
+    (void)kernel;
+    int64_t x[8], g[8], b[8];
+    const void *x_data, *gamma, *beta;
+    float x_scale, x_zero_point, epsilon, y_scale, y_zero_point;
+    const int64_t rank = input_dims(context, 0, ORT_UINT8, x, 8, &x_data);
+    if (rank < 1 || input_dims(context, 3, ORT_FLOAT, g, 8, &gamma) != 1 ||
+        input_dims(context, 4, ORT_FLOAT, b, 8, &beta) != 1 ||
+        !scalar_input(context, 1, ORT_FLOAT, &x_scale) ||
+        !scalar_input(context, 2, ORT_UINT8, &x_zero_point) ||
+        !scalar_input(context, 5, ORT_FLOAT, &epsilon) ||
+        !scalar_input(context, 6, ORT_FLOAT, &y_scale) ||
+        !scalar_input(context, 7, ORT_UINT8, &y_zero_point))
+        return invalid("LayerNormQuantize: expected uint8 x (..., C), one float32 x_scale, one "
+                       "uint8 x_zero_point, float32 gamma (C,) and beta (C,), one float32 "
+                       "epsilon, one float32 y_scale and one uint8 y_zero_point");
+    const int64_t cols = x[rank - 1];
+    if (g[0] != cols || b[0] != cols)
+        return invalid("LayerNormQuantize: gamma and beta must be as long as x's last dimension");
+    if (!(x_scale > 0.0f) || isinf(x_scale) || !(y_scale > 0.0f) || isinf(y_scale) ||
+        !(epsilon >= 0.0f) || isinf(epsilon))
+        return invalid("LayerNormQuantize: x_scale and y_scale must be positive and finite, "
+                       "epsilon finite and >= 0");
+    OrtValue* out = NULL;
+    void* out_data = NULL;
+    OrtStatus* status = ORT(KernelContext_GetOutput, KernelContextGetOutputFn)(
+        context, 0, x, (size_t)rank, &out);
+    if (status) return status;
+    status = ORT(GetTensorMutableData, GetTensorMutableDataFn)(out, &out_data);
+    if (status) return status;
+    const int64_t rows = cols ? element_count(x, rank) / cols : 0;
+    if (rows == 0) return NULL;
+    float* scaled = (float*)malloc(2 * (size_t)cols * sizeof(float));  /* gamma, beta / y_scale */
+    if (!scaled) return invalid("LayerNormQuantize: out of memory");
+    for (int64_t c = 0; c < cols; ++c) {
+        scaled[c] = ((const float*)gamma)[c] / y_scale;
+        scaled[cols + c] = ((const float*)beta)[c] / y_scale;
+    }
+    const LayerNormQuantizeArgs args = {(const uint8_t*)x_data, scaled, scaled + cols,
+                                        (uint8_t*)out_data, rows, cols, x_scale, epsilon,
+                                        y_zero_point};
+    const int64_t chunk = (1 << 16) / cols > 0 ? (1 << 16) / cols : 1;  /* ~64K elements */
+    status = parallel_ranges(context, layernorm_quantize_range, &args, rows, chunk);
+    free(scaled);
+    return status;
+}
+
 /* ------------------------------------------------------------------ the operators */
 
 static void* op_create_kernel(const OmgCustomOp* op, const OrtApiTable* api,
@@ -295,6 +362,13 @@ static int gq_input_type(const OmgCustomOp* op, size_t index) {
 static size_t gq_input_count(const OmgCustomOp* op) { (void)op; return 4; }
 static int gq_output_type(const OmgCustomOp* op, size_t index) { (void)op; (void)index; return ORT_UINT8; }
 
+static const char* lq_name(const OmgCustomOp* op) { (void)op; return "LayerNormQuantize"; }
+static int lq_input_type(const OmgCustomOp* op, size_t index) {
+    (void)op;
+    return index == 0 || index == 2 || index == 7 ? ORT_UINT8 : ORT_FLOAT;
+}
+static size_t lq_input_count(const OmgCustomOp* op) { (void)op; return 8; }
+
 /* KernelCompute is NULL: KernelComputeV2 runs, and reports bad inputs as a status;
  * CreateKernelV2 is NULL: CreateKernel runs. */
 #define OMG_OP(name, input_type, input_count, output_type, compute)                          \
@@ -306,13 +380,18 @@ static const OmgCustomOp g_msda_op =
     OMG_OP(msda_name, msda_input_type, msda_input_count, msda_output_type, msda_compute);
 static const OmgCustomOp g_gelu_quantize_op =
     OMG_OP(gq_name, gq_input_type, gq_input_count, gq_output_type, gelu_quantize_compute);
+static const OmgCustomOp g_layernorm_quantize_op = OMG_OP(
+    lq_name, lq_input_type, lq_input_count, gq_output_type, layernorm_quantize_compute);
 
-static OrtStatus* add_domain(OrtSessionOptions* options, const char* name, const OmgCustomOp* op) {
+static OrtStatus* add_domain(OrtSessionOptions* options, const char* name,
+                             const OmgCustomOp* const* ops, size_t count) {
     OrtCustomOpDomain* domain = NULL;
     OrtStatus* status = ORT(CreateCustomOpDomain, CreateCustomOpDomainFn)(name, &domain);
     if (status) return status;
-    status = ORT(CustomOpDomain_Add, CustomOpDomainAddFn)(domain, op);
-    if (status) return status;
+    for (size_t i = 0; i < count; ++i) {
+        status = ORT(CustomOpDomain_Add, CustomOpDomainAddFn)(domain, ops[i]);
+        if (status) return status;
+    }
     return ORT(AddCustomOpDomain, AddCustomOpDomainFn)(options, domain);
 }
 
@@ -320,9 +399,11 @@ static OrtStatus* add_domain(OrtSessionOptions* options, const char* name, const
 OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
     g_api = (const void* const*)base->GetApi(OMG_ORT_API_VERSION);
     if (!g_api) return NULL;  /* an ONNX Runtime older than 1.17: register nothing */
-    OrtStatus* status = add_domain(options, "trt", &g_msda_op);
+    static const OmgCustomOp* const trt_ops[] = {&g_msda_op};
+    static const OmgCustomOp* const omg_ops[] = {&g_gelu_quantize_op, &g_layernorm_quantize_op};
+    OrtStatus* status = add_domain(options, "trt", trt_ops, 1);
     if (status) return status;
-    return add_domain(options, "omg_rt", &g_gelu_quantize_op);
+    return add_domain(options, "omg_rt", omg_ops, 2);
 }
 
 /* For tests: the computation alone, on the calling thread. */
