@@ -356,7 +356,7 @@ def _won_original_area(
     thr = sigmoid_threshold()
     won = np.flatnonzero(np.bincount(winner.ravel(), minlength=n))
     lo, hi = tiles.bounds(kept[won]) if bounds is None else (bounds[0][won], bounds[1][won])
-    across = (lo < thr) & (hi >= thr)  # (w, ty, tx)
+    across = ~((lo >= thr) | (hi < thr))  # (w, ty, tx) undecided, NaN bounds included
     whole = across.sum((1, 2)) >= _WHOLE_FRACTION * across[0].size
     across[whole] = False
     original_area = np.zeros(n, np.int64)

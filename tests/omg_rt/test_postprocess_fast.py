@@ -252,3 +252,30 @@ def test_semantic_ties_and_nan_pick_the_first_class_as_argmax():
     masks = np.array([[[5.0, -5.0, np.nan]], [[-5.0, 5.0, 0.0]]], np.float32)
     label_map, _ = semantic_with_scores(cls, masks)
     assert label_map.tolist() == [[0, 2, 0]]  # class 1 ties class 0; NaN column -> 0
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # inf * 0 in the resize
+@pytest.mark.parametrize("sizes", [RESIZES[0], RESIZES[3], SMALL])
+def test_the_winners_sigmoid_areas_are_the_plain_counts(sizes):
+    # _won_original_area: sigmoid >= 0.5 pixels of every query that wins a pixel, 0 for the
+    # others, whether its tiles are decided by their bounds, evaluated, or the query resized
+    # whole; a NaN or infinite sample leaves its tiles to be evaluated.
+    rng, seed = _rng()
+    h4w4, padded, resized, original = sizes
+    q = 24
+    logits = (_smooth(rng, q, h4w4, 3) * rng.choice([2.0, 40.0], (q, 1, 1))).astype(np.float32)
+    logits[3:6] = 50.0  # wholly above: counted from the bounds ...
+    logits[4, 1, 1] = np.nan  # ... but the tiles that read this sample: NaN bounds
+    logits[5, 0, :] = np.inf
+    logits[6, -1, -1] = -np.inf
+    kept = np.sort(rng.choice(q, 20, replace=False))
+    kept = np.union1d(kept, [3, 4, 5, 6])
+    winner = rng.integers(0, kept.size, original).astype(np.int64)
+    winner[winner == 1] = 0  # slot 1 wins nothing: its area is not counted
+    tiles = TiledLogits(logits, padded, resized, original, tile=int(rng.integers(3, 10)))
+    thr = panoptic.sigmoid_threshold()
+    full = upsample_masks(logits[kept], padded, resized, original)
+    want = (full >= thr).reshape(kept.size, -1).sum(1)
+    want[np.bincount(winner.ravel(), minlength=kept.size) == 0] = 0
+    np.testing.assert_array_equal(panoptic._won_original_area(tiles, kept, winner), want,
+                                  err_msg=str(seed))
