@@ -155,8 +155,9 @@ def prompt_cases(target: Target, images: list[np.ndarray], counts: tuple[int, ..
 def video_latency(targets: list[Target], videos: list[np.ndarray], passes: int,
                   progress: bool, warmup: int = 1) -> dict[str, dict[str, Any]]:
     """Per-frame cost of a VIS stream: each clip's steps summed / its frames (amortised; a
-    clip's last step decodes it). Targets interleaved per pass, after ``warmup`` untimed passes
-    (the clip shapes' first calls: Triton compiles, cuDNN picks algorithms, caches fill)."""
+    clip's last step decodes it), one sample per frame (a short last clip weighs its frames).
+    Targets interleaved per pass, after ``warmup`` untimed passes (the clip shapes' first
+    calls: Triton compiles, cuDNN picks algorithms, caches fill)."""
     per_target: dict[str, list[float]] = {t.key: [] for t in targets}
     clip_size: dict[str, int] = {}
     rounds = [False] * (warmup if passes else 0) + [True] * passes
@@ -172,8 +173,9 @@ def video_latency(targets: list[Target], videos: list[np.ndarray], passes: int,
 
 
 def _vis_stream(target: Target, frames: np.ndarray) -> dict[str, Any]:
-    """One VIS session over ``frames``: its clip size and each clip's ms per frame."""
-    per_clip: list[float] = []
+    """One VIS session over ``frames``: its clip size and each frame's ms (its clip's time /
+    its frames)."""
+    per_frame: list[float] = []
     with target.context():
         session = target.segmenter.open_video("vis")
         spent, count = 0.0, 0
@@ -183,14 +185,14 @@ def _vis_stream(target: Target, frames: np.ndarray) -> dict[str, Any]:
             spent += time.perf_counter() - start
             count += 1
             if out:
-                per_clip.append(spent * 1e3 / count)
+                per_frame.extend([spent * 1e3 / count] * count)
                 spent, count = 0.0, 0
         start = time.perf_counter()
         out = session.finish()
         spent += time.perf_counter() - start
-        if out:
-            per_clip.append(spent * 1e3 / max(count, 1))
-    return {"clip_size": session.clip_size, "ms_per_frame": per_clip}
+        if out and count:
+            per_frame.extend([spent * 1e3 / count] * count)
+    return {"clip_size": session.clip_size, "ms_per_frame": per_frame}
 
 
 def summarize(cases: list[Case]) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ HOW_MEASURED = """\
 - Throughput: `set_images` of B new images (encoder batched by B) + `panoptic` of each.
 - Prompts: clicks on an image whose encoder work is cached (prompt encoder + query decoder +
   mask post-processing). Video: a VIS stream after one untimed pass (with --warmup > 0), each
-  clip's step times summed / its frames.
+  clip's step times summed / its frames, one sample per frame.
 - Cold start: a fresh process imports the runtime, runs `Segmenter.from_bundle` and the first
   `panoptic` call; peak RSS (`getrusage`, imports included) after 3 more calls; GPU: torch's
   `max_memory_allocated` (torch) or the process's `nvidia-smi` memory (others).
