@@ -1,9 +1,9 @@
 """omg-rt's ONNX Runtime custom operators (``omg_rt.backends.ort_ops``): deformable attention as
 one CPU kernel for the plugin node of the fused pixel decoder, against the PyTorch reference on
 fresh random inputs every run (sizes, levels, heads, locations outside the map, batch 2); the INT8
-MLP's bias + GELU + quantization against the exact float64 chain; the graph rewrite that puts the
-latter into the INT8 encoder; the build cache and errors; and the bundle's fused graphs through
-the runtime."""
+MLP's bias + GELU + quantization and the norm's dequantize + LayerNorm + quantization against the
+exact float64 chains; the graph rewrites that put them into the INT8 encoder; the build cache and
+errors; and the bundle's fused graphs through the runtime."""
 
 from __future__ import annotations
 
