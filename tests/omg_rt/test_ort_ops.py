@@ -96,25 +96,31 @@ def test_the_fused_kernel_is_the_reference(tmp_path, case):
                                err_msg=str(seed))
 
 
-def _gelu_quantize_session(tmp_path, rank):
+def _omg_op_session(tmp_path, op, inputs):
+    """A session of one omg_rt-domain ``op`` node reading ``inputs`` [(name, TensorProto type,
+    shape)] and writing a uint8 ``y``, on 2 threads with the library registered."""
     from onnx import TensorProto, helper
 
-    node = helper.make_node(ort_ops.GELU_QUANTIZE_OP, ["x", "bias", "scale", "zero_point"], ["y"],
+    node = helper.make_node(op, [n for n, _, _ in inputs], ["y"],
                             domain=ort_ops.GELU_QUANTIZE_DOMAIN)
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None] * rank),
-              helper.make_tensor_value_info("bias", TensorProto.FLOAT, [None]),
-              helper.make_tensor_value_info("scale", TensorProto.FLOAT, []),
-              helper.make_tensor_value_info("zero_point", TensorProto.UINT8, [])]
-    graph = helper.make_graph([node], "gq", inputs,
+    graph = helper.make_graph([node], op, [helper.make_tensor_value_info(*i) for i in inputs],
                               [helper.make_tensor_value_info("y", TensorProto.UINT8, None)])
     model = helper.make_model(graph, opset_imports=[
         helper.make_opsetid("", 17), helper.make_opsetid(ort_ops.GELU_QUANTIZE_DOMAIN, 1)])
-    path = tmp_path / f"gq{rank}.onnx"
+    path = tmp_path / f"{op}{len(inputs[0][2])}.onnx"
     onnx.save(model, str(path))
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     ort_ops.register(options)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _gelu_quantize_session(tmp_path, rank):
+    from onnx import TensorProto
+
+    return _omg_op_session(tmp_path, ort_ops.GELU_QUANTIZE_OP, [
+        ("x", TensorProto.FLOAT, [None] * rank), ("bias", TensorProto.FLOAT, [None]),
+        ("scale", TensorProto.FLOAT, []), ("zero_point", TensorProto.UINT8, [])])
 
 
 def _gelu_quantize_check(x, bias, scale, zero_point, got, seed):
@@ -261,24 +267,13 @@ _LQ_INPUTS = ("x", "x_scale", "x_zero_point", "gamma", "beta", "epsilon", "y_sca
 
 
 def _layernorm_quantize_session(tmp_path, rank):
-    from onnx import TensorProto, helper
+    from onnx import TensorProto
 
-    node = helper.make_node(ort_ops.LAYERNORM_QUANTIZE_OP, list(_LQ_INPUTS), ["y"],
-                            domain=ort_ops.GELU_QUANTIZE_DOMAIN)
     types = [TensorProto.UINT8, TensorProto.FLOAT, TensorProto.UINT8, TensorProto.FLOAT,
              TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.UINT8]
     shapes = [[None] * rank, [], [], [None], [None], [], [], []]
-    inputs = [helper.make_tensor_value_info(n, t, d) for n, t, d in zip(_LQ_INPUTS, types, shapes)]
-    graph = helper.make_graph([node], "lq", inputs,
-                              [helper.make_tensor_value_info("y", TensorProto.UINT8, None)])
-    model = helper.make_model(graph, opset_imports=[
-        helper.make_opsetid("", 17), helper.make_opsetid(ort_ops.GELU_QUANTIZE_DOMAIN, 1)])
-    path = tmp_path / f"lq{rank}.onnx"
-    onnx.save(model, str(path))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    ort_ops.register(options)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return _omg_op_session(tmp_path, ort_ops.LAYERNORM_QUANTIZE_OP,
+                           list(zip(_LQ_INPUTS, types, shapes)))
 
 
 def _layernorm_quantize_check(feeds, got, seed):

@@ -180,6 +180,16 @@ static OrtStatus* invalid(const char* message) {
     return ORT(CreateStatus, CreateStatusFn)(ORT_INVALID_ARGUMENT, message);
 }
 
+/* output 0 with dims[0..rank) and its data */
+static OrtStatus* output_data(OrtKernelContext* context, const int64_t* dims, int64_t rank,
+                              void** data) {
+    OrtValue* out = NULL;
+    OrtStatus* status = ORT(KernelContext_GetOutput, KernelContextGetOutputFn)(
+        context, 0, dims, (size_t)rank, &out);
+    if (status) return status;
+    return ORT(GetTensorMutableData, GetTensorMutableDataFn)(out, data);
+}
+
 static OrtStatus* msda_compute(void* kernel, OrtKernelContext* context) {
     (void)kernel;
     int64_t v[8], sh[8], st[8], lo[8], w[8];
@@ -207,12 +217,8 @@ static OrtStatus* msda_compute(void* kernel, OrtKernelContext* context) {
             return invalid("MultiscaleDeformableAttnPlugin_TRT: a level lies outside value");
     }
     const int64_t out_dims[4] = {n, lq, m, d};
-    OrtValue* out = NULL;
     void* out_data = NULL;
-    OrtStatus* status =
-        ORT(KernelContext_GetOutput, KernelContextGetOutputFn)(context, 0, out_dims, 4, &out);
-    if (status) return status;
-    status = ORT(GetTensorMutableData, GetTensorMutableDataFn)(out, &out_data);
+    OrtStatus* status = output_data(context, out_dims, 4, &out_data);
     if (status) return status;
     const MsdaArgs args = {(const float*)value, shape_values, start_values,
                            (const float*)locations, (const float*)weights, (float*)out_data,
@@ -244,12 +250,8 @@ static OrtStatus* gelu_quantize_compute(void* kernel, OrtKernelContext* context)
     const float scale_value = *(const float*)scale;
     if (!(scale_value > 0.0f) || isinf(scale_value))
         return invalid("BiasGeluQuantize: y_scale must be positive and finite");
-    OrtValue* out = NULL;
     void* out_data = NULL;
-    OrtStatus* status = ORT(KernelContext_GetOutput, KernelContextGetOutputFn)(
-        context, 0, x, (size_t)rank, &out);
-    if (status) return status;
-    status = ORT(GetTensorMutableData, GetTensorMutableDataFn)(out, &out_data);
+    OrtStatus* status = output_data(context, x, rank, &out_data);
     if (status) return status;
     const int64_t rows = cols ? element_count(x, rank) / cols : 0;
     if (rows == 0) return NULL;
@@ -301,12 +303,8 @@ static OrtStatus* layernorm_quantize_compute(void* kernel, OrtKernelContext* con
         !(epsilon >= 0.0f) || isinf(epsilon))
         return invalid("LayerNormQuantize: x_scale and y_scale must be positive and finite, "
                        "epsilon finite and >= 0");
-    OrtValue* out = NULL;
     void* out_data = NULL;
-    OrtStatus* status = ORT(KernelContext_GetOutput, KernelContextGetOutputFn)(
-        context, 0, x, (size_t)rank, &out);
-    if (status) return status;
-    status = ORT(GetTensorMutableData, GetTensorMutableDataFn)(out, &out_data);
+    OrtStatus* status = output_data(context, x, rank, &out_data);
     if (status) return status;
     const int64_t rows = cols ? element_count(x, rank) / cols : 0;
     if (rows == 0) return NULL;
