@@ -348,9 +348,9 @@ class _Chains:
             read = {name for node in graph.node for name in node.input}
             for tensor in [t for t in graph.initializer if t.name not in read]:
                 graph.initializer.remove(tensor)
-            if all(o.domain != ort_ops.GELU_QUANTIZE_DOMAIN for o in self.model.opset_import):
+            if all(o.domain != ort_ops.OPS_DOMAIN for o in self.model.opset_import):
                 self.model.opset_import.append(
-                    onnx.helper.make_opsetid(ort_ops.GELU_QUANTIZE_DOMAIN, 1))
+                    onnx.helper.make_opsetid(ort_ops.OPS_DOMAIN, 1))
         return fused
 
 
@@ -428,7 +428,7 @@ def fuse_gelu_quantize(model: onnx.ModelProto) -> int:
         node = onnx.helper.make_node(
             ort_ops.GELU_QUANTIZE_OP, [product_output, bias, *quantize.input[1:3]],
             list(quantize.output), name=f"{quantize.name}/{ort_ops.GELU_QUANTIZE_OP}",
-            domain=ort_ops.GELU_QUANTIZE_DOMAIN)
+            domain=ort_ops.OPS_DOMAIN)
         index.replace(chain, [node])
         fused += 1
     return index.finish(fused)
@@ -455,9 +455,10 @@ def fuse_layernorm_quantize(model: onnx.ModelProto) -> int:
         if len(quantize.input) != 3 or not index.per_tensor(*quantize.input[1:3]):
             continue
         norm = index.private(quantize.input[0], "LayerNormalization")
-        attributes = _attributes(norm) if norm else {}
-        if norm is None or len(norm.input) != 3 or len([o for o in norm.output if o]) != 1 \
-                or attributes.get("axis", -1) != -1 or attributes.get("stash_type", 1) != 1:
+        if norm is None or len(norm.input) != 3 or len([o for o in norm.output if o]) != 1:
+            continue
+        attributes = _attributes(norm)
+        if attributes.get("axis", -1) != -1 or attributes.get("stash_type", 1) != 1:
             continue
         gamma, beta = (index.constant(n) for n in norm.input[1:3])
         if gamma is None or beta is None or gamma.ndim != 1 or gamma.shape != beta.shape \
@@ -481,7 +482,7 @@ def fuse_layernorm_quantize(model: onnx.ModelProto) -> int:
             ort_ops.LAYERNORM_QUANTIZE_OP,
             [source, *dequantize.input[1:3], *norm.input[1:3], epsilon, *quantize.input[1:3]],
             list(quantize.output), name=f"{norm.name}/{ort_ops.LAYERNORM_QUANTIZE_OP}",
-            domain=ort_ops.GELU_QUANTIZE_DOMAIN))
+            domain=ort_ops.OPS_DOMAIN))
         chain = [dequantize, *([transpose] if transpose else []), norm, quantize]
         index.replace(chain, nodes)
         fused += 1

@@ -39,9 +39,9 @@ from omg_rt.errors import BackendUnavailableError
 
 DOMAIN = "trt"
 OP_NAME = "MultiscaleDeformableAttnPlugin_TRT"
-GELU_QUANTIZE_DOMAIN = "omg_rt"
+OPS_DOMAIN = "omg_rt"  # omg-rt's own operators
 GELU_QUANTIZE_OP = "BiasGeluQuantize"
-LAYERNORM_QUANTIZE_OP = "LayerNormQuantize"  # in GELU_QUANTIZE_DOMAIN too
+LAYERNORM_QUANTIZE_OP = "LayerNormQuantize"
 _SOURCES = ("gelu_quantize_compute.h", "layernorm_quantize_compute.h", "ms_deform_attn_compute.h",
             "ort_ops.c")
 # -fno-math-errno / -fno-trapping-math: branch-free float loops (rintf) vectorise; no result
@@ -138,5 +138,5 @@ def inference_session(path: Path, options: Any, providers: Any) -> tuple[Any, bo
     return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers), True
 
 
-__all__ = ["DOMAIN", "GELU_QUANTIZE_DOMAIN", "GELU_QUANTIZE_OP", "LAYERNORM_QUANTIZE_OP", "OP_NAME",
+__all__ = ["DOMAIN", "OPS_DOMAIN", "GELU_QUANTIZE_OP", "LAYERNORM_QUANTIZE_OP", "OP_NAME",
            "inference_session", "library", "register"]

@@ -102,11 +102,11 @@ def _omg_op_session(tmp_path, op, inputs):
     from onnx import TensorProto, helper
 
     node = helper.make_node(op, [n for n, _, _ in inputs], ["y"],
-                            domain=ort_ops.GELU_QUANTIZE_DOMAIN)
+                            domain=ort_ops.OPS_DOMAIN)
     graph = helper.make_graph([node], op, [helper.make_tensor_value_info(*i) for i in inputs],
                               [helper.make_tensor_value_info("y", TensorProto.UINT8, None)])
     model = helper.make_model(graph, opset_imports=[
-        helper.make_opsetid("", 17), helper.make_opsetid(ort_ops.GELU_QUANTIZE_DOMAIN, 1)])
+        helper.make_opsetid("", 17), helper.make_opsetid(ort_ops.OPS_DOMAIN, 1)])
     path = tmp_path / f"{op}{len(inputs[0][2])}.onnx"
     onnx.save(model, str(path))
     options = ort.SessionOptions()
