@@ -37,6 +37,15 @@ def seeded_tiny(seed: int = 0):
     return build_model("tiny").eval()
 
 
+@pytest.fixture
+def numpy_merge(monkeypatch):
+    """Host panoptic merges in numpy (checked against ``upsample_masks``), not in C (checked
+    against PyTorch's resize in tests/omg_rt/test_postprocess_native.py)."""
+    from omg_rt.postprocess import native
+
+    monkeypatch.setattr(native, "available", lambda: False)
+
+
 def _has_cuda() -> bool:
     if importlib.util.find_spec("torch") is None:
         return False

@@ -17,25 +17,17 @@ in one pass (``export.precision.fuse_gelu_quantize`` puts it into the cpu target
 encoder); ``omg_rt::LayerNormQuantize`` likewise the block's ``DequantizeLinear -> LayerNorm ->
 QuantizeLinear`` before the MLP (``export.precision.fuse_layernorm_quantize``).
 
-The library is compiled on first use with the machine's C compiler (``cc``; ``CC`` overrides)
-for this CPU, into ``$OMG_RT_CACHE`` (default ``~/.cache/omg-rt``), keyed by the source, the
-compiler and the CPU; it needs no ONNX Runtime headers (the few C API entries it calls are
-declared in the source by their place in ``OrtApi``, which only ever grows).
+The library is built on first use by :func:`omg_rt.native.build` (the machine's C compiler, for
+this CPU, cached in ``$OMG_RT_CACHE``); it needs no ONNX Runtime headers (the few C API entries
+it calls are declared in the source by their place in ``OrtApi``, which only ever grows).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
-from omg_rt.errors import BackendUnavailableError
+from omg_rt import native
 
 DOMAIN = "trt"
 OP_NAME = "MultiscaleDeformableAttnPlugin_TRT"
@@ -44,34 +36,6 @@ GELU_QUANTIZE_OP = "BiasGeluQuantize"
 LAYERNORM_QUANTIZE_OP = "LayerNormQuantize"
 _SOURCES = ("gelu_quantize_compute.h", "layernorm_quantize_compute.h", "ms_deform_attn_compute.h",
             "ort_ops.c")
-# -fno-math-errno / -fno-trapping-math: branch-free float loops (rintf) vectorise; no result
-# changes (the code reads neither errno nor floating-point exception flags)
-_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared",
-          "-std=c11")
-_lock = threading.Lock()
-_built: dict[str, Path] = {}
-
-
-def _source_dir() -> Path:
-    return Path(__file__).resolve().parent / "csrc"
-
-
-def _cpu_key() -> str:
-    """What the compiled code depends on besides the source: the machine and its CPU flags."""
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                flags = line
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()}|{flags}"
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("OMG_RT_CACHE") or os.path.join(Path.home(), ".cache", "omg-rt")
-    return Path(root) / "ort-ops"
 
 
 def library() -> Path:
@@ -80,35 +44,8 @@ def library() -> Path:
     Raises:
         BackendUnavailableError: no C compiler, or it failed (its message included).
     """
-    compiler = os.environ.get("CC", "cc")
-    found = shutil.which(compiler)
-    if found is None:
-        raise BackendUnavailableError(
-            f"onnxruntime custom ops: no C compiler ({compiler!r} is not on PATH); install one "
-            "(Debian: apt-get install gcc) or use a bundle exported without fused ops")
-    digest = hashlib.sha256()
-    for name in _SOURCES:
-        digest.update((_source_dir() / name).read_bytes())
-    digest.update(f"{found}|{' '.join(_FLAGS)}|{_cpu_key()}".encode())
-    key = digest.hexdigest()[:16]
-    with _lock:
-        if key in _built:
-            return _built[key]
-        target = _cache_dir() / key / "libomg_ort_ops.so"
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent) as work:
-                partial = Path(work) / target.name
-                command = [found, *_FLAGS, "-o", str(partial), str(_source_dir() / "ort_ops.c"),
-                           "-lm"]
-                done = subprocess.run(command, capture_output=True, text=True, check=False)
-                if done.returncode != 0:
-                    raise BackendUnavailableError(
-                        f"onnxruntime custom ops: {' '.join(command)} failed: "
-                        f"{done.stderr.strip()[-2000:]}")
-                os.replace(partial, target)  # atomic: another process may build the same
-        _built[key] = target
-        return target
+    source_dir = Path(__file__).resolve().parent / "csrc"
+    return native.build("onnxruntime custom ops", "ort-ops", source_dir, _SOURCES, "ort_ops.c")
 
 
 def register(options: Any) -> None:

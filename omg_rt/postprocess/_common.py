@@ -76,6 +76,31 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return out
 
 
+def _float32_of_key(key: int) -> np.float32:
+    """float32 values in ascending order of their integer key (0 = +0.0)."""
+    bits = key if key >= 0 else (-key) | 0x80000000
+    out: np.float32 = np.array([bits], np.uint32).view(np.float32)[0]
+    return out
+
+
+def _first_passing(bad: int, good: int, passes: Callable[[np.float32], bool]) -> np.float32:
+    """The smallest float32 in (key ``bad``, key ``good``] that ``passes`` (a monotone test)."""
+    while good - bad > 1:
+        middle = (good + bad) // 2
+        if passes(_float32_of_key(middle)):
+            good = middle
+        else:
+            bad = middle
+    return _float32_of_key(good)
+
+
+@functools.lru_cache(maxsize=1)
+def sigmoid_saturation() -> np.float32:
+    """The smallest float32 logit whose :func:`sigmoid` is exactly 1.0 (it is from there on)."""
+    return _first_passing(0x3F800000, 0x43000000,  # keys of 1.0 and 128.0
+                          lambda x: bool(sigmoid(np.array([x], np.float32))[0] == 1.0))
+
+
 @functools.lru_cache(maxsize=2)
 def sigmoid_threshold(strict: bool = False) -> np.float32:
     """The smallest float32 logit ``x`` with ``sigmoid(x) >= 0.5`` (``> 0.5`` when ``strict``).
@@ -85,20 +110,8 @@ def sigmoid_threshold(strict: bool = False) -> np.float32:
     sigmoid decide, without computing it. Found by bisection over the float32 values in order.
     """
 
-    def value(key: int) -> np.float32:  # float32 values in ascending order of their key
-        bits = key if key >= 0 else (-key) | 0x80000000
-        out: np.float32 = np.array([bits], np.uint32).view(np.float32)[0]
-        return out
-
     def passes(x: np.float32) -> bool:
         y = sigmoid(np.array([x], np.float32))[0]
         return bool(y > np.float32(0.5)) if strict else bool(y >= np.float32(0.5))
 
-    bad, good = -0x3F800000, 0x3F800000  # keys of -1.0 and 1.0
-    while good - bad > 1:
-        middle = (good + bad) // 2
-        if passes(value(middle)):
-            good = middle
-        else:
-            bad = middle
-    return value(good)
+    return _first_passing(-0x3F800000, 0x3F800000, passes)  # keys of -1.0 and 1.0

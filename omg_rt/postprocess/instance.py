@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from omg_rt.errors import InvalidInputError
+from omg_rt.postprocess import native
 from omg_rt.postprocess._common import check_array, parallel_map, sigmoid, softmax
 from omg_rt.postprocess.device import DeviceLogits
 from omg_rt.postprocess.tiles import TiledLogits
@@ -161,9 +162,13 @@ def instances_from_tiles(
     query_indices: np.ndarray,
     tiles: TiledLogits | DeviceLogits,
 ) -> InstanceResult:
-    """:func:`instances_from_masks` of ``upsample_masks(stride-4 logits)[query_indices]``,
-    resizing only the tiles where a mask is not wholly in or out or its sigmoid not saturated:
-    the same result, bit for bit. On a device (:class:`~omg_rt.postprocess.device.DeviceLogits`)
+    """:func:`instances_from_masks` of the stride-4 logits resized to the image.
+
+    On the host, the C kernels (:mod:`omg_rt.postprocess.native`) resize every selected query
+    with PyTorch's arithmetic, bit for bit ``F.interpolate``; without a C compiler, numpy gives
+    the result of ``upsample_masks(stride-4 logits)[query_indices]`` (within float32 rounding
+    of PyTorch's resize) bit for bit, resizing only the tiles where a mask is not wholly in or
+    out or its sigmoid not saturated. On a device (:class:`~omg_rt.postprocess.device.DeviceLogits`)
     every selected query is resized there instead: the same masks but where a logit is within
     float32 rounding of 0.
 
@@ -176,7 +181,10 @@ def instances_from_tiles(
         masks, sums, area, boxes = tiles.instance_masks(query_indices)
         return _scored(class_probs, labels, query_indices, masks, sums, area, boxes)
     distinct, which = np.unique(query_indices, return_inverse=True)
-    masks, sums = _tile_masks(distinct, tiles)
+    if native.available():  # PyTorch's resize of every selected query, in C
+        masks, sums = native.instance_masks(tiles, distinct)
+    else:
+        masks, sums = _tile_masks(distinct, tiles)
     return _scored(class_probs, labels, query_indices, masks[which], sums[which])
 
 

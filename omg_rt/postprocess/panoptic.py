@@ -26,6 +26,7 @@ import numpy as np
 from scipy.special import expit
 
 from omg_rt.errors import InvalidInputError
+from omg_rt.postprocess import native
 from omg_rt.postprocess._common import (
     check_array,
     parallel_map,
@@ -127,9 +128,14 @@ def panoptic_from_tiles(
     filter_low_score: bool = FILTER_LOW_SCORE,
     thing_ids: np.ndarray | None = None,
 ) -> PanopticResult:
-    """:func:`panoptic_results` of ``upsample_masks(stride-4 logits)``, resizing only where a
-    pixel's winner or confidence is not clear from the tile bounds, or, when few tiles are
-    clear, every kept query a band of rows at a time: the same result.
+    """:func:`panoptic_results` of the stride-4 logits resized to the image.
+
+    On the host, the C merge (:mod:`omg_rt.postprocess.native`) resizes every kept query a band
+    of rows at a time with PyTorch's arithmetic, bit for bit ``F.interpolate``; without a C
+    compiler, numpy gives :func:`panoptic_results` of ``upsample_masks`` (within float32
+    rounding of PyTorch's resize), resizing only where a pixel's winner or confidence is not
+    clear from the tile bounds, or, when few tiles are clear, every kept query a band of rows at
+    a time.
 
     Args:
         cls_logits: (Q, K + 1) float32, void last.
@@ -188,7 +194,9 @@ def _panoptic(
         on_device = mask_logits.assign_here(kept, scores[kept])
         won_area, painted_area, original_area = on_device.areas(filter_low_score)
     else:
-        if isinstance(mask_logits, TiledLogits):
+        if isinstance(mask_logits, TiledLogits) and native.available():
+            winner, painted, original_area = native.panoptic_merge(mask_logits, kept, scores[kept])
+        elif isinstance(mask_logits, TiledLogits):
             winner, painted, original_area = _assign_tiles(mask_logits, kept, scores[kept])
         else:
             winner, painted, original_area = _assign_pixels(mask_logits[kept], scores[kept])

@@ -429,12 +429,10 @@ def test_the_library_is_built_once_and_a_missing_compiler_is_a_typed_error(tmp_p
     first = _library_or_skip()
     assert first.is_file() and ort_ops.library() == first
     monkeypatch.setenv("OMG_RT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(ort_ops, "_built", {})
     built = ort_ops.library()
     assert built.is_file() and built.is_relative_to(tmp_path / "cache")
     assert built.stat().st_mtime == ort_ops.library().stat().st_mtime  # not rebuilt
     monkeypatch.setenv("CC", "no-such-compiler-omg")
-    monkeypatch.setattr(ort_ops, "_built", {})
     with pytest.raises(BackendUnavailableError, match="no C compiler"):
         ort_ops.library()
 
@@ -466,7 +464,6 @@ def test_the_bundles_fused_pixel_decoder_runs_and_equals_the_portable_one(tmp_pa
         name = fused.pipeline.runners["encoder"].backend.name
         assert name.endswith("+omg-ops") == (precision == "int8"), (precision, name)
         monkeypatch.setenv("CC", "no-such-compiler-omg")
-        monkeypatch.setattr(ort_ops, "_built", {})
         portable = Segmenter.from_bundle(bundle_dir, backend="onnxruntime", precision=precision)
         monkeypatch.delenv("CC")
         assert "+omg-ops" not in portable.pipeline.runners["pixel_decoder"].backend.name

@@ -16,6 +16,9 @@ from omg_rt.postprocess.semantic import semantic_from_tiles, semantic_with_score
 from omg_rt.postprocess.tiles import TiledLogits
 from omg_rt.postprocess.video import vps_results
 
+# the numpy merges against upsample_masks (the C merge: test_postprocess_native.py)
+pytestmark = pytest.mark.usefixtures("numpy_merge")
+
 RESIZES = [  # (stride-4, padded, resized, original)
     ((24, 32), (96, 128), (96, 120), (61, 77)),  # crop, then down
     ((46, 62), (184, 248), (184, 245), (90, 120)),  # video-like

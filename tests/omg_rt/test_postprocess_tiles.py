@@ -18,6 +18,9 @@ from omg_rt.postprocess.tiles import TiledLogits
 from omg_rt.postprocess.video import vps_results
 from tests.conftest import OFFICIAL_FIXTURES
 
+# the numpy merges against upsample_masks (the C merge: test_postprocess_native.py)
+pytestmark = pytest.mark.usefixtures("numpy_merge")
+
 GOLDEN = OFFICIAL_FIXTURES / "official_golden"
 
 

@@ -1,0 +1,305 @@
+/* omg-rt's panoptic merge on the CPU: per output pixel, the kept query with the largest
+ * score * sigmoid(mask logit), whether that sigmoid is >= 0.5, and per query its sigmoid >= 0.5
+ * area -- computed from the stride-4 logits a band of output rows at a time, without ever
+ * holding the (Q, H, W) logits at the image size.
+ *
+ * The logits at the image size are the official two bilinear resizes (align_corners=False):
+ * stride 4 -> the padded input, cropped to the resized image, -> the original image. Each resize
+ * is separable with PyTorch's CPU arithmetic, which is bit for bit (checked against
+ * F.interpolate by tests/omg_rt/test_postprocess_native.py)
+ *     along W: w = fmaf(x[i0], l0, x[i1] * l1)      then along H: y = fmaf(w[r0], m0, w[r1] * m1)
+ * with the taps of omg_rt.postprocess.masks.linear_taps. Built with -ffp-contract=off, so that
+ * no other product is fused.
+ *
+ * The merge visits the queries in descending score order. A query cannot beat the current
+ * winner where its score is below the winner's value (its value is at most its score; a NaN
+ * logit excepted), nor where
+ * its logit is below the winner's (its score and its sigmoid are both no larger, and float32
+ * rounding is monotone), and it cannot tie it there either -- a tie needs scores within ~2**-23
+ * of each other (such a query is flagged "near" and evaluated everywhere) or values so small
+ * that float32 loses its relative precision (below OMG_TINY the pixel evaluates every query).
+ * Only the other pixels pay for the sigmoid, 1 / (1 + expf(-x)) as scipy's float32 expit.
+ * Ties go to the lower slot (the kept query that comes first), a NaN value wins its pixel (the
+ * first NaN), as numpy's argmax.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define OMG_TINY 1e-30f
+#define OMG_BAND 16 /* output rows merged at once: the per-pixel state stays in cache */
+
+typedef struct {
+    const int64_t *i0, *i1; /* (n,) source indices of each output */
+    const float *l0, *l1;   /* (n,) their weights */
+    int64_t n;              /* outputs along this axis */
+} omg_taps;
+
+typedef struct {
+    int64_t h4, w4;     /* stride-4 logits */
+    omg_taps rows1;     /* stride 4 -> padded rows, cut to the resized image's hr rows */
+    omg_taps cols1;     /* ... and its wr columns */
+    omg_taps rows2;     /* resized -> original rows (h outputs) */
+    omg_taps cols2;     /* ... and columns (w outputs) */
+    int32_t copy;       /* the resized image is the original: no second resize */
+} omg_resize;
+
+static void resize_along_w(const float *x, const omg_taps *t, float *out) {
+    for (int64_t d = 0; d < t->n; ++d)
+        out[d] = fmaf(x[t->i0[d]], t->l0[d], x[t->i1[d]] * t->l1[d]);
+}
+
+static void blend_rows(const float *a, const float *b, float wa, float wb, int64_t n, float *out) {
+    for (int64_t d = 0; d < n; ++d) out[d] = fmaf(a[d], wa, b[d] * wb);
+}
+
+static int64_t min_index(const omg_taps *t, int64_t a, int64_t b) {
+    int64_t m = t->i0[a];
+    for (int64_t d = a; d < b; ++d) m = t->i0[d] < m ? t->i0[d] : m;
+    return m;
+}
+
+static int64_t max_index(const omg_taps *t, int64_t a, int64_t b) {
+    int64_t m = t->i1[a];
+    for (int64_t d = a; d < b; ++d) m = t->i1[d] > m ? t->i1[d] : m;
+    return m;
+}
+
+/* The crop and stride-4 rows output rows [y, end) read. */
+static void reads(const omg_resize *r, int64_t y, int64_t end, int64_t *c0, int64_t *c1,
+                  int64_t *a0, int64_t *a1) {
+    *c0 = y;
+    *c1 = end - 1;
+    if (!r->copy) {
+        *c0 = min_index(&r->rows2, y, end);
+        *c1 = max_index(&r->rows2, y, end);
+    }
+    *a0 = min_index(&r->rows1, *c0, *c1 + 1);
+    *a1 = max_index(&r->rows1, *c0, *c1 + 1);
+}
+
+/* Scratch of one band: the W-resized stride-4 rows, the padded (cropped) rows, the W-resized
+ * cropped rows, the band's logits, and its open-pixel flags (8 more, zero past the band). */
+typedef struct {
+    float *stage1_w, *cropped, *stage2_w, *logits;
+    uint8_t *open;
+} omg_scratch;
+
+/* Rows [top, stop) of one query's logits at the original size into s->logits ((stop - top) x w).
+ * Rows [c0, c1] of the crop and [a0, a1] of the stride-4 map are the ones they read. */
+static const float *band_logits(const float *q, const omg_resize *r, int64_t top, int64_t stop,
+                                int64_t c0, int64_t c1, int64_t a0, int64_t a1,
+                                omg_scratch *s) {
+    const int64_t wr = r->cols1.n, w = r->cols2.n;
+    for (int64_t a = a0; a <= a1; ++a)
+        resize_along_w(q + a * r->w4, &r->cols1, s->stage1_w + (a - a0) * wr);
+    for (int64_t c = c0; c <= c1; ++c)
+        blend_rows(s->stage1_w + (r->rows1.i0[c] - a0) * wr,
+                   s->stage1_w + (r->rows1.i1[c] - a0) * wr, r->rows1.l0[c], r->rows1.l1[c], wr,
+                   s->cropped + (c - c0) * wr);
+    if (r->copy) return s->cropped + (top - c0) * wr;
+    for (int64_t c = c0; c <= c1; ++c)
+        resize_along_w(s->cropped + (c - c0) * wr, &r->cols2, s->stage2_w + (c - c0) * w);
+    for (int64_t y = top; y < stop; ++y)
+        blend_rows(s->stage2_w + (r->rows2.i0[y] - c0) * w, s->stage2_w + (r->rows2.i1[y] - c0) * w,
+                   r->rows2.l0[y], r->rows2.l1[y], w, s->logits + (y - top) * w);
+    return s->logits;
+}
+
+/* Per-pixel state of the merge. gate: a logit below it cannot change the pixel's winner (the
+ * winner's logit; -inf where every query must be evaluated; NaN once a NaN won). */
+typedef struct {
+    float *gate, *best_logit, *best_value;
+    int64_t *best_slot;
+} omg_state;
+
+static void consider(const omg_state *st, int64_t p, float x, float score, int64_t slot) {
+    float value = score * (1.0f / (1.0f + expf(-x)));
+    float best = st->best_value[p];
+    if (isnan(best)) { /* a NaN won: only an earlier NaN takes it */
+        if (isnan(value) && slot < st->best_slot[p]) st->best_slot[p] = slot;
+        return;
+    }
+    if (isnan(value) || value > best || (value == best && slot < st->best_slot[p])) {
+        st->best_value[p] = value;
+        st->best_logit[p] = x;
+        st->best_slot[p] = slot;
+        best = value;
+    }
+    st->gate[p] = isnan(best) ? NAN : (best < OMG_TINY ? -INFINITY : st->best_logit[p]);
+}
+
+/* Output rows [top, stop) (a band of the caller's span).
+ *
+ * logits: (n, h4, w4) kept queries in descending score order; scores: (n,) that order;
+ * slots: (n,) each one's slot (its place among the kept queries in query order); near: (n,)
+ * nonzero where the score is within 2**-20 of the previous one's; threshold: the smallest
+ * float32 logit whose sigmoid is >= 0.5.
+ * winner: (stop - top) x w slots; confident: (stop - top) x w, 1 where the winner's logit is
+ * >= threshold; above: (n,) += pixels with logit >= threshold, per query (score order). */
+static void merge_band(const float *logits, int64_t n, const float *scores, const int64_t *slots,
+                      const uint8_t *near, const omg_resize *r, float threshold, int64_t top,
+                      int64_t stop, int64_t *winner, uint8_t *confident, int64_t *above,
+                      omg_scratch *s, omg_state *st) {
+    const int64_t w = r->cols2.n, pixels = (stop - top) * w;
+    int64_t c0, c1, a0, a1;
+    reads(r, top, stop, &c0, &c1, &a0, &a1);
+    memset(s->open + pixels, 0, 8);
+    for (int64_t p = 0; p < pixels; ++p) {
+        st->gate[p] = -INFINITY;
+        st->best_logit[p] = -INFINITY;
+        st->best_value[p] = -INFINITY;
+        st->best_slot[p] = INT64_MAX;
+    }
+    for (int64_t k = 0; k < n; ++k) {
+        const float *x = band_logits(logits + k * r->h4 * r->w4, r, top, stop, c0, c1, a0, a1, s);
+        const float score = scores[k];
+        const int64_t slot = slots[k];
+        int64_t count = 0;
+        for (int64_t p = 0; p < pixels; ++p) count += x[p] >= threshold;
+        above[k] += count;
+        if (near[k]) {
+            for (int64_t p = 0; p < pixels; ++p) consider(st, p, x[p], score, slot);
+            continue;
+        }
+        /* Open pixels: where this query might win. Flags first (the loop vectorises), then a
+         * word of eight flags at a time. */
+        for (int64_t p = 0; p < pixels; ++p)
+            s->open[p] = (x[p] != x[p])
+                         | (!(x[p] < st->gate[p]) & !(score < st->best_value[p]));
+        for (int64_t p = 0; p < pixels; p += 8) {
+            uint64_t word;
+            memcpy(&word, s->open + p, sizeof word);
+            if (word == 0) continue;
+            for (int64_t j = p; j < p + 8; ++j)
+                if (s->open[j]) consider(st, j, x[j], score, slot);
+        }
+    }
+    for (int64_t p = 0; p < pixels; ++p) {
+        winner[p] = st->best_slot[p];
+        confident[p] = st->best_logit[p] >= threshold;
+    }
+}
+
+/* Rows of the crop and of the stride-4 map that one band of OMG_BAND output rows of
+ * [top, stop) reads, at most. */
+static void band_reads(const omg_resize *r, int64_t top, int64_t stop, int64_t *crop_rows,
+                       int64_t *source_rows) {
+    *crop_rows = OMG_BAND;
+    *source_rows = 0;
+    for (int64_t y = top; y < stop; y += OMG_BAND) {
+        const int64_t end = y + OMG_BAND < stop ? y + OMG_BAND : stop;
+        int64_t c0, c1, a0, a1;
+        reads(r, y, end, &c0, &c1, &a0, &a1);
+        if (c1 - c0 + 1 > *crop_rows) *crop_rows = c1 - c0 + 1;
+        if (a1 - a0 + 1 > *source_rows) *source_rows = a1 - a0 + 1;
+    }
+}
+
+/* Scratch for the bands of [top, stop), plus `extra` floats after the band's logits; NULL when
+ * out of memory (free with free(s->stage1_w)). */
+static float *scratch(const omg_resize *r, int64_t top, int64_t stop, int64_t extra,
+                      omg_scratch *s) {
+    const int64_t wr = r->cols1.n, w = r->cols2.n;
+    int64_t crop_rows, source_rows;
+    band_reads(r, top, stop, &crop_rows, &source_rows);
+    float *buffer = malloc(sizeof(float) * (size_t)(source_rows * wr + crop_rows * wr
+                                                    + crop_rows * w + OMG_BAND * w + extra));
+    s->stage1_w = buffer;
+    s->cropped = buffer + source_rows * wr;
+    s->stage2_w = s->cropped + crop_rows * wr;
+    s->logits = s->stage2_w + crop_rows * w;
+    s->open = NULL;
+    return buffer;
+}
+
+/* Rows [top, stop) of the n queries' logits at the original size: out is (n, stop - top, w).
+ * Returns 0, or -1 when out of memory. */
+int omg_upsample(const float *logits, int64_t n, const omg_resize *r, int64_t top, int64_t stop,
+                 float *out) {
+    const int64_t w = r->cols2.n;
+    omg_scratch s;
+    float *buffer = scratch(r, top, stop, 0, &s);
+    if (buffer == NULL) return -1;
+    for (int64_t y = top; y < stop; y += OMG_BAND) {
+        const int64_t end = y + OMG_BAND < stop ? y + OMG_BAND : stop;
+        int64_t c0, c1, a0, a1;
+        reads(r, y, end, &c0, &c1, &a0, &a1);
+        for (int64_t k = 0; k < n; ++k) {
+            const float *q = logits + k * r->h4 * r->w4;
+            const float *x = band_logits(q, r, y, end, c0, c1, a0, a1, &s);
+            memcpy(out + (k * (stop - top) + (y - top)) * w, x,
+                   sizeof(float) * (size_t)((end - y) * w));
+        }
+    }
+    free(buffer);
+    return 0;
+}
+
+/* Rows [top, stop) of the n queries' binary masks (logit > 0) into masks, (n, rows, w) with
+ * rows the image's height (row top of each query's mask is written from masks + top * w), and
+ * per query sums[k] += the float64 sum of the sigmoid over its mask's pixels (exact in any order:
+ * float32 values in [0.5, 1], fewer than 2**29 of them). The sigmoid is 1 from `saturated` on
+ * (the smallest float32 logit whose sigmoid is 1.0f), 1 / (1 + expf(-x)) below.
+ * Returns 0, or -1 when out of memory. */
+int omg_instance_masks(const float *logits, int64_t n, const omg_resize *r, int64_t top,
+                       int64_t stop, int64_t rows, float saturated, uint8_t *masks,
+                       double *sums) {
+    const int64_t w = r->cols2.n;
+    omg_scratch s;
+    float *buffer = scratch(r, top, stop, 0, &s);
+    if (buffer == NULL) return -1;
+    for (int64_t y = top; y < stop; y += OMG_BAND) {
+        const int64_t end = y + OMG_BAND < stop ? y + OMG_BAND : stop, pixels = (end - y) * w;
+        int64_t c0, c1, a0, a1;
+        reads(r, y, end, &c0, &c1, &a0, &a1);
+        for (int64_t k = 0; k < n; ++k) {
+            const float *q = logits + k * r->h4 * r->w4;
+            const float *x = band_logits(q, r, y, end, c0, c1, a0, a1, &s);
+            uint8_t *mask = masks + (k * rows + y) * w;
+            int64_t ones = 0;
+            double sum = 0.0;
+            for (int64_t p = 0; p < pixels; ++p) {
+                mask[p] = x[p] > 0.0f;
+                ones += x[p] >= saturated;
+            }
+            for (int64_t p = 0; p < pixels; ++p)
+                if (mask[p] && x[p] < saturated) sum += 1.0f / (1.0f + expf(-x[p]));
+            sums[k] += sum + (double)ones;
+        }
+    }
+    free(buffer);
+    return 0;
+}
+
+/* Rows [top, stop) of the original image, OMG_BAND rows at a time (see merge_band); winner and
+ * confident point at row top. Returns 0, or -1 when out of memory. Safe to call from several
+ * threads on disjoint rows with their own `above`. */
+int omg_panoptic_merge(const float *logits, int64_t n, const float *scores, const int64_t *slots,
+                       const uint8_t *near, const omg_resize *r, float threshold, int64_t top,
+                       int64_t stop, int64_t *winner, uint8_t *confident, int64_t *above) {
+    const int64_t w = r->cols2.n, pixels = OMG_BAND * w;
+    omg_scratch s;
+    float *buffer = scratch(r, top, stop, 3 * pixels, &s);
+    int64_t *best_slot = malloc(sizeof(int64_t) * (size_t)pixels);
+    uint8_t *open = malloc((size_t)pixels + 8);
+    if (buffer == NULL || best_slot == NULL || open == NULL) {
+        free(buffer);
+        free(best_slot);
+        free(open);
+        return -1;
+    }
+    s.open = open;
+    float *state = s.logits + pixels;
+    omg_state st = {state, state + pixels, state + 2 * pixels, best_slot};
+    for (int64_t y = top; y < stop; y += OMG_BAND) {
+        const int64_t end = y + OMG_BAND < stop ? y + OMG_BAND : stop;
+        merge_band(logits, n, scores, slots, near, r, threshold, y, end, winner + (y - top) * w,
+                   confident + (y - top) * w, above, &s, &st);
+    }
+    free(buffer);
+    free(best_slot);
+    free(open);
+    return 0;
+}

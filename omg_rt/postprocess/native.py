@@ -1,0 +1,207 @@
+"""The panoptic merge in C (``csrc/merge.c``): resize, best ``score * sigmoid`` and confidence
+a band of output rows at a time, on the post-processing threads.
+
+The numpy merges (:mod:`omg_rt.postprocess.panoptic`) skip what tile bounds decide and resize
+the rest with OpenCV and numpy, which stay within float32 rounding of PyTorch's bilinear
+(~1e-7 relative). The C merge computes every kept query's logit at every pixel with PyTorch's
+own arithmetic (the same fused multiply-adds, bit for bit ``F.interpolate``), which costs
+little there, and evaluates the sigmoid only where a query can still win. It is what
+:func:`~omg_rt.postprocess.panoptic.panoptic_from_tiles` runs on the host where a C compiler
+is found (:func:`omg_rt.native.build`); the numpy path is its fallback and its reference in
+the tests.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from omg_rt import native
+from omg_rt.errors import BackendUnavailableError
+from omg_rt.postprocess._common import (
+    parallel_map,
+    sigmoid_saturation,
+    sigmoid_threshold,
+    thread_count,
+)
+from omg_rt.postprocess.masks import ResizePlan
+from omg_rt.postprocess.tiles import TiledLogits, row_spans
+
+_LOG = logging.getLogger(__name__)
+_BAND = 16  # csrc/merge.c OMG_BAND: spans start at multiples of it
+# Scores this close to the previous (relative) may tie it after rounding: evaluated everywhere.
+_NEAR = np.float32(1.0 - 2.0**-20)
+
+_f32 = ctypes.POINTER(ctypes.c_float)
+_i64 = ctypes.POINTER(ctypes.c_int64)
+_u8 = ctypes.POINTER(ctypes.c_uint8)
+
+
+class _Taps(ctypes.Structure):
+    _fields_ = [("i0", _i64), ("i1", _i64), ("l0", _f32), ("l1", _f32), ("n", ctypes.c_int64)]
+
+
+class _Resize(ctypes.Structure):
+    _fields_ = [("h4", ctypes.c_int64), ("w4", ctypes.c_int64), ("rows1", _Taps),
+                ("cols1", _Taps), ("rows2", _Taps), ("cols2", _Taps), ("copy", ctypes.c_int32)]
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    try:
+        path = native.build("post-processing", "post", Path(__file__).resolve().parent / "csrc",
+                            ("merge.c",), "merge.c")
+    except BackendUnavailableError as exc:
+        _LOG.warning("post-processing in numpy: %s", exc)
+        return None
+    lib = ctypes.CDLL(str(path))
+    lib.omg_upsample.restype = ctypes.c_int
+    lib.omg_upsample.argtypes = [_f32, ctypes.c_int64, ctypes.POINTER(_Resize), ctypes.c_int64,
+                                 ctypes.c_int64, _f32]
+    lib.omg_instance_masks.restype = ctypes.c_int
+    lib.omg_instance_masks.argtypes = [
+        _f32, ctypes.c_int64, ctypes.POINTER(_Resize), ctypes.c_int64, ctypes.c_int64,
+        ctypes.c_int64, ctypes.c_float, _u8, ctypes.POINTER(ctypes.c_double),
+    ]
+    lib.omg_panoptic_merge.restype = ctypes.c_int
+    lib.omg_panoptic_merge.argtypes = [
+        _f32, ctypes.c_int64, _f32, _i64, _u8, ctypes.POINTER(_Resize), ctypes.c_float,
+        ctypes.c_int64, ctypes.c_int64, _i64, _u8, _i64,
+    ]
+    return lib
+
+
+def available() -> bool:
+    """Whether the C merge is built here (compiled on the first call)."""
+    return _library() is not None
+
+
+def _pointer(array: np.ndarray, kind: type) -> ctypes._Pointer:  # type: ignore[type-arg]
+    return array.ctypes.data_as(kind)
+
+
+def _taps(taps: tuple[np.ndarray, ...], keep: list[np.ndarray]) -> _Taps:
+    i0, i1, l0, l1 = (np.ascontiguousarray(t, dtype) for t, dtype in
+                      zip(taps, (np.int64, np.int64, np.float32, np.float32), strict=True))
+    keep.extend((i0, i1, l0, l1))
+    return _Taps(_pointer(i0, _i64), _pointer(i1, _i64), _pointer(l0, _f32), _pointer(l1, _f32),
+                 i0.shape[0])
+
+
+def _checked() -> ctypes.CDLL:
+    lib = _library()
+    if lib is None:
+        raise BackendUnavailableError("post-processing: the C library is not available here")
+    return lib
+
+
+def _resize(plan: ResizePlan, h4: int, w4: int, keep: list[np.ndarray]) -> _Resize:
+    """The plan's taps for C (their arrays appended to ``keep``, which must outlive the call)."""
+    return _Resize(h4, w4, _taps(plan.rows1, keep), _taps(plan.cols1, keep),
+                   _taps(plan.rows2, keep), _taps(plan.cols2, keep), int(plan.copy))
+
+
+def upsample_rows(logits: np.ndarray, plan: ResizePlan, top: int, stop: int) -> np.ndarray:
+    """Rows ``[top, stop)`` of the stride-4 ``logits`` (N, h4, w4) resized as ``plan`` says,
+    bit for bit PyTorch's two ``F.interpolate`` calls and the crop between them.
+
+    Returns:
+        (N, stop - top, W) float32.
+    """
+    lib = _checked()
+    logits = np.ascontiguousarray(logits, np.float32)
+    keep: list[np.ndarray] = []
+    resize = _resize(plan, logits.shape[1], logits.shape[2], keep)
+    out = np.empty((logits.shape[0], stop - top, plan.original_hw[1]), np.float32)
+    if lib.omg_upsample(_pointer(logits, _f32), logits.shape[0], ctypes.byref(resize), top, stop,
+                        _pointer(out, _f32)) != 0:
+        raise MemoryError("upsample: out of memory for its band buffers")
+    return out
+
+
+def panoptic_merge(
+    tiles: TiledLogits, kept: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pixel of the original image, the kept query with the largest ``score * sigmoid``
+    of its resized logit (the first on ties, a NaN winning), and whether that sigmoid is >= 0.5.
+
+    Args:
+        tiles: all queries' stride-4 logits and sizes.
+        kept: (N,) int query indices, N >= 1; scores: (N,) float32.
+
+    Returns:
+        winner (H, W) int64 slot of ``kept``, confident (H, W) bool, original_area (N,) int64
+        pixels with sigmoid >= 0.5 per kept query (as ``_assign_pixels`` of the resized logits).
+
+    Raises:
+        BackendUnavailableError: the library is not built here (see :func:`available`).
+        MemoryError: the kernel could not allocate its band buffers.
+    """
+    lib = _checked()
+    scores = np.asarray(scores, np.float32)
+    order = np.argsort(-scores, kind="stable")  # position -> slot, best score first
+    ordered = np.ascontiguousarray(scores[order])
+    near = np.zeros(order.shape[0], np.uint8)
+    near[1:] = ordered[1:] >= ordered[:-1] * _NEAR
+    logits = np.ascontiguousarray(tiles.logits[kept[order]], np.float32)
+    slots = np.ascontiguousarray(order, np.int64)
+    keep: list[np.ndarray] = []
+    resize = _resize(tiles.plan, logits.shape[1], logits.shape[2], keep)
+    h, w = tiles.original_hw
+    winner = np.empty((h, w), np.int64)
+    confident = np.empty((h, w), np.uint8)
+    threshold = float(sigmoid_threshold())
+
+    def run(span: tuple[int, int]) -> np.ndarray:
+        above = np.zeros(order.shape[0], np.int64)
+        top, stop = span
+        status = lib.omg_panoptic_merge(
+            _pointer(logits, _f32), logits.shape[0], _pointer(ordered, _f32),
+            _pointer(slots, _i64), _pointer(near, _u8), ctypes.byref(resize), threshold, top,
+            stop, _pointer(winner[top:], _i64), _pointer(confident[top:], _u8),
+            _pointer(above, _i64))
+        if status != 0:
+            raise MemoryError("panoptic merge: out of memory for its band buffers")
+        return above
+
+    spans = row_spans(h, _BAND, 4 * thread_count())
+    counts = np.sum(parallel_map(run, spans), axis=0)
+    original_area = np.empty_like(counts)
+    original_area[order] = counts
+    return winner, confident.view(bool), original_area
+
+
+def instance_masks(tiles: TiledLogits, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``logit > 0`` masks of ``queries`` at the original size and their float64 sums of the
+    sigmoid over each mask (as :func:`~omg_rt.postprocess.instance.instances_from_masks` of
+    PyTorch's resize), a band of rows at a time on the post-processing threads.
+
+    Args:
+        tiles: all queries' stride-4 logits and sizes; queries: (d,) int query indices.
+
+    Returns:
+        (d, H, W) bool masks, (d,) float64 sums.
+    """
+    lib = _checked()
+    logits = np.ascontiguousarray(tiles.logits[queries], np.float32)
+    keep: list[np.ndarray] = []
+    resize = _resize(tiles.plan, logits.shape[1], logits.shape[2], keep)
+    h, w = tiles.original_hw
+    masks = np.empty((logits.shape[0], h, w), np.uint8)
+    saturated = float(sigmoid_saturation())
+
+    def run(span: tuple[int, int]) -> np.ndarray:
+        sums = np.zeros(logits.shape[0], np.float64)
+        status = lib.omg_instance_masks(
+            _pointer(logits, _f32), logits.shape[0], ctypes.byref(resize), span[0], span[1], h,
+            saturated, _pointer(masks, _u8), sums.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
+        if status != 0:
+            raise MemoryError("instance masks: out of memory for their band buffers")
+        return sums
+
+    sums = np.sum(parallel_map(run, row_spans(h, _BAND, 4 * thread_count())), axis=0)
+    return masks.view(bool), sums
