@@ -80,10 +80,9 @@ static void reads(const omg_resize *r, int64_t y, int64_t end, int64_t *c0, int6
 }
 
 /* Scratch of one band: the W-resized stride-4 rows, the padded (cropped) rows, the W-resized
- * cropped rows, the band's logits, and its open-pixel flags (8 more, zero past the band). */
+ * cropped rows, and the band's logits. */
 typedef struct {
     float *stage1_w, *cropped, *stage2_w, *logits;
-    uint8_t *open;
 } omg_scratch;
 
 /* Rows [top, stop) of one query's logits at the original size into s->logits ((stop - top) x w).
@@ -107,14 +106,126 @@ static const float *band_logits(const float *q, const omg_resize *r, int64_t top
     return s->logits;
 }
 
-/* Per-pixel state of the merge. gate: a logit below it cannot change the pixel's winner (the
- * winner's logit; -inf where every query must be evaluated; NaN once a NaN won). */
+/* What to do with each band of output rows [y, end): begin (may be NULL), then query() with
+ * each query's logits there ((end - y) x w, in the scratch: valid until the next call), then
+ * finish (may be NULL). */
 typedef struct {
+    void (*begin)(void *ctx, int64_t y, int64_t end);
+    void (*query)(void *ctx, int64_t k, int64_t y, int64_t end, const float *x);
+    void (*finish)(void *ctx, int64_t y, int64_t end);
+    void *ctx;
+} omg_visitor;
+
+/* Rows [top, stop) of the n queries' logits at the original size, OMG_BAND rows at a time, to
+ * the visitor. Returns 0, or -1 when out of memory. */
+static int visit_bands(const float *logits, int64_t n, const omg_resize *r, int64_t top,
+                       int64_t stop, const omg_visitor *v) {
+    const int64_t wr = r->cols1.n, w = r->cols2.n;
+    int64_t crop_rows = OMG_BAND, source_rows = 0; /* the most one band reads */
+    for (int64_t y = top; y < stop; y += OMG_BAND) {
+        const int64_t end = y + OMG_BAND < stop ? y + OMG_BAND : stop;
+        int64_t c0, c1, a0, a1;
+        reads(r, y, end, &c0, &c1, &a0, &a1);
+        if (c1 - c0 + 1 > crop_rows) crop_rows = c1 - c0 + 1;
+        if (a1 - a0 + 1 > source_rows) source_rows = a1 - a0 + 1;
+    }
+    float *buffer = malloc(sizeof(float) * (size_t)(source_rows * wr + crop_rows * wr
+                                                    + crop_rows * w + OMG_BAND * w));
+    if (buffer == NULL) return -1;
+    omg_scratch s = {buffer, buffer + source_rows * wr, buffer + (source_rows + crop_rows) * wr,
+                     buffer + (source_rows + crop_rows) * wr + crop_rows * w};
+    for (int64_t y = top; y < stop; y += OMG_BAND) {
+        const int64_t end = y + OMG_BAND < stop ? y + OMG_BAND : stop;
+        int64_t c0, c1, a0, a1;
+        reads(r, y, end, &c0, &c1, &a0, &a1);
+        if (v->begin != NULL) v->begin(v->ctx, y, end);
+        for (int64_t k = 0; k < n; ++k)
+            v->query(v->ctx, k, y, end,
+                     band_logits(logits + k * r->h4 * r->w4, r, y, end, c0, c1, a0, a1, &s));
+        if (v->finish != NULL) v->finish(v->ctx, y, end);
+    }
+    free(buffer);
+    return 0;
+}
+
+/* ---- omg_upsample: the resized logits themselves ---- */
+
+typedef struct {
+    float *out;
+    int64_t top, rows, w;
+} omg_copy;
+
+static void copy_query(void *ctx, int64_t k, int64_t y, int64_t end, const float *x) {
+    const omg_copy *c = ctx;
+    memcpy(c->out + (k * c->rows + (y - c->top)) * c->w, x,
+           sizeof(float) * (size_t)((end - y) * c->w));
+}
+
+/* Rows [top, stop) of the n queries' logits at the original size: out is (n, stop - top, w).
+ * Returns 0, or -1 when out of memory. */
+int omg_upsample(const float *logits, int64_t n, const omg_resize *r, int64_t top, int64_t stop,
+                 float *out) {
+    omg_copy c = {out, top, stop - top, r->cols2.n};
+    omg_visitor v = {NULL, copy_query, NULL, &c};
+    return visit_bands(logits, n, r, top, stop, &v);
+}
+
+/* ---- omg_instance_masks: binary masks and their sigmoid sums ---- */
+
+typedef struct {
+    uint8_t *masks;
+    double *sums;
+    int64_t rows, w;
+    float saturated;
+} omg_instances;
+
+static void instance_query(void *ctx, int64_t k, int64_t y, int64_t end, const float *x) {
+    const omg_instances *c = ctx;
+    const int64_t pixels = (end - y) * c->w;
+    uint8_t *mask = c->masks + (k * c->rows + y) * c->w;
+    int64_t ones = 0;
+    double sum = 0.0;
+    for (int64_t p = 0; p < pixels; ++p) {
+        mask[p] = x[p] > 0.0f;
+        ones += x[p] >= c->saturated;
+    }
+    for (int64_t p = 0; p < pixels; ++p)
+        if (mask[p] && x[p] < c->saturated) sum += 1.0f / (1.0f + expf(-x[p]));
+    c->sums[k] += sum + (double)ones;
+}
+
+/* Rows [top, stop) of the n queries' binary masks (logit > 0) into masks, (n, rows, w) with
+ * rows the image's height (row top of each query's mask is written from masks + top * w), and
+ * per query sums[k] += the float64 sum of the sigmoid over its mask's pixels (exact in any order:
+ * float32 values in [0.5, 1], fewer than 2**29 of them). The sigmoid is 1 from `saturated` on
+ * (the smallest float32 logit whose sigmoid is 1.0f), 1 / (1 + expf(-x)) below.
+ * Returns 0, or -1 when out of memory. */
+int omg_instance_masks(const float *logits, int64_t n, const omg_resize *r, int64_t top,
+                       int64_t stop, int64_t rows, float saturated, uint8_t *masks,
+                       double *sums) {
+    omg_instances c = {masks, sums, rows, r->cols2.n, saturated};
+    omg_visitor v = {NULL, instance_query, NULL, &c};
+    return visit_bands(logits, n, r, top, stop, &v);
+}
+
+/* ---- omg_panoptic_merge ---- */
+
+/* The merge's inputs and per-pixel state. gate: a logit below it cannot change the pixel's
+ * winner (the winner's logit; -inf where every query must be evaluated; NaN once a NaN won);
+ * open: the pixels where the current query might win (8 more, zero past the band). */
+typedef struct {
+    const float *scores;
+    const int64_t *slots;
+    const uint8_t *near;
+    float threshold;
+    int64_t top, w;
+    int64_t *winner, *above;
+    uint8_t *confident, *open;
     float *gate, *best_logit, *best_value;
     int64_t *best_slot;
-} omg_state;
+} omg_merge;
 
-static void consider(const omg_state *st, int64_t p, float x, float score, int64_t slot) {
+static void consider(const omg_merge *st, int64_t p, float x, float score, int64_t slot) {
     float value = score * (1.0f / (1.0f + expf(-x)));
     float best = st->best_value[p];
     if (isnan(best)) { /* a NaN won: only an earlier NaN takes it */
@@ -130,176 +241,77 @@ static void consider(const omg_state *st, int64_t p, float x, float score, int64
     st->gate[p] = isnan(best) ? NAN : (best < OMG_TINY ? -INFINITY : st->best_logit[p]);
 }
 
-/* Output rows [top, stop) (a band of the caller's span).
- *
- * logits: (n, h4, w4) kept queries in descending score order; scores: (n,) that order;
- * slots: (n,) each one's slot (its place among the kept queries in query order); near: (n,)
- * nonzero where the score is within 2**-20 of the previous one's; threshold: the smallest
- * float32 logit whose sigmoid is >= 0.5.
- * winner: (stop - top) x w slots; confident: (stop - top) x w, 1 where the winner's logit is
- * >= threshold; above: (n,) += pixels with logit >= threshold, per query (score order). */
-static void merge_band(const float *logits, int64_t n, const float *scores, const int64_t *slots,
-                      const uint8_t *near, const omg_resize *r, float threshold, int64_t top,
-                      int64_t stop, int64_t *winner, uint8_t *confident, int64_t *above,
-                      omg_scratch *s, omg_state *st) {
-    const int64_t w = r->cols2.n, pixels = (stop - top) * w;
-    int64_t c0, c1, a0, a1;
-    reads(r, top, stop, &c0, &c1, &a0, &a1);
-    memset(s->open + pixels, 0, 8);
+static void merge_begin(void *ctx, int64_t y, int64_t end) {
+    omg_merge *st = ctx;
+    const int64_t pixels = (end - y) * st->w;
+    memset(st->open + pixels, 0, 8);
     for (int64_t p = 0; p < pixels; ++p) {
         st->gate[p] = -INFINITY;
         st->best_logit[p] = -INFINITY;
         st->best_value[p] = -INFINITY;
         st->best_slot[p] = INT64_MAX;
     }
-    for (int64_t k = 0; k < n; ++k) {
-        const float *x = band_logits(logits + k * r->h4 * r->w4, r, top, stop, c0, c1, a0, a1, s);
-        const float score = scores[k];
-        const int64_t slot = slots[k];
-        int64_t count = 0;
-        for (int64_t p = 0; p < pixels; ++p) count += x[p] >= threshold;
-        above[k] += count;
-        if (near[k]) {
-            for (int64_t p = 0; p < pixels; ++p) consider(st, p, x[p], score, slot);
-            continue;
-        }
-        /* Open pixels: where this query might win. Flags first (the loop vectorises), then a
-         * word of eight flags at a time. */
-        for (int64_t p = 0; p < pixels; ++p)
-            s->open[p] = (x[p] != x[p])
-                         | (!(x[p] < st->gate[p]) & !(score < st->best_value[p]));
-        for (int64_t p = 0; p < pixels; p += 8) {
-            uint64_t word;
-            memcpy(&word, s->open + p, sizeof word);
-            if (word == 0) continue;
-            for (int64_t j = p; j < p + 8; ++j)
-                if (s->open[j]) consider(st, j, x[j], score, slot);
-        }
+}
+
+static void merge_query(void *ctx, int64_t k, int64_t y, int64_t end, const float *x) {
+    omg_merge *st = ctx;
+    const int64_t pixels = (end - y) * st->w, slot = st->slots[k];
+    const float score = st->scores[k], threshold = st->threshold;
+    int64_t count = 0;
+    for (int64_t p = 0; p < pixels; ++p) count += x[p] >= threshold;
+    st->above[k] += count;
+    if (st->near[k]) {
+        for (int64_t p = 0; p < pixels; ++p) consider(st, p, x[p], score, slot);
+        return;
     }
+    /* Flags first (the loop vectorises), then a word of eight flags at a time. */
+    uint8_t *open = st->open;
+    for (int64_t p = 0; p < pixels; ++p)
+        open[p] = (x[p] != x[p]) | (!(x[p] < st->gate[p]) & !(score < st->best_value[p]));
+    for (int64_t p = 0; p < pixels; p += 8) {
+        uint64_t word;
+        memcpy(&word, open + p, sizeof word);
+        if (word == 0) continue;
+        for (int64_t j = p; j < p + 8; ++j)
+            if (open[j]) consider(st, j, x[j], score, slot);
+    }
+}
+
+static void merge_finish(void *ctx, int64_t y, int64_t end) {
+    const omg_merge *st = ctx;
+    const int64_t pixels = (end - y) * st->w, at = (y - st->top) * st->w;
     for (int64_t p = 0; p < pixels; ++p) {
-        winner[p] = st->best_slot[p];
-        confident[p] = st->best_logit[p] >= threshold;
+        st->winner[at + p] = st->best_slot[p];
+        st->confident[at + p] = st->best_logit[p] >= st->threshold;
     }
 }
 
-/* Rows of the crop and of the stride-4 map that one band of OMG_BAND output rows of
- * [top, stop) reads, at most. */
-static void band_reads(const omg_resize *r, int64_t top, int64_t stop, int64_t *crop_rows,
-                       int64_t *source_rows) {
-    *crop_rows = OMG_BAND;
-    *source_rows = 0;
-    for (int64_t y = top; y < stop; y += OMG_BAND) {
-        const int64_t end = y + OMG_BAND < stop ? y + OMG_BAND : stop;
-        int64_t c0, c1, a0, a1;
-        reads(r, y, end, &c0, &c1, &a0, &a1);
-        if (c1 - c0 + 1 > *crop_rows) *crop_rows = c1 - c0 + 1;
-        if (a1 - a0 + 1 > *source_rows) *source_rows = a1 - a0 + 1;
-    }
-}
-
-/* Scratch for the bands of [top, stop), plus `extra` floats after the band's logits; NULL when
- * out of memory (free with free(s->stage1_w)). */
-static float *scratch(const omg_resize *r, int64_t top, int64_t stop, int64_t extra,
-                      omg_scratch *s) {
-    const int64_t wr = r->cols1.n, w = r->cols2.n;
-    int64_t crop_rows, source_rows;
-    band_reads(r, top, stop, &crop_rows, &source_rows);
-    float *buffer = malloc(sizeof(float) * (size_t)(source_rows * wr + crop_rows * wr
-                                                    + crop_rows * w + OMG_BAND * w + extra));
-    s->stage1_w = buffer;
-    s->cropped = buffer + source_rows * wr;
-    s->stage2_w = s->cropped + crop_rows * wr;
-    s->logits = s->stage2_w + crop_rows * w;
-    s->open = NULL;
-    return buffer;
-}
-
-/* Rows [top, stop) of the n queries' logits at the original size: out is (n, stop - top, w).
- * Returns 0, or -1 when out of memory. */
-int omg_upsample(const float *logits, int64_t n, const omg_resize *r, int64_t top, int64_t stop,
-                 float *out) {
-    const int64_t w = r->cols2.n;
-    omg_scratch s;
-    float *buffer = scratch(r, top, stop, 0, &s);
-    if (buffer == NULL) return -1;
-    for (int64_t y = top; y < stop; y += OMG_BAND) {
-        const int64_t end = y + OMG_BAND < stop ? y + OMG_BAND : stop;
-        int64_t c0, c1, a0, a1;
-        reads(r, y, end, &c0, &c1, &a0, &a1);
-        for (int64_t k = 0; k < n; ++k) {
-            const float *q = logits + k * r->h4 * r->w4;
-            const float *x = band_logits(q, r, y, end, c0, c1, a0, a1, &s);
-            memcpy(out + (k * (stop - top) + (y - top)) * w, x,
-                   sizeof(float) * (size_t)((end - y) * w));
-        }
-    }
-    free(buffer);
-    return 0;
-}
-
-/* Rows [top, stop) of the n queries' binary masks (logit > 0) into masks, (n, rows, w) with
- * rows the image's height (row top of each query's mask is written from masks + top * w), and
- * per query sums[k] += the float64 sum of the sigmoid over its mask's pixels (exact in any order:
- * float32 values in [0.5, 1], fewer than 2**29 of them). The sigmoid is 1 from `saturated` on
- * (the smallest float32 logit whose sigmoid is 1.0f), 1 / (1 + expf(-x)) below.
- * Returns 0, or -1 when out of memory. */
-int omg_instance_masks(const float *logits, int64_t n, const omg_resize *r, int64_t top,
-                       int64_t stop, int64_t rows, float saturated, uint8_t *masks,
-                       double *sums) {
-    const int64_t w = r->cols2.n;
-    omg_scratch s;
-    float *buffer = scratch(r, top, stop, 0, &s);
-    if (buffer == NULL) return -1;
-    for (int64_t y = top; y < stop; y += OMG_BAND) {
-        const int64_t end = y + OMG_BAND < stop ? y + OMG_BAND : stop, pixels = (end - y) * w;
-        int64_t c0, c1, a0, a1;
-        reads(r, y, end, &c0, &c1, &a0, &a1);
-        for (int64_t k = 0; k < n; ++k) {
-            const float *q = logits + k * r->h4 * r->w4;
-            const float *x = band_logits(q, r, y, end, c0, c1, a0, a1, &s);
-            uint8_t *mask = masks + (k * rows + y) * w;
-            int64_t ones = 0;
-            double sum = 0.0;
-            for (int64_t p = 0; p < pixels; ++p) {
-                mask[p] = x[p] > 0.0f;
-                ones += x[p] >= saturated;
-            }
-            for (int64_t p = 0; p < pixels; ++p)
-                if (mask[p] && x[p] < saturated) sum += 1.0f / (1.0f + expf(-x[p]));
-            sums[k] += sum + (double)ones;
-        }
-    }
-    free(buffer);
-    return 0;
-}
-
-/* Rows [top, stop) of the original image, OMG_BAND rows at a time (see merge_band); winner and
- * confident point at row top. Returns 0, or -1 when out of memory. Safe to call from several
- * threads on disjoint rows with their own `above`. */
+/* Rows [top, stop) of the original image.
+ *
+ * logits: (n, h4, w4) kept queries in descending score order; scores: (n,) that order;
+ * slots: (n,) each one's slot (its place among the kept queries in query order); near: (n,)
+ * nonzero where the score is within 2**-20 of the previous one's; threshold: the smallest
+ * float32 logit whose sigmoid is >= 0.5.
+ * winner: (stop - top) x w slots and confident: (stop - top) x w, 1 where the winner's logit is
+ * >= threshold (both from row top); above: (n,) += pixels with logit >= threshold, per query
+ * (score order). Returns 0, or -1 when out of memory. Safe to call from several threads on
+ * disjoint rows with their own `above`. */
 int omg_panoptic_merge(const float *logits, int64_t n, const float *scores, const int64_t *slots,
                        const uint8_t *near, const omg_resize *r, float threshold, int64_t top,
                        int64_t stop, int64_t *winner, uint8_t *confident, int64_t *above) {
     const int64_t w = r->cols2.n, pixels = OMG_BAND * w;
-    omg_scratch s;
-    float *buffer = scratch(r, top, stop, 3 * pixels, &s);
+    float *state = malloc(sizeof(float) * (size_t)(3 * pixels));
     int64_t *best_slot = malloc(sizeof(int64_t) * (size_t)pixels);
     uint8_t *open = malloc((size_t)pixels + 8);
-    if (buffer == NULL || best_slot == NULL || open == NULL) {
-        free(buffer);
-        free(best_slot);
-        free(open);
-        return -1;
+    int status = -1;
+    if (state != NULL && best_slot != NULL && open != NULL) {
+        omg_merge st = {scores, slots, near, threshold, top, w, winner, above, confident, open,
+                        state, state + pixels, state + 2 * pixels, best_slot};
+        omg_visitor v = {merge_begin, merge_query, merge_finish, &st};
+        status = visit_bands(logits, n, r, top, stop, &v);
     }
-    s.open = open;
-    float *state = s.logits + pixels;
-    omg_state st = {state, state + pixels, state + 2 * pixels, best_slot};
-    for (int64_t y = top; y < stop; y += OMG_BAND) {
-        const int64_t end = y + OMG_BAND < stop ? y + OMG_BAND : stop;
-        merge_band(logits, n, scores, slots, near, r, threshold, y, end, winner + (y - top) * w,
-                   confident + (y - top) * w, above, &s, &st);
-    }
-    free(buffer);
+    free(state);
     free(best_slot);
     free(open);
-    return 0;
+    return status;
 }
