@@ -182,15 +182,16 @@ typedef struct {
 static void instance_query(void *ctx, int64_t k, int64_t y, int64_t end, const float *x) {
     const omg_instances *c = ctx;
     const int64_t pixels = (end - y) * c->w;
-    uint8_t *mask = c->masks + (k * c->rows + y) * c->w;
+    const float saturated = c->saturated;
+    uint8_t *restrict mask = c->masks + (k * c->rows + y) * c->w;
     int64_t ones = 0;
     double sum = 0.0;
     for (int64_t p = 0; p < pixels; ++p) {
         mask[p] = x[p] > 0.0f;
-        ones += x[p] >= c->saturated;
+        ones += x[p] >= saturated;
     }
     for (int64_t p = 0; p < pixels; ++p)
-        if (mask[p] && x[p] < c->saturated) sum += 1.0f / (1.0f + expf(-x[p]));
+        if (mask[p] && x[p] < saturated) sum += 1.0f / (1.0f + expf(-x[p]));
     c->sums[k] += sum + (double)ones;
 }
 
@@ -264,10 +265,12 @@ static void merge_query(void *ctx, int64_t k, int64_t y, int64_t end, const floa
         for (int64_t p = 0; p < pixels; ++p) consider(st, p, x[p], score, slot);
         return;
     }
-    /* Flags first (the loop vectorises), then a word of eight flags at a time. */
-    uint8_t *open = st->open;
+    /* Flags first (the loop vectorises: restrict, as uint8_t stores may alias anything), then
+     * a word of eight flags at a time. */
+    uint8_t *restrict open = st->open;
+    const float *restrict gate = st->gate, *restrict best = st->best_value;
     for (int64_t p = 0; p < pixels; ++p)
-        open[p] = (x[p] != x[p]) | (!(x[p] < st->gate[p]) & !(score < st->best_value[p]));
+        open[p] = (x[p] != x[p]) | (!(x[p] < gate[p]) & !(score < best[p]));
     for (int64_t p = 0; p < pixels; p += 8) {
         uint64_t word;
         memcpy(&word, open + p, sizeof word);
@@ -280,9 +283,14 @@ static void merge_query(void *ctx, int64_t k, int64_t y, int64_t end, const floa
 static void merge_finish(void *ctx, int64_t y, int64_t end) {
     const omg_merge *st = ctx;
     const int64_t pixels = (end - y) * st->w, at = (y - st->top) * st->w;
+    const float threshold = st->threshold;
+    const int64_t *restrict slot = st->best_slot;
+    const float *restrict logit = st->best_logit;
+    int64_t *restrict winner = st->winner + at;
+    uint8_t *restrict confident = st->confident + at;
     for (int64_t p = 0; p < pixels; ++p) {
-        st->winner[at + p] = st->best_slot[p];
-        st->confident[at + p] = st->best_logit[p] >= st->threshold;
+        winner[p] = slot[p];
+        confident[p] = logit[p] >= threshold;
     }
 }
 
