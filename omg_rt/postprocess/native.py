@@ -1,14 +1,15 @@
-"""The panoptic merge in C (``csrc/merge.c``): resize, best ``score * sigmoid`` and confidence
-a band of output rows at a time, on the post-processing threads.
+"""Host post-processing in C (``csrc/merge.c``): the stride-4 mask logits resized to the image
+a band of output rows at a time, on the post-processing threads, and used there -- the panoptic
+merge (best ``score * sigmoid`` per pixel, its confidence, the queries' ``sigmoid >= 0.5``
+areas) and the instance masks (``logit > 0`` and the sigmoid sums) -- without ever holding the
+(Q, H, W) logits.
 
-The numpy merges (:mod:`omg_rt.postprocess.panoptic`) skip what tile bounds decide and resize
-the rest with OpenCV and numpy, which stay within float32 rounding of PyTorch's bilinear
-(~1e-7 relative). The C merge computes every kept query's logit at every pixel with PyTorch's
-own arithmetic (the same fused multiply-adds, bit for bit ``F.interpolate``), which costs
-little there, and evaluates the sigmoid only where a query can still win. It is what
-:func:`~omg_rt.postprocess.panoptic.panoptic_from_tiles` runs on the host where a C compiler
-is found (:func:`omg_rt.native.build`); the numpy path is its fallback and its reference in
-the tests.
+The resize is PyTorch's own arithmetic (the same fused multiply-adds: bit for bit
+``F.interpolate`` on every mask of a real image), which OpenCV and numpy round differently
+(~1e-7 relative); the merge evaluates the sigmoid only where a query can still win a pixel.
+:func:`~omg_rt.postprocess.panoptic.panoptic_from_tiles` and
+:func:`~omg_rt.postprocess.instance.instances_from_tiles` run these where a C compiler is found
+(:func:`omg_rt.native.build`); their tile-bounded numpy paths run otherwise.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from omg_rt.postprocess.masks import ResizePlan
 from omg_rt.postprocess.tiles import TiledLogits, row_spans
 
 _LOG = logging.getLogger(__name__)
-_BAND = 16  # csrc/merge.c OMG_BAND: spans start at multiples of it
+_BAND = 16  # csrc/merge.c OMG_BAND: the threads' spans of rows are whole bands
 # Scores this close to the previous (relative) may tie it after rounding: evaluated everywhere.
 _NEAR = np.float32(1.0 - 2.0**-20)
 
@@ -76,7 +77,7 @@ def _library() -> ctypes.CDLL | None:
 
 
 def available() -> bool:
-    """Whether the C merge is built here (compiled on the first call)."""
+    """Whether the C library is built here (compiled on the first call, then cached)."""
     return _library() is not None
 
 

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from omg_rt.postprocess._common import sigmoid, sigmoid_threshold
+from omg_rt.postprocess._common import sigmoid, sigmoid_saturation, sigmoid_threshold
 from omg_rt.postprocess.instance import instances_from_masks, instances_from_tiles, select_instances
 from omg_rt.postprocess.interactive import binary_masks, binary_masks_from_tiles, prompt_results
 from omg_rt.postprocess.masks import upsample_masks
@@ -101,6 +101,8 @@ def test_tiles_equal_upsample_masks_bit_for_bit_and_lie_within_their_bounds(size
 
 
 def test_logit_thresholds_decide_what_the_float32_sigmoid_decides():
+    """The logits where the float32 sigmoid is >= 0.5, > 0.5 and exactly 1.0 (the C instance
+    masks add those as 1 without an expf) are the thresholds' halves of the line."""
     rng, seed = _rng()
     x = (rng.standard_normal(200_000) * 10.0 ** rng.uniform(-9, 1, 200_000)).astype(np.float32)
     x = np.r_[x, np.float32(0.0), sigmoid_threshold(), sigmoid_threshold(strict=True)]
@@ -108,6 +110,9 @@ def test_logit_thresholds_decide_what_the_float32_sigmoid_decides():
     np.testing.assert_array_equal(sigmoid(x) > 0.5, x >= sigmoid_threshold(True), str(seed))
     below = np.nextafter(sigmoid_threshold(), np.float32(-1.0))
     assert sigmoid(np.array([below]))[0] < 0.5 <= sigmoid(np.array([sigmoid_threshold()]))[0]
+    top = rng.uniform(14.0, 20.0, 100_000).astype(np.float32)
+    top = np.r_[top, sigmoid_saturation(), np.nextafter(sigmoid_saturation(), np.float32(0.0))]
+    np.testing.assert_array_equal(sigmoid(top) == 1.0, top >= sigmoid_saturation(), str(seed))
 
 
 @pytest.mark.parametrize("scale", [12.0, 1e4])  # trained-like logits, random weights' logits
