@@ -38,12 +38,13 @@ _BAND = 16  # csrc/merge.c OMG_BAND: the threads' spans of rows are whole bands
 _NEAR = np.float32(1.0 - 2.0**-20)
 
 _f32 = ctypes.POINTER(ctypes.c_float)
+_i32 = ctypes.POINTER(ctypes.c_int32)
 _i64 = ctypes.POINTER(ctypes.c_int64)
 _u8 = ctypes.POINTER(ctypes.c_uint8)
 
 
 class _Taps(ctypes.Structure):
-    _fields_ = [("i0", _i64), ("i1", _i64), ("l0", _f32), ("l1", _f32), ("n", ctypes.c_int64)]
+    _fields_ = [("i0", _i32), ("i1", _i32), ("l0", _f32), ("l1", _f32), ("n", ctypes.c_int64)]
 
 
 class _Resize(ctypes.Structure):
@@ -87,9 +88,9 @@ def _pointer(array: np.ndarray, kind: type) -> ctypes._Pointer:  # type: ignore[
 
 def _taps(taps: tuple[np.ndarray, ...], keep: list[np.ndarray]) -> _Taps:
     i0, i1, l0, l1 = (np.ascontiguousarray(t, dtype) for t, dtype in
-                      zip(taps, (np.int64, np.int64, np.float32, np.float32), strict=True))
+                      zip(taps, (np.int32, np.int32, np.float32, np.float32), strict=True))
     keep.extend((i0, i1, l0, l1))
-    return _Taps(_pointer(i0, _i64), _pointer(i1, _i64), _pointer(l0, _f32), _pointer(l1, _f32),
+    return _Taps(_pointer(i0, _i32), _pointer(i1, _i32), _pointer(l0, _f32), _pointer(l1, _f32),
                  i0.shape[0])
 
 

@@ -31,7 +31,7 @@
 #define OMG_BAND 16 /* output rows merged at once: the per-pixel state stays in cache */
 
 typedef struct {
-    const int64_t *i0, *i1; /* (n,) source indices of each output */
+    const int32_t *i0, *i1; /* (n,) source indices of each output (int32: faster gathers) */
     const float *l0, *l1;   /* (n,) their weights */
     int64_t n;              /* outputs along this axis */
 } omg_taps;
@@ -258,19 +258,20 @@ static void merge_query(void *ctx, int64_t k, int64_t y, int64_t end, const floa
     omg_merge *st = ctx;
     const int64_t pixels = (end - y) * st->w, slot = st->slots[k];
     const float score = st->scores[k], threshold = st->threshold;
+    /* The area count and the open flags in one pass (it vectorises: restrict, as uint8_t
+     * stores may alias anything), then the open pixels a word of eight flags at a time. */
+    uint8_t *restrict open = st->open;
+    const float *restrict gate = st->gate, *restrict best = st->best_value;
     int64_t count = 0;
-    for (int64_t p = 0; p < pixels; ++p) count += x[p] >= threshold;
+    for (int64_t p = 0; p < pixels; ++p) {
+        count += x[p] >= threshold;
+        open[p] = (x[p] != x[p]) | (!(x[p] < gate[p]) & !(score < best[p]));
+    }
     st->above[k] += count;
     if (st->near[k]) {
         for (int64_t p = 0; p < pixels; ++p) consider(st, p, x[p], score, slot);
         return;
     }
-    /* Flags first (the loop vectorises: restrict, as uint8_t stores may alias anything), then
-     * a word of eight flags at a time. */
-    uint8_t *restrict open = st->open;
-    const float *restrict gate = st->gate, *restrict best = st->best_value;
-    for (int64_t p = 0; p < pixels; ++p)
-        open[p] = (x[p] != x[p]) | (!(x[p] < gate[p]) & !(score < best[p]));
     for (int64_t p = 0; p < pixels; p += 8) {
         uint64_t word;
         memcpy(&word, open + p, sizeof word);
