@@ -95,6 +95,11 @@ class OnnxRuntimeGraph:
         # host post-processing (numpy) — or another backend in the process — needs.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        # Flush denormals to zero on ORT's CPU threads: the masked cross-attention's softmax
+        # sees half its logits at -inf, and MLAS's exp of those lands in denormals, which cost
+        # x86 microcode assists (the ConvNeXt-L query decoder's softmax 5x slower); their true
+        # value is 0 (benchmarks/RESULTS.md, 2026-12-04).
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
         provider_args: list[str | tuple[str, dict[str, Any]]] = []
         for provider in providers:
             if provider == "TensorrtExecutionProvider" and trt_cache_dir is not None:
