@@ -180,11 +180,11 @@ def instances_from_tiles(
         # in result order, a query twice if it has two labels: no reordering copy on the host
         masks, sums, area, boxes = tiles.instance_masks(query_indices)
         return _scored(class_probs, labels, query_indices, masks, sums, area, boxes)
+    if native.available():  # PyTorch's resize of every selected query, in C, in result order
+        masks, sums, area, boxes = native.instance_masks(tiles, query_indices)
+        return _scored(class_probs, labels, query_indices, masks, sums, area, boxes)
     distinct, which = np.unique(query_indices, return_inverse=True)
-    if native.available():  # PyTorch's resize of every selected query, in C
-        masks, sums = native.instance_masks(tiles, distinct)
-    else:
-        masks, sums = _tile_masks(distinct, tiles)
+    masks, sums = _tile_masks(distinct, tiles)
     return _scored(class_probs, labels, query_indices, masks[which], sums[which])
 
 

@@ -67,7 +67,7 @@ def _library() -> ctypes.CDLL | None:
     lib.omg_instance_masks.restype = ctypes.c_int
     lib.omg_instance_masks.argtypes = [
         _f32, ctypes.c_int64, ctypes.POINTER(_Resize), ctypes.c_int64, ctypes.c_int64,
-        ctypes.c_int64, ctypes.c_float, _u8, ctypes.POINTER(ctypes.c_double),
+        ctypes.c_int64, ctypes.c_float, _u8, ctypes.POINTER(ctypes.c_double), _i64, _i64,
     ]
     lib.omg_panoptic_merge.restype = ctypes.c_int
     lib.omg_panoptic_merge.argtypes = [
@@ -177,33 +177,48 @@ def panoptic_merge(
     return winner, confident.view(bool), original_area
 
 
-def instance_masks(tiles: TiledLogits, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``logit > 0`` masks of ``queries`` at the original size and their float64 sums of the
-    sigmoid over each mask (as :func:`~omg_rt.postprocess.instance.instances_from_masks` of
-    PyTorch's resize), a band of rows at a time on the post-processing threads.
+def instance_masks(
+    tiles: TiledLogits, queries: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``logit > 0`` masks of ``queries`` at the original size, with their float64 sums of the
+    sigmoid over each mask, areas and boxes (as
+    :func:`~omg_rt.postprocess.instance.instances_from_masks` of PyTorch's resize), a band of
+    rows at a time on the post-processing threads.
 
     Args:
-        tiles: all queries' stride-4 logits and sizes; queries: (d,) int query indices.
+        tiles: all queries' stride-4 logits and sizes; queries: (d,) int query indices (a query
+            may come twice: its mask is computed twice, cheaper than copying it).
 
     Returns:
-        (d, H, W) bool masks, (d,) float64 sums.
+        (d, H, W) bool masks, (d,) float64 sums, (d,) int64 areas, (d, 4) float32 boxes
+        ``(x1, y1, x2 + 1, y2 + 1)``, zeros for an empty mask (``masks_to_boxes``).
     """
     lib = _checked()
     logits = np.ascontiguousarray(tiles.logits[queries], np.float32)
     keep: list[np.ndarray] = []
     resize = _resize(tiles.plan, logits.shape[1], logits.shape[2], keep)
     h, w = tiles.original_hw
-    masks = np.empty((logits.shape[0], h, w), np.uint8)
+    d = logits.shape[0]
+    masks = np.empty((d, h, w), np.uint8)
     saturated = float(sigmoid_saturation())
 
-    def run(span: tuple[int, int]) -> np.ndarray:
-        sums = np.zeros(logits.shape[0], np.float64)
+    def run(span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        sums, area = np.zeros(d, np.float64), np.zeros(d, np.int64)
+        box = np.tile(np.array([h, -1, w, -1], np.int64), (d, 1))
         status = lib.omg_instance_masks(
-            _pointer(logits, _f32), logits.shape[0], ctypes.byref(resize), span[0], span[1], h,
-            saturated, _pointer(masks, _u8), sums.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
+            _pointer(logits, _f32), d, ctypes.byref(resize), span[0], span[1], h, saturated,
+            _pointer(masks, _u8), sums.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+            _pointer(area, _i64), _pointer(box, _i64))
         if status != 0:
             raise MemoryError("instance masks: out of memory for their band buffers")
-        return sums
+        return sums, area, box
 
-    sums = np.sum(parallel_map(run, row_spans(h, _BAND, 4 * thread_count())), axis=0)
-    return masks.view(bool), sums
+    parts = parallel_map(run, row_spans(h, _BAND, 4 * thread_count()))
+    sums = np.sum([p[0] for p in parts], axis=0)
+    area = np.sum([p[1] for p in parts], axis=0)
+    boxes = np.stack([p[2] for p in parts])  # (spans, d, 4)
+    y1, y2 = boxes[..., 0].min(0), boxes[..., 1].max(0)
+    x1, x2 = boxes[..., 2].min(0), boxes[..., 3].max(0)
+    out = np.stack([x1, y1, x2 + 1, y2 + 1], axis=1).astype(np.float32)
+    out[area == 0] = 0.0
+    return masks.view(bool), sums, area, out

@@ -170,41 +170,58 @@ int omg_upsample(const float *logits, int64_t n, const omg_resize *r, int64_t to
     return visit_bands(logits, n, r, top, stop, &v);
 }
 
-/* ---- omg_instance_masks: binary masks and their sigmoid sums ---- */
+/* ---- omg_instance_masks: binary masks, their sigmoid sums, areas and boxes ---- */
 
 typedef struct {
     uint8_t *masks;
     double *sums;
+    int64_t *area, *box; /* box: (n, 4) first row, last row, first column, last column */
     int64_t rows, w;
     float saturated;
 } omg_instances;
 
 static void instance_query(void *ctx, int64_t k, int64_t y, int64_t end, const float *x) {
     const omg_instances *c = ctx;
-    const int64_t pixels = (end - y) * c->w;
+    const int64_t w = c->w, pixels = (end - y) * w;
     const float saturated = c->saturated;
-    uint8_t *restrict mask = c->masks + (k * c->rows + y) * c->w;
-    int64_t ones = 0;
+    uint8_t *restrict mask = c->masks + (k * c->rows + y) * w;
+    int64_t ones = 0, area = 0;
     double sum = 0.0;
     for (int64_t p = 0; p < pixels; ++p) {
         mask[p] = x[p] > 0.0f;
         ones += x[p] >= saturated;
+        area += x[p] > 0.0f;
     }
+    c->area[k] += area;
+    if (area == 0) return;
     for (int64_t p = 0; p < pixels; ++p)
         if (mask[p] && x[p] < saturated) sum += 1.0f / (1.0f + expf(-x[p]));
     c->sums[k] += sum + (double)ones;
+    int64_t *box = c->box + 4 * k;
+    for (int64_t row = 0; row < end - y; ++row) {
+        const uint8_t *line = mask + row * w;
+        int64_t first = 0, last = w - 1;
+        while (first < w && !line[first]) ++first;
+        if (first == w) continue;
+        while (!line[last]) --last;
+        if (y + row < box[0]) box[0] = y + row;
+        if (y + row > box[1]) box[1] = y + row;
+        if (first < box[2]) box[2] = first;
+        if (last > box[3]) box[3] = last;
+    }
 }
 
 /* Rows [top, stop) of the n queries' binary masks (logit > 0) into masks, (n, rows, w) with
- * rows the image's height (row top of each query's mask is written from masks + top * w), and
- * per query sums[k] += the float64 sum of the sigmoid over its mask's pixels (exact in any order:
- * float32 values in [0.5, 1], fewer than 2**29 of them). The sigmoid is 1 from `saturated` on
- * (the smallest float32 logit whose sigmoid is 1.0f), 1 / (1 + expf(-x)) below.
- * Returns 0, or -1 when out of memory. */
+ * rows the image's height (row top of each query's mask is written from masks + top * w); per
+ * query sums[k] += the float64 sum of the sigmoid over its mask's pixels (exact in any order:
+ * float32 values in [0.5, 1], fewer than 2**29 of them), area[k] += its pixels, and box[k]
+ * (first row, last row, first column, last column; start at (rows, -1, w, -1)) widened to them.
+ * The sigmoid is 1 from `saturated` on (the smallest float32 logit whose sigmoid is 1.0f),
+ * 1 / (1 + expf(-x)) below. Returns 0, or -1 when out of memory. */
 int omg_instance_masks(const float *logits, int64_t n, const omg_resize *r, int64_t top,
                        int64_t stop, int64_t rows, float saturated, uint8_t *masks,
-                       double *sums) {
-    omg_instances c = {masks, sums, rows, r->cols2.n, saturated};
+                       double *sums, int64_t *area, int64_t *box) {
+    omg_instances c = {masks, sums, area, box, rows, r->cols2.n, saturated};
     omg_visitor v = {NULL, instance_query, NULL, &c};
     return visit_bands(logits, n, r, top, stop, &v);
 }
