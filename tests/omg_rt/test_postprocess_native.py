@@ -194,3 +194,6 @@ def test_instances_are_the_official_ones_of_pytorchs_resize(sizes):
     for name in ("scores", "labels", "query_indices", "masks", "boxes"):
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name),
                                       err_msg=f"{name}, seed {seed}")
+    empty = instances_from_tiles(probs[:0], labels[:0], queries[:0],
+                                 TiledLogits(logits, padded, resized, original))
+    assert empty.masks.shape == (0, *original) and empty.boxes.shape == (0, 4), seed
