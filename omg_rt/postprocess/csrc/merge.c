@@ -1,7 +1,10 @@
-/* omg-rt's panoptic merge on the CPU: per output pixel, the kept query with the largest
- * score * sigmoid(mask logit), whether that sigmoid is >= 0.5, and per query its sigmoid >= 0.5
- * area -- computed from the stride-4 logits a band of output rows at a time, without ever
- * holding the (Q, H, W) logits at the image size.
+/* omg-rt's host post-processing of mask logits on the CPU, from the stride-4 logits a band of
+ * output rows at a time, without ever holding the (Q, H, W) logits at the image size:
+ * - omg_upsample: the logits at the image size themselves;
+ * - omg_instance_masks: binary masks (logit > 0), their sigmoid sums, areas and boxes;
+ * - omg_panoptic_merge: per output pixel, the kept query with the largest
+ *   score * sigmoid(mask logit), whether that sigmoid is >= 0.5, and per query its
+ *   sigmoid >= 0.5 area.
  *
  * The logits at the image size are the official two bilinear resizes (align_corners=False):
  * stride 4 -> the padded input, cropped to the resized image, -> the original image. Each resize
@@ -13,11 +16,12 @@
  *
  * The merge visits the queries in descending score order. A query cannot beat the current
  * winner where its score is below the winner's value (its value is at most its score; a NaN
- * logit excepted), nor where
- * its logit is below the winner's (its score and its sigmoid are both no larger, and float32
- * rounding is monotone), and it cannot tie it there either -- a tie needs scores within ~2**-23
- * of each other (such a query is flagged "near" and evaluated everywhere) or values so small
- * that float32 loses its relative precision (below OMG_TINY the pixel evaluates every query).
+ * logit excepted), nor where its logit is below the winner's (its score and its sigmoid are
+ * both no larger, and float32 rounding is monotone), and it cannot tie it there either -- a
+ * tie needs scores within ~2**-23 of each other (such a query is flagged "near" and evaluated
+ * everywhere) or values so small that float32 loses its relative precision (below OMG_TINY the
+ * pixel evaluates every query). PyTorch's resize is on every mask of a real image (output
+ * H + W > 128); smaller outputs take another PyTorch kernel, within float32 rounding of this.
  * Only the other pixels pay for the sigmoid, 1 / (1 + expf(-x)) as scipy's float32 expit.
  * Ties go to the lower slot (the kept query that comes first), a NaN value wins its pixel (the
  * first NaN), as numpy's argmax.
