@@ -51,8 +51,8 @@ def cache_dir(kind: str) -> Path:
 
 
 def build(what: str, kind: str, source_dir: Path, sources: Sequence[str], main: str) -> Path:
-    """The shared library ``lib<kind>.so`` of ``main`` (which includes the other ``sources``
-    of ``source_dir``), compiled once per source, compiler and CPU.
+    """The shared library ``lib<kind>.so`` (dashes as underscores) of ``main``, which includes
+    the other ``sources`` of ``source_dir``: compiled once per source, compiler and CPU.
 
     Args:
         what: the library's name in error messages.
