@@ -18,6 +18,7 @@ import ctypes
 import functools
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,17 +63,16 @@ def _library() -> ctypes.CDLL | None:
         return None
     lib = ctypes.CDLL(str(path))
     lib.omg_upsample.restype = ctypes.c_int
-    lib.omg_upsample.argtypes = [_f32, ctypes.c_int64, ctypes.POINTER(_Resize), ctypes.c_int64,
-                                 ctypes.c_int64, _f32]
+    source: list[Any] = [_f32, _i64, ctypes.c_int64, ctypes.POINTER(_Resize)]  # see _source
+    lib.omg_upsample.argtypes = [*source, ctypes.c_int64, ctypes.c_int64, _f32]
     lib.omg_instance_masks.restype = ctypes.c_int
     lib.omg_instance_masks.argtypes = [
-        _f32, ctypes.c_int64, ctypes.POINTER(_Resize), ctypes.c_int64, ctypes.c_int64,
-        ctypes.c_int64, ctypes.c_float, _u8, ctypes.POINTER(ctypes.c_double), _i64, _i64,
+        *source, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_float, _u8,
+        ctypes.POINTER(ctypes.c_double), _i64, _i64,
     ]
     lib.omg_panoptic_merge.restype = ctypes.c_int
     lib.omg_panoptic_merge.argtypes = [
-        _f32, ctypes.c_int64, _f32, _i64, _u8, ctypes.POINTER(_Resize), ctypes.c_float,
-        ctypes.c_int64, ctypes.c_int64, _i64, _u8, _i64,
+        *source, _f32, _i64, _u8, ctypes.c_float, ctypes.c_int64, ctypes.c_int64, _i64, _u8, _i64,
     ]
     return lib
 
@@ -101,10 +101,17 @@ def _checked() -> ctypes.CDLL:
     return lib
 
 
-def _resize(plan: ResizePlan, h4: int, w4: int, keep: list[np.ndarray]) -> _Resize:
-    """The plan's taps for C (their arrays appended to ``keep``, which must outlive the call)."""
-    return _Resize(h4, w4, _taps(plan.rows1, keep), _taps(plan.cols1, keep),
-                   _taps(plan.rows2, keep), _taps(plan.cols2, keep), int(plan.copy))
+def _source(logits: np.ndarray, queries: np.ndarray, plan: ResizePlan,
+            keep: list[np.ndarray]) -> tuple[Any, ...]:
+    """The kernels' first arguments: all queries' stride-4 logits, the queries to use (by
+    index: no gathered copy), their count, the plan's taps (arrays appended to ``keep``, which
+    must outlive the call)."""
+    index = np.ascontiguousarray(queries, np.int64)
+    keep.extend((logits, index))
+    resize = _Resize(logits.shape[1], logits.shape[2], _taps(plan.rows1, keep),
+                     _taps(plan.cols1, keep), _taps(plan.rows2, keep), _taps(plan.cols2, keep),
+                     int(plan.copy))
+    return (_pointer(logits, _f32), _pointer(index, _i64), index.shape[0], ctypes.byref(resize))
 
 
 def upsample_rows(logits: np.ndarray, plan: ResizePlan, top: int, stop: int) -> np.ndarray:
@@ -117,10 +124,9 @@ def upsample_rows(logits: np.ndarray, plan: ResizePlan, top: int, stop: int) -> 
     lib = _checked()
     logits = np.ascontiguousarray(logits, np.float32)
     keep: list[np.ndarray] = []
-    resize = _resize(plan, logits.shape[1], logits.shape[2], keep)
+    source = _source(logits, np.arange(logits.shape[0]), plan, keep)
     out = np.empty((logits.shape[0], stop - top, plan.original_hw[1]), np.float32)
-    if lib.omg_upsample(_pointer(logits, _f32), logits.shape[0], ctypes.byref(resize), top, stop,
-                        _pointer(out, _f32)) != 0:
+    if lib.omg_upsample(*source, top, stop, _pointer(out, _f32)) != 0:
         raise MemoryError("upsample: out of memory for its band buffers")
     return out
 
@@ -149,10 +155,9 @@ def panoptic_merge(
     ordered = np.ascontiguousarray(scores[order])
     near = np.zeros(order.shape[0], np.uint8)
     near[1:] = ordered[1:] >= ordered[:-1] * _NEAR
-    logits = np.ascontiguousarray(tiles.logits[kept[order]], np.float32)
     slots = np.ascontiguousarray(order, np.int64)
     keep: list[np.ndarray] = []
-    resize = _resize(tiles.plan, logits.shape[1], logits.shape[2], keep)
+    source = _source(tiles.logits, kept[order], tiles.plan, keep)
     h, w = tiles.original_hw
     winner = np.empty((h, w), np.int64)
     confident = np.empty((h, w), np.uint8)
@@ -162,9 +167,8 @@ def panoptic_merge(
         above = np.zeros(order.shape[0], np.int64)
         top, stop = span
         status = lib.omg_panoptic_merge(
-            _pointer(logits, _f32), logits.shape[0], _pointer(ordered, _f32),
-            _pointer(slots, _i64), _pointer(near, _u8), ctypes.byref(resize), threshold, top,
-            stop, _pointer(winner[top:], _i64), _pointer(confident[top:], _u8),
+            *source, _pointer(ordered, _f32), _pointer(slots, _i64), _pointer(near, _u8),
+            threshold, top, stop, _pointer(winner[top:], _i64), _pointer(confident[top:], _u8),
             _pointer(above, _i64))
         if status != 0:
             raise MemoryError("panoptic merge: out of memory for its band buffers")
@@ -194,11 +198,10 @@ def instance_masks(
         ``(x1, y1, x2 + 1, y2 + 1)``, zeros for an empty mask (``masks_to_boxes``).
     """
     lib = _checked()
-    logits = np.ascontiguousarray(tiles.logits[queries], np.float32)
     keep: list[np.ndarray] = []
-    resize = _resize(tiles.plan, logits.shape[1], logits.shape[2], keep)
+    source = _source(tiles.logits, queries, tiles.plan, keep)
     h, w = tiles.original_hw
-    d = logits.shape[0]
+    d = queries.shape[0]
     masks = np.empty((d, h, w), np.uint8)
     saturated = float(sigmoid_saturation())
 
@@ -206,7 +209,7 @@ def instance_masks(
         sums, area = np.zeros(d, np.float64), np.zeros(d, np.int64)
         box = np.tile(np.array([h, -1, w, -1], np.int64), (d, 1))
         status = lib.omg_instance_masks(
-            _pointer(logits, _f32), d, ctypes.byref(resize), span[0], span[1], h, saturated,
+            *source, span[0], span[1], h, saturated,
             _pointer(masks, _u8), sums.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
             _pointer(area, _i64), _pointer(box, _i64))
         if status != 0:

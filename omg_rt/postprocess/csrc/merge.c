@@ -120,10 +120,11 @@ typedef struct {
     void *ctx;
 } omg_visitor;
 
-/* Rows [top, stop) of the n queries' logits at the original size, OMG_BAND rows at a time, to
- * the visitor. Returns 0, or -1 when out of memory. */
-static int visit_bands(const float *logits, int64_t n, const omg_resize *r, int64_t top,
-                       int64_t stop, const omg_visitor *v) {
+/* Rows [top, stop) of the logits at the original size of the n queries queries[0..n) of the
+ * stride-4 logits (Q, h4, w4), OMG_BAND rows at a time, to the visitor (k: the place in
+ * queries). Returns 0, or -1 when out of memory. */
+static int visit_bands(const float *logits, const int64_t *queries, int64_t n,
+                       const omg_resize *r, int64_t top, int64_t stop, const omg_visitor *v) {
     const int64_t wr = r->cols1.n, w = r->cols2.n;
     int64_t crop_rows = OMG_BAND, source_rows = 0; /* the most one band reads */
     for (int64_t y = top; y < stop; y += OMG_BAND) {
@@ -145,7 +146,8 @@ static int visit_bands(const float *logits, int64_t n, const omg_resize *r, int6
         if (v->begin != NULL) v->begin(v->ctx, y, end);
         for (int64_t k = 0; k < n; ++k)
             v->query(v->ctx, k, y, end,
-                     band_logits(logits + k * r->h4 * r->w4, r, y, end, c0, c1, a0, a1, &s));
+                     band_logits(logits + queries[k] * r->h4 * r->w4, r, y, end, c0, c1, a0, a1,
+                                 &s));
         if (v->finish != NULL) v->finish(v->ctx, y, end);
     }
     free(buffer);
@@ -165,13 +167,16 @@ static void copy_query(void *ctx, int64_t k, int64_t y, int64_t end, const float
            sizeof(float) * (size_t)((end - y) * c->w));
 }
 
+/* logits: (Q, h4, w4) stride-4 logits of all queries; queries: (n,) those to use, in that order
+ * (in each entry point below). */
+
 /* Rows [top, stop) of the n queries' logits at the original size: out is (n, stop - top, w).
  * Returns 0, or -1 when out of memory. */
-int omg_upsample(const float *logits, int64_t n, const omg_resize *r, int64_t top, int64_t stop,
-                 float *out) {
+int omg_upsample(const float *logits, const int64_t *queries, int64_t n, const omg_resize *r,
+                 int64_t top, int64_t stop, float *out) {
     omg_copy c = {out, top, stop - top, r->cols2.n};
     omg_visitor v = {NULL, copy_query, NULL, &c};
-    return visit_bands(logits, n, r, top, stop, &v);
+    return visit_bands(logits, queries, n, r, top, stop, &v);
 }
 
 /* ---- omg_instance_masks: binary masks, their sigmoid sums, areas and boxes ---- */
@@ -222,12 +227,13 @@ static void instance_query(void *ctx, int64_t k, int64_t y, int64_t end, const f
  * (first row, last row, first column, last column; start at (rows, -1, w, -1)) widened to them.
  * The sigmoid is 1 from `saturated` on (the smallest float32 logit whose sigmoid is 1.0f),
  * 1 / (1 + expf(-x)) below. Returns 0, or -1 when out of memory. */
-int omg_instance_masks(const float *logits, int64_t n, const omg_resize *r, int64_t top,
-                       int64_t stop, int64_t rows, float saturated, uint8_t *masks,
-                       double *sums, int64_t *area, int64_t *box) {
+int omg_instance_masks(const float *logits, const int64_t *queries, int64_t n,
+                       const omg_resize *r, int64_t top, int64_t stop, int64_t rows,
+                       float saturated, uint8_t *masks, double *sums, int64_t *area,
+                       int64_t *box) {
     omg_instances c = {masks, sums, area, box, rows, r->cols2.n, saturated};
     omg_visitor v = {NULL, instance_query, NULL, &c};
-    return visit_bands(logits, n, r, top, stop, &v);
+    return visit_bands(logits, queries, n, r, top, stop, &v);
 }
 
 /* ---- omg_panoptic_merge ---- */
@@ -318,7 +324,7 @@ static void merge_finish(void *ctx, int64_t y, int64_t end) {
 
 /* Rows [top, stop) of the original image.
  *
- * logits: (n, h4, w4) kept queries in descending score order; scores: (n,) that order;
+ * queries: (n,) the kept queries in descending score order; scores: (n,) that order;
  * slots: (n,) each one's slot (its place among the kept queries in query order); near: (n,)
  * nonzero where the score is within 2**-20 of the previous one's; threshold: the smallest
  * float32 logit whose sigmoid is >= 0.5.
@@ -326,9 +332,10 @@ static void merge_finish(void *ctx, int64_t y, int64_t end) {
  * >= threshold (both from row top); above: (n,) += pixels with logit >= threshold, per query
  * (score order). Returns 0, or -1 when out of memory. Safe to call from several threads on
  * disjoint rows with their own `above`. */
-int omg_panoptic_merge(const float *logits, int64_t n, const float *scores, const int64_t *slots,
-                       const uint8_t *near, const omg_resize *r, float threshold, int64_t top,
-                       int64_t stop, int64_t *winner, uint8_t *confident, int64_t *above) {
+int omg_panoptic_merge(const float *logits, const int64_t *queries, int64_t n,
+                       const omg_resize *r, const float *scores, const int64_t *slots,
+                       const uint8_t *near, float threshold, int64_t top, int64_t stop,
+                       int64_t *winner, uint8_t *confident, int64_t *above) {
     const int64_t w = r->cols2.n, pixels = OMG_BAND * w;
     float *state = malloc(sizeof(float) * (size_t)(3 * pixels));
     int64_t *best_slot = malloc(sizeof(int64_t) * (size_t)pixels);
@@ -338,7 +345,7 @@ int omg_panoptic_merge(const float *logits, int64_t n, const float *scores, cons
         omg_merge st = {scores, slots, near, threshold, top, w, winner, above, confident, open,
                         state, state + pixels, state + 2 * pixels, best_slot};
         omg_visitor v = {merge_begin, merge_query, merge_finish, &st};
-        status = visit_bands(logits, n, r, top, stop, &v);
+        status = visit_bands(logits, queries, n, r, top, stop, &v);
     }
     free(state);
     free(best_slot);
