@@ -12,6 +12,7 @@ Dynamic axes (symbolic dimension names, as they appear in the manifest):
 | prompt_encoder | ``B`` batch, ``P`` prompts |
 | query_decoder | ``N`` = B x T (memories), ``H/s``, ``W/s``, ``B``, ``Q`` queries, ``K`` classes, |
 | | ``S``, ``T`` |
+| prompt_decoder | ``B`` images (memories, queries), ``H/s``, ``W/s``, ``P`` prompts, ``K``, ``S`` |
 | text_encoder | ``N`` texts |
 | clip_head | ``B``, ``Q`` |
 
@@ -41,6 +42,7 @@ from omg_rt.spec import (
     CLIP_HEAD,
     ENCODER,
     PIXEL_DECODER,
+    PROMPT_DECODER,
     PROMPT_ENCODER,
     QUERY_DECODER,
     TEXT_ENCODER,
@@ -102,6 +104,24 @@ class QueryDecoderGraph(nn.Module):
             query_position, prompt_mode=prompt_mode,
         )[-1]
         assert pred.class_logits is not None and pred.iou_logits is not None  # the last head
+        return pred.class_logits, pred.mask_logits, pred.iou_logits, pred.query_embeddings
+
+
+class PromptDecoderGraph(nn.Module):
+    """Memories, mask features, class bank, prompt queries of B images -> class_logits,
+    mask_logits, iou_logits, query_embeddings (``OMGSeg.decode_prompts``)."""
+
+    def __init__(self, model: OMGSeg) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, memory_s32, memory_s16, memory_s8, mask_features, class_bank,
+                query_content, query_position) -> tuple[torch.Tensor, ...]:
+        pred = self.model.decode_prompts(
+            [memory_s32, memory_s16, memory_s8], mask_features, class_bank, query_content,
+            query_position,
+        )
+        assert pred.class_logits is not None and pred.iou_logits is not None
         return pred.class_logits, pred.mask_logits, pred.iou_logits, pred.query_embeddings
 
 
@@ -205,6 +225,16 @@ def graph_defs(model: OMGSeg, example_hw: tuple[int, int] = EXAMPLE_HW) -> dict[
             PROMPT_ENCODER, PromptEncoderGraph(model), (boxes, size),
             {"prompt_boxes": bp, "image_size": {0: "B"}, "query_content": bp,
              "query_position": bp})
+        # two images (B = 2) of three prompts each
+        images = {name: {0: "B", **spatial_axes(FEATURE_STRIDES[name])}
+                  for name in PROMPT_DECODER.inputs[:4]}
+        prompts = tuple(torch.randn(2, 3, c, generator=g) for _ in range(2))
+        defs[PROMPT_DECODER.name] = GraphDef(
+            PROMPT_DECODER, PromptDecoderGraph(model), (*memories, mask_features, bank, *prompts),
+            {**images, "class_bank": {0: "K", 1: "S"}, "query_content": bp, "query_position": bp,
+             "class_logits": {0: "B", 1: "P", 2: "K+1"},
+             "mask_logits": {0: "B", 1: "P", 3: "H/4", 4: "W/4"},
+             "iou_logits": bp, "query_embeddings": bp})
     if model.text_encoder is not None:
         tokens = model.text_encoder.tokenize(["a photo of a cat.", "There is a dog"])
         defs[TEXT_ENCODER.name] = GraphDef(TEXT_ENCODER, TextEncoderGraph(model), (tokens,),

@@ -57,7 +57,7 @@ FP16_KEEP_FP32_OPS = (
     "ReduceMean", "ReduceMax", "ReduceL2", "Div", "Einsum", "GridSample", "Sin", "Cos", "Range",
     "CumSum",
 )
-FP16_GRAPHS = ("encoder", "pixel_decoder", "query_decoder", "clip_head")
+FP16_GRAPHS = ("encoder", "pixel_decoder", "query_decoder", "prompt_decoder", "clip_head")
 INT8_GRAPHS = ("encoder", "pixel_decoder")
 INT8_OPS = ("Conv", "MatMul", "Gemm")
 # what ONNX Runtime's CPU provider turns QDQ Conv / MatMul / Gemm into when it fuses them

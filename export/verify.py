@@ -19,7 +19,8 @@ it exceeds 1: random-weight models produce logits up to ~1e5), mask IoU >= 0.999
 agreement >= 0.99; FP16 mask IoU >= 0.99; INT8 is reported with its metric drop on a synthetic
 held-out set (interactive mIoU of box prompts against the ground-truth masks) and not gated.
 
-The query decoder's logit gate is scaled by its own sensitivity. Its masked attention thresholds
+The query decoder's logit gate (and the prompt decoder's: the same attention) is scaled by its
+own sensitivity. Its masked attention thresholds
 its own mask logits at 0, so its outputs are discontinuous in its inputs: with random-weight
 models whose mask logits reach ~1e5 (the deterministic official-layout test files), float32-level
 differences flip attention-mask entries and the flip propagates, so no other implementation
@@ -73,6 +74,7 @@ from omg_rt.spec import (
     ENCODER,
     GRAPHS,
     PIXEL_DECODER,
+    PROMPT_DECODER,
     PROMPT_ENCODER,
     QUERY_DECODER,
     TEXT_ENCODER,
@@ -87,7 +89,7 @@ TOLERANCES: dict[str, dict[str, float]] = {
 # The query decoder's own movement under float32-level input noise scales its logit bound (see
 # the module docstring): relative noise of 1e-6 (~8 ulps, the size of a reordered float32 sum's
 # rounding), and an export may differ from PyTorch by at most 10x that movement.
-SENSITIVE_GRAPHS = (QUERY_DECODER.name,)
+SENSITIVE_GRAPHS = (QUERY_DECODER.name, PROMPT_DECODER.name)
 SENSITIVITY_REL = 1e-6
 SENSITIVITY_FACTOR = 10.0
 SENSITIVITY_SEED = 11
@@ -260,7 +262,8 @@ class Verifier:
         """The runtime's decoder layer over ``runners`` with this model's learned queries."""
         return Pipeline(runners, query_content=self.learned[0], query_position=self.learned[1],
                         postprocess=self.spec.postprocess,
-                        logit_scale=float(np.exp(self.spec.query_decoder.logit_scale_log)))
+                        logit_scale=float(np.exp(self.spec.query_decoder.logit_scale_log)),
+                        folded_prompts=self.spec.query_decoder.folded_prompts)
 
     def _ref(self, key: Any, compute: Callable[[], Any]) -> Any:
         if key not in self._cache:
@@ -285,6 +288,10 @@ class Verifier:
                "query_position": prompts[1], "prompt_mode": np.array(True)}]
         inputs = {ENCODER.name: [{"image": image}], PIXEL_DECODER.name: [features],
                   QUERY_DECODER.name: qd}
+        if PROMPT_DECODER.name in self.defs:  # the two images, three prompts each
+            inputs[PROMPT_DECODER.name] = [{**pixels, "class_bank": self.bank,
+                                            "query_content": prompts[0],
+                                            "query_position": prompts[1]}]
         if PROMPT_ENCODER.name in self.defs:
             boxes = np.sort(rng.uniform(0, s, (2, 5, 4)).astype(np.float32).reshape(2, 5, 2, 2),
                             axis=2).transpose(0, 1, 3, 2).reshape(2, 5, 4)
@@ -421,7 +428,7 @@ class Verifier:
 
         def decode(pipeline: Pipeline, f: list[EncodedImage]) -> dict[str, np.ndarray]:
             queries = pipeline.prompt_queries(boxes, scene.resized_hw)
-            return pipeline.decode(f, *queries, True, self.bank)
+            return pipeline.decode_prompts(f[0], *queries, self.bank)
 
         ref = self._ref(("prompts", index, count), lambda: decode(reference, ref_frames))
         out = decode(test, frames)

@@ -12,6 +12,7 @@ Bundle layout::
       pixel_decoder.onnx         whose weights exceed 256 MiB: ONNX external data)
       prompt_encoder.onnx      (models with prompt queries)
       query_decoder.onnx
+      prompt_decoder.onnx      (with the prompt encoder) prompt queries on images, few-query form
       text_encoder.onnx        (models with a CLIP text tower)
       clip_head.onnx
       fp16/<graph>.onnx        FP16 variants (FP32 I/O; graphs not converted point at the FP32 file)

@@ -1,7 +1,7 @@
 """The decoder layer: every path through the graphs, once, for any set of runners.
 
 :class:`Pipeline` chains the graphs of ``omg_rt.spec`` by name — encoder -> pixel decoder ->
-query decoder, prompt encoder -> query decoder, the CLIP head for the open-vocabulary
+query decoder, prompt encoder -> prompt decoder, the CLIP head for the open-vocabulary
 ensemble, the text encoder for class banks — over any mapping of graph name -> runner
 (``omg_rt.backends.GraphRunner`` for a bundle's ONNX Runtime / TensorRT graphs or the PyTorch
 model, or the exporter's own wrappers). It knows the graphs' contracts (fixed batch, frame and
@@ -37,6 +37,7 @@ from omg_rt.spec import (
     CLIP_HEAD,
     ENCODER,
     PIXEL_DECODER,
+    PROMPT_DECODER,
     PROMPT_ENCODER,
     QUERY_DECODER,
     TEXT_ENCODER,
@@ -102,6 +103,9 @@ class Pipeline:
         postprocess: the open-vocabulary ensemble's alpha and beta.
         logit_scale: CLIP's logit scale (exp of the spec's ``logit_scale_log``).
         max_batch: images per encoder call when the encoder's batch axis is dynamic.
+        folded_prompts: prompt groups of fewer queries run in the prompt decoder, larger ones in
+            the query decoder in prompt mode (``QueryDecoderSpec.folded_prompts``); None: all in
+            the prompt decoder.
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class Pipeline:
         postprocess: PostprocessSpec,
         logit_scale: float,
         max_batch: int = 4,
+        folded_prompts: int | None = None,
     ) -> None:
         for graph in (ENCODER, PIXEL_DECODER, QUERY_DECODER):
             if graph.name not in runners:
@@ -122,6 +127,7 @@ class Pipeline:
         self.query_position = query_position
         self.postprocess = postprocess
         self.logit_scale = float(logit_scale)
+        self.folded_prompts = folded_prompts
         image = self.runners[ENCODER.name].inputs()["image"].shape
         self.fixed_batch: int | None = image[0] if isinstance(image[0], int) else None
         self.max_batch = self.fixed_batch or max(1, int(max_batch))
@@ -279,6 +285,22 @@ class Pipeline:
         )
         return queries["query_content"], queries["query_position"]
 
+    def decode_prompts(
+        self, frame: EncodedImage, content: np.ndarray, position: np.ndarray,
+        class_bank: np.ndarray,
+    ) -> dict[str, Array]:
+        """Prompt queries ((1, P, C)) on one image: the prompt decoder (a prompt pays only for
+        its own queries), or the query decoder in prompt mode where P reaches
+        ``folded_prompts`` or the bundle was exported before the prompt decoder existed. The
+        query decoder's raw outputs."""
+        runner = self.runners.get(PROMPT_DECODER.name)
+        many = self.folded_prompts is not None and content.shape[-2] >= self.folded_prompts
+        if runner is None or many:
+            return self.decode([frame], content, position, True, class_bank)
+        feeds = self.feeds([frame], content, position, True, class_bank)
+        del feeds["prompt_mode"]
+        return runner(feeds)
+
     def predict_prompts(
         self,
         frame: EncodedImage,
@@ -293,7 +315,7 @@ class Pipeline:
         group's masks equal those of a call of its own."""
         boxes = np.concatenate(list(groups), axis=0)
         content, position = self.prompt_queries(boxes, resized_hw, pad_to=pad_to)
-        outputs = self.decode([frame], content, position, True, class_bank)
+        outputs = self.decode_prompts(frame, content, position, class_bank)
         total = boxes.shape[0]
         mask_logits = outputs["mask_logits"][0, :total, 0]
         iou = outputs["iou_logits"][0, :total].astype(np.float32)

@@ -87,6 +87,7 @@ class Segmenter:
             postprocess=self._post,
             logit_scale=float(np.exp(np.float32(self.spec.query_decoder.logit_scale_log))),
             max_batch=max_encoder_batch,
+            folded_prompts=self.spec.query_decoder.folded_prompts,
         )
         self.image_encoder = ImageEncoder(
             self.pipeline,

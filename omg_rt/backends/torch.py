@@ -23,6 +23,7 @@ from omg_rt.spec import (
     CLIP_HEAD,
     ENCODER,
     PIXEL_DECODER,
+    PROMPT_DECODER,
     PROMPT_ENCODER,
     QUERY_DECODER,
     TEXT_ENCODER,
@@ -84,6 +85,15 @@ def graph_specs(spec: ModelSpec) -> dict[str, dict[str, TensorSpec]]:
             "query_content": t("query_content", ("batch", "queries", c)),
             "query_position": t("query_position", ("batch", "queries", c)),
             "prompt_mode": t("prompt_mode", (), "bool"),
+        },
+        PROMPT_DECODER.name: {
+            **{
+                name: t(name, ("batch", c, f"h{stride}", f"w{stride}"))
+                for name, stride in zip(PROMPT_DECODER.inputs[:4], (32, 16, 8, 4), strict=True)
+            },
+            "class_bank": t("class_bank", ("classes", "synonyms", d)),
+            "query_content": t("query_content", ("batch", "prompts", c)),
+            "query_position": t("query_position", ("batch", "prompts", c)),
         },
         TEXT_ENCODER.name: {
             "token_ids": t("token_ids", ("texts", spec.text.context_length), "int64")
@@ -214,6 +224,24 @@ def open_torch_graphs(model: Any, *, device: str = "auto") -> dict[str, TorchGra
         )[-1]
         return pred.class_logits, pred.mask_logits, pred.iou_logits, pred.query_embeddings
 
+    def prompt_decoder(
+        memory_s32: Any,
+        memory_s16: Any,
+        memory_s8: Any,
+        mask_features: Any,
+        class_bank: Any,
+        query_content: Any,
+        query_position: Any,
+    ) -> tuple[Any, ...]:
+        pred = model.decode_prompts(
+            [memory_s32, memory_s16, memory_s8],
+            mask_features,
+            class_bank,
+            query_content,
+            query_position,
+        )
+        return pred.class_logits, pred.mask_logits, pred.iou_logits, pred.query_embeddings
+
     def text_encoder(token_ids: Any) -> tuple[Any, ...]:
         return (model.text_encoder(token_ids),)
 
@@ -228,6 +256,7 @@ def open_torch_graphs(model: Any, *, device: str = "auto") -> dict[str, TorchGra
     }
     if model.prompt_encoder is not None:
         fns[PROMPT_ENCODER] = prompt_encoder
+        fns[PROMPT_DECODER] = prompt_decoder
     if model.text_encoder is not None:
         fns[TEXT_ENCODER] = text_encoder
     return {g.name: TorchGraph(g, fn, specs[g.name], device) for g, fn in fns.items()}

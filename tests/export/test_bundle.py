@@ -159,9 +159,17 @@ def test_real_image_end_to_end_matches_pytorch(bundle, manifest, model):
     assert agree.mean() >= 0.999
 
 
+def _decode_prompts(bundle, manifest, graph, **feeds):
+    """Prompt queries through ``graph``: the prompt decoder, or the query decoder in prompt mode."""
+    if graph == "query_decoder":
+        feeds["prompt_mode"] = np.array(True)
+    return _run(_session(bundle, manifest, graph), **feeds)
+
+
+@pytest.mark.parametrize("graph", ["query_decoder", "prompt_decoder"])
 @pytest.mark.parametrize("prompts", [1, 3, 16])
 @pytest.mark.parametrize("classes", [5, 50])
-def test_prompt_and_class_axes_are_dynamic(bundle, manifest, model, prompts, classes):
+def test_prompt_and_class_axes_are_dynamic(bundle, manifest, model, prompts, classes, graph):
     g = torch.Generator().manual_seed(prompts * 100 + classes)
     image = torch.randn(1, 3, SIZE, SIZE, generator=g)
     xy = torch.rand(1, prompts, 2, generator=g) * 80
@@ -172,8 +180,7 @@ def test_prompt_and_class_axes_are_dynamic(bundle, manifest, model, prompts, cla
                     image_size=size.numpy())
     pixels = _run(_session(bundle, manifest, "pixel_decoder"),
                   **_run(_session(bundle, manifest, "encoder"), image=image.numpy()))
-    out = _run(_session(bundle, manifest, "query_decoder"), **pixels, class_bank=bank.numpy(),
-               **prompt_q, prompt_mode=np.array(True))
+    out = _decode_prompts(bundle, manifest, graph, **pixels, class_bank=bank.numpy(), **prompt_q)
     ref = model(image, bank, prompt_boxes=boxes, image_size=size)[-1]
     assert out["class_logits"].shape == (1, prompts, classes + 1)
     assert out["mask_logits"].shape == (1, prompts, 1, SIZE // 4, SIZE // 4)
@@ -182,7 +189,8 @@ def test_prompt_and_class_axes_are_dynamic(bundle, manifest, model, prompts, cla
     np.testing.assert_allclose(out["iou_logits"], ref.iou_logits.numpy(), atol=1e-5)
 
 
-def test_padded_prompts_do_not_change_the_real_ones(bundle, manifest):
+@pytest.mark.parametrize("graph", ["query_decoder", "prompt_decoder"])
+def test_padded_prompts_do_not_change_the_real_ones(bundle, manifest, graph):
     rng = np.random.default_rng(3)
     image = rng.standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
     boxes = np.array([[[10, 12, 60, 70], [30, 5, 90, 40]]], np.float32)
@@ -194,8 +202,7 @@ def test_padded_prompts_do_not_change_the_real_ones(bundle, manifest):
     outs = []
     for b in (boxes, padded):
         q = _run(_session(bundle, manifest, "prompt_encoder"), prompt_boxes=b, image_size=size)
-        outs.append(_run(_session(bundle, manifest, "query_decoder"), **pixels, class_bank=bank,
-                         **q, prompt_mode=np.array(True)))
+        outs.append(_decode_prompts(bundle, manifest, graph, **pixels, class_bank=bank, **q))
     np.testing.assert_allclose(outs[1]["mask_logits"][:, :2], outs[0]["mask_logits"], atol=1e-5)
     np.testing.assert_allclose(outs[1]["class_logits"][:, :2], outs[0]["class_logits"],
                                atol=1e-4)

@@ -235,7 +235,7 @@ def test_cache_skips_the_encoder_for_every_reuse():
     seg.panoptic(image)
     calls = seg.graph_calls()
     assert calls["encoder"] == 1 and calls["pixel_decoder"] == 1
-    assert calls["query_decoder"] == 5
+    assert calls["query_decoder"] == 4 and calls["prompt_decoder"] == 1
     stats = seg.cache.stats()
     assert (stats.misses, stats.hits, stats.entries) == (1, 3, 1)
     seg.panoptic(scene(7))
@@ -304,6 +304,26 @@ def test_grouped_prompts_equal_one_by_one_prompts(ort):
     for a, b in zip(grouped, alone, strict=True):
         np.testing.assert_array_equal(a.masks, b.masks)
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
+def test_many_prompts_run_in_the_query_decoder_with_the_same_masks():
+    # a group of folded_prompts or more prompts is cheaper in the query decoder (prompt mode)
+    seg = Segmenter.from_bundle(tiny_bundle(), backend="onnxruntime")
+    limit = seg.spec.query_decoder.folded_prompts
+    image = scene(9)
+    rng = np.random.default_rng(0)
+    points = rng.uniform(0, 95, (limit, 2)).round()
+    few = seg.prompt(image, points=points[:3])
+    calls = seg.graph_calls()
+    assert calls["prompt_decoder"] == 1 and calls["query_decoder"] == 0
+    many = seg.prompt(image, points=points)
+    calls = seg.graph_calls()
+    assert calls["prompt_decoder"] == 1 and calls["query_decoder"] == 1
+    assert len(many) == limit
+    # the same maths in both graphs: the first three prompts' masks agree
+    agree = (many.masks[:3] == few.masks).mean()
+    assert agree >= 0.999, agree
+    np.testing.assert_allclose(many.scores[:3], few.scores, atol=1e-4)
 
 
 def test_interactive_prompts_are_served_before_bulk_images(ort):

@@ -120,6 +120,11 @@ class Oracle(torch.nn.Module):
                                  else torch.randn(QUERIES, QUERIES))
         return [QueryPredictions(cls, masks, torch.zeros(b, QUERIES), embeddings)]
 
+    def decode_prompts(self, memories, mask_features, class_bank, query_content,
+                       query_position):
+        return self.decode_queries(memories, mask_features, class_bank, query_content,
+                                   query_position, prompt_mode=True)[-1]
+
     def _prompts(self, truth, boxes, size):
         b, p = boxes.shape[:2]
         masks = torch.full((b, p, 1, *size), -10.0)

@@ -326,6 +326,59 @@ def test_prompt_results_do_not_depend_on_other_prompts(tiny):
     assert not torch.allclose(together.mask_logits[0, 0], together.mask_logits[0, 1])
 
 
+@pytest.mark.parametrize("hw", [(64, 96), (96, 64)])
+def test_decode_prompts_equals_the_decoder_in_prompt_mode(tiny, hw):
+    # the prompt graph's few-query form (key / value projections folded into the queries, no
+    # position code added to the memory) against the decoder's own prompt path, two images at once
+    images = _images(2, *hw, seed=5)
+    bank = _bank()
+    mask_features, memories = tiny.decode_pixels(tiny.encode(images))
+    g = torch.Generator().manual_seed(3)
+    boxes = torch.rand(2, 4, 2, 2, generator=g).sort(dim=2).values * torch.tensor(hw[::-1])
+    boxes = boxes.transpose(2, 3).reshape(2, 4, 4)
+    queries = tiny.encode_prompts(boxes, torch.tensor([float(v) for v in hw]))
+    folded = tiny.decode_prompts(memories, mask_features, bank, *queries)
+    for i in range(2):
+        one = [m[i : i + 1] for m in memories]
+        ref = tiny.decode_queries(
+            one, mask_features[i : i + 1], bank, *(q[i : i + 1] for q in queries),
+            prompt_mode=True,
+        )[-1]
+        for name in ("class_logits", "mask_logits", "iou_logits", "query_embeddings"):
+            got, want = getattr(folded, name)[i : i + 1], getattr(ref, name)
+            assert got.shape == want.shape, name
+            scale = want.abs().max().item()
+            assert (got - want).abs().max().item() <= 1e-5 * max(1.0, scale), name
+    with pytest.raises(ValueError, match="one image per batch row"):
+        tiny.decode_prompts(memories, mask_features, bank, *(q[:1] for q in queries))
+
+
+def test_few_query_attention_equals_the_projected_form():
+    # MultiheadAttention.few_queries against forward on explicit keys and values (position code,
+    # level offset), with rows that block every key, allow one key, or allow all
+    from training.model.position_encoding import sine_axis_codes
+    from training.model.query_decoder import MultiheadAttention
+
+    torch.manual_seed(4)
+    attn = MultiheadAttention(64, 4)
+    torch.nn.init.normal_(attn.in_proj_bias, std=0.5)
+    b, q, h, w = 2, 3, 5, 7
+    query, memory = torch.randn(b, q, 64), torch.randn(b, 64, h, w)
+    offset = torch.randn(64)
+    y, x = sine_axis_codes(h, w, 32)
+    allowed = torch.rand(b, 1, q, h * w) > 0.5
+    allowed[0, 0, 0] = False
+    allowed[1, 0, 1] = False
+    allowed[1, 0, 1, 3] = True
+    allowed[1, 0, 2] = True
+    z = torch.randn(64)  # a position term constant over the keys (an image's z code)
+    position = torch.cat((y[:, None].expand(h, w, 32), x[None].expand(h, w, 32)), -1) + z
+    values = memory.flatten(2).transpose(1, 2) + offset
+    want = attn(query, values + position.reshape(h * w, 64), values, allowed)
+    got = attn.few_queries(query, memory, (y, x), offset, allowed)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_prompts_need_the_image_size(tiny):
     with pytest.raises(ValueError, match="image_size"):
         tiny(_images(1), _bank(), prompt_boxes=torch.zeros(1, 1, 4))

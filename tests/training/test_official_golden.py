@@ -125,8 +125,10 @@ def assert_panoptic_logits_match(out) -> None:
     assert_per_query_close(out.query_embeddings[0].numpy(), golden["query_feat"])
 
 
+@pytest.mark.parametrize("folded", [False, True], ids=["prompt_mode", "decode_prompts"])
 @pytest.mark.parametrize("fixture", ["golden_prompt.npz", "golden_points.npz"])
-def test_prompt_mode_logits_match_the_official_model(official, golden_image, fixture):
+def test_prompt_mode_logits_match_the_official_model(official, golden_image, fixture, folded):
+    # both prompt paths: the decoder in prompt mode, and the few-query form of the prompt graph
     prepared, _, mask_features, memories, bank, _ = golden_image
     golden = load_npz(fixture)
     if "boxes" in golden:
@@ -136,7 +138,12 @@ def test_prompt_mode_logits_match_the_official_model(official, golden_image, fix
         boxes = torch.cat([points - 3, points + 3], dim=-1)
     size = torch.tensor(prepared.resized_hw, dtype=torch.float32)
     queries = official.encode_prompts(boxes[None], size)
-    out = official.decode_queries(memories, mask_features, bank, *queries, prompt_mode=True)[-1]
+    if folded:
+        out = official.decode_prompts(memories, mask_features, bank, *queries)
+    else:
+        out = official.decode_queries(
+            memories, mask_features, bank, *queries, prompt_mode=True
+        )[-1]
     cls = torch.cat([out.class_logits[0], out.iou_logits[0, :, None]], -1).numpy()
     assert relative_error(cls, golden["cls_scores"]) <= RTOL
     assert relative_error(out.mask_logits[0, :, 0].numpy(), golden["mask_logits"]) <= RTOL

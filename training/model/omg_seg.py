@@ -108,6 +108,21 @@ class OMGSeg(nn.Module):
             all_layers=all_layers,
         )
 
+    def decode_prompts(
+        self,
+        memories: list[torch.Tensor],
+        mask_features: torch.Tensor,
+        class_bank: torch.Tensor,
+        query_content: torch.Tensor,
+        query_position: torch.Tensor,
+    ) -> QueryPredictions:
+        """The last head of ``decode_queries(..., prompt_mode=True)`` for prompt queries on B
+        images (one per batch row), computed for few queries (the key and value projections
+        folded into them: ``Mask2FormerQueryDecoder.decode_prompts``)."""
+        return self.query_decoder.decode_prompts(
+            memories, mask_features, class_bank, query_content, query_position
+        )
+
     def forward(
         self,
         images: torch.Tensor,

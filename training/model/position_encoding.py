@@ -36,6 +36,18 @@ def _normalised_positions(n: int, device: torch.device) -> torch.Tensor:
     return embed / (embed[-1:] + EPS) * SCALE
 
 
+def sine_axis_codes(
+    height: int, width: int, num_feats: int, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two halves of the 2-D code: y (height, num_feats) and x (width, num_feats); the
+    position (i, j) of a (height, width) map has the code [y[i] | x[j]]."""
+    device = device or torch.device("cpu")
+    dim_t = _frequencies(num_feats, device)
+    y = _interleave(_normalised_positions(height, device)[:, None] / dim_t)
+    x = _interleave(_normalised_positions(width, device)[:, None] / dim_t)
+    return y, x
+
+
 def sine_encoding_2d(
     height: int, width: int, num_feats: int, device: torch.device | None = None
 ) -> torch.Tensor:
@@ -44,13 +56,19 @@ def sine_encoding_2d(
     Returns:
         (2 * num_feats, height, width) float32, channels [y codes | x codes].
     """
-    device = device or torch.device("cpu")
-    dim_t = _frequencies(num_feats, device)
-    y = _normalised_positions(height, device)[:, None, None] / dim_t  # (H, 1, F)
-    x = _normalised_positions(width, device)[None, :, None] / dim_t  # (1, W, F)
-    pos_y = _interleave(y).expand(height, width, num_feats)
-    pos_x = _interleave(x).expand(height, width, num_feats)
-    return torch.cat((pos_y, pos_x), dim=-1).permute(2, 0, 1)
+    return _yx_code(height, width, num_feats, device).permute(2, 0, 1)
+
+
+def _yx_code(height: int, width: int, num_feats: int, device: torch.device | None) -> torch.Tensor:
+    """(height, width, 2 * num_feats): [y | x] codes per position."""
+    y, x = sine_axis_codes(height, width, num_feats, device)
+    return torch.cat(
+        (
+            y[:, None, :].expand(height, width, num_feats),
+            x[None, :, :].expand(height, width, num_feats),
+        ),
+        dim=-1,
+    )
 
 
 def sine_encoding_3d(
@@ -64,19 +82,9 @@ def sine_encoding_3d(
         (frames * height * width, 2 * num_feats) float32, flattened frame-major (t, h, w).
     """
     device = device or torch.device("cpu")
-    dim_t = _frequencies(num_feats, device)
     dim_t_z = _frequencies(2 * num_feats, device)
     z = _interleave(_normalised_positions(frames, device)[:, None] / dim_t_z)  # (T, 2F)
-    y = _interleave(_normalised_positions(height, device)[:, None] / dim_t)  # (H, F)
-    x = _interleave(_normalised_positions(width, device)[:, None] / dim_t)  # (W, F)
-    yx = torch.cat(
-        (
-            y[:, None, :].expand(height, width, num_feats),
-            x[None, :, :].expand(height, width, num_feats),
-        ),
-        dim=-1,
-    )  # (H, W, 2F)
-    pos = yx[None] + z[:, None, None, :]  # (T, H, W, 2F)
+    pos = _yx_code(height, width, num_feats, device)[None] + z[:, None, None, :]  # (T, H, W, 2F)
     return pos.reshape(frames * height * width, 2 * num_feats)
 
 

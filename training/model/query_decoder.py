@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
+from kernels.reference import BLOCKED
 from training.model.classifier import OpenVocabClassifier, text_logits
-from training.model.position_encoding import sine_encoding_3d
+from training.model.position_encoding import sine_axis_codes, sine_encoding_3d
 
 
 @dataclass
@@ -77,6 +78,59 @@ class MultiheadAttention(nn.Module):
         )
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
+    def few_queries(
+        self,
+        query: torch.Tensor,
+        memory: torch.Tensor,
+        axis_codes: tuple[torch.Tensor, torch.Tensor],
+        value_offset: torch.Tensor,
+        allowed: torch.Tensor,
+    ) -> torch.Tensor:
+        """``forward`` for a few queries over an image's memory, with the key and value
+        projections folded into the queries instead of applied to every key.
+
+        The keys are the memory tokens m_j + ``value_offset`` + the 3-D sine code of their
+        position, the values m_j + ``value_offset``. Per head h the score
+        (W_q q + b_q)_h . (W_k x_j + b_k)_h = f_h . x_j + a term constant over the keys (which the
+        softmax drops), f_h = W_k,h^T (W_q q + b_q)_h; f_h . x_j = f_h . m_j + f_h[:C/2] . y[row]
+        + f_h[C/2:] . x[col] + constants (the offset and an image's constant z code). And
+        sum_j a_j (W_v v_j + b_v)_h = W_v,h (sum_j a_j v_j) + b_v,h, the weights summing to 1. A
+        query costs 2 x heads x C multiply-adds per key instead of the 2 x C^2 of projecting
+        every key, and the memory is read as it is (channel-major, no position code added): the
+        same maths up to float32 rounding.
+
+        Args:
+            query: (B, Q, C) the query input (content + position).
+            memory: (B, C, h, w) the memory tokens, without ``value_offset``.
+            axis_codes: y (h, C/2) and x (w, C/2), the halves of the [y | x] position code.
+            value_offset: (C,) added to every token (the level embedding).
+            allowed: (B, 1, Q, h*w) bool, True = may attend (Mask2Former's empty-row rule).
+
+        Returns:
+            (B, Q, C).
+        """
+        b, q, c = query.shape
+        m = self.num_heads
+        d = c // m
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, _, b_v = self.in_proj_bias.chunk(3)
+        heads = (F.linear(query, w_q, b_q) * (d**-0.5)).reshape(b, q, m, d).transpose(1, 2)
+        folded = torch.matmul(heads, w_k.reshape(m, d, c)).reshape(b, m * q, c)  # f per head
+        tokens = memory.flatten(2)  # (B, C, h*w)
+        y_code, x_code = axis_codes
+        half = c // 2
+        position = (
+            torch.matmul(folded[..., :half], y_code.transpose(0, 1))[..., :, None]
+            + torch.matmul(folded[..., half:], x_code.transpose(0, 1))[..., None, :]
+        )  # (B, M*Q, h, w)
+        scores = (torch.matmul(folded, tokens) + position.flatten(2)).reshape(b, m, q, -1)
+        bias = torch.where(allowed, 0.0, BLOCKED)
+        attn = torch.softmax(scores + (bias - bias.amax(dim=-1, keepdim=True)), dim=-1)
+        pooled = torch.matmul(attn.reshape(b, m * q, -1), tokens.transpose(1, 2))  # (B, M*Q, C)
+        pooled = (pooled + value_offset).reshape(b, m, q, c)
+        out = torch.matmul(pooled, w_v.reshape(m, d, c).transpose(1, 2))  # (B, M, Q, d)
+        return self.out_proj(out.transpose(1, 2).reshape(b, q, c) + b_v)
+
     def value_only(self, value: torch.Tensor) -> torch.Tensor:
         """Attention where every query sees only itself: softmax of one key is 1, so the output
         is out_proj(v_proj(value)) exactly."""
@@ -108,6 +162,31 @@ class DecoderLayer(nn.Module):
         prompt_mode: bool | torch.Tensor,
     ) -> torch.Tensor:
         cross = self.cross_attn(queries + query_pos, memory + memory_pos, memory, allowed)
+        return self._after_cross(queries, cross, query_pos, prompt_mode)
+
+    def prompts(
+        self,
+        queries: torch.Tensor,
+        query_pos: torch.Tensor,
+        memory: torch.Tensor,
+        axis_codes: tuple[torch.Tensor, torch.Tensor],
+        level_embed: torch.Tensor,
+        allowed: torch.Tensor,
+    ) -> torch.Tensor:
+        """``forward`` of prompt queries on images, the cross-attention by
+        ``MultiheadAttention.few_queries`` over the (B, C, h, w) memory."""
+        cross = self.cross_attn.few_queries(
+            queries + query_pos, memory, axis_codes, level_embed, allowed
+        )
+        return self._after_cross(queries, cross, query_pos, True)
+
+    def _after_cross(
+        self,
+        queries: torch.Tensor,
+        cross: torch.Tensor,
+        query_pos: torch.Tensor,
+        prompt_mode: bool | torch.Tensor,
+    ) -> torch.Tensor:
         queries = self.norm_cross(queries + cross)
         if isinstance(prompt_mode, torch.Tensor):
             # graph form: prompt queries see only themselves (the official diagonal mask)
@@ -239,6 +318,48 @@ class Mask2FormerQueryDecoder(nn.Module):
             )
             queries = layer(queries, query_pos, keys[level], key_pos[level], allowed, prompt_mode)
         return [self._predict(queries, stacked, class_bank, t)]
+
+    def decode_prompts(
+        self,
+        memories: list[torch.Tensor],
+        mask_features: torch.Tensor,
+        class_bank: torch.Tensor,
+        queries: torch.Tensor,
+        query_pos: torch.Tensor,
+    ) -> QueryPredictions:
+        """``forward(..., prompt_mode=True)[-1]`` for a few prompt queries on B images (T = 1):
+        the cross-attention folds its key and value projections into the queries
+        (``MultiheadAttention.few_queries``), so a prompt costs 2 x heads x C multiply-adds per
+        memory token instead of the 2 x C^2 of projecting an image's whole memory in every
+        layer, and no (tokens, C) copy of the memory is made. The same maths up to float32
+        rounding; the official goldens hold it through the runtime's prompt graph.
+
+        Args:
+            memories, mask_features: of B images, (B, C, h_l, w_l) and (B, C, H, W).
+            class_bank, queries, query_pos: as ``forward``.
+        """
+        if not torch.jit.is_tracing() and mask_features.shape[0] != queries.shape[0]:
+            raise ValueError(
+                f"decode_prompts: one image per batch row, got {mask_features.shape[0]} maps "
+                f"for {queries.shape[0]} rows"
+            )
+        c = mask_features.shape[1]
+        codes = [sine_axis_codes(*m.shape[-2:], c // 2, m.device) for m in memories]
+        # the mask features at each level's size, once (as ``forward``)
+        level_features = [
+            F.interpolate(mask_features, size=m.shape[-2:], mode="bilinear", align_corners=False)
+            for m in memories
+        ]
+        for i, layer in enumerate(self.layers):
+            level = i % self.num_levels
+            allowed = self._level_attention_mask(
+                self.mask_embed(self.post_norm(queries)), level_features[level]
+            )
+            queries = layer.prompts(
+                queries, query_pos, memories[level], codes[level],
+                self.level_embed.weight[level], allowed,
+            )
+        return self._predict(queries, mask_features, class_bank, 1)
 
     @torch.no_grad()
     def init_position_attention(self, gain: float) -> None:
