@@ -311,7 +311,7 @@ class Pipeline:
         pad_to: int | None = None,
     ) -> list[PromptPredictions]:
         """Several prompt groups ((P_i, 4) boxes in resized-image pixels) on one image in one
-        prompt-encoder + query-decoder call. Prompt queries attend only to themselves, so each
+        prompt-encoder + prompt-decoder call. Prompt queries attend only to themselves, so each
         group's masks equal those of a call of its own."""
         boxes = np.concatenate(list(groups), axis=0)
         content, position = self.prompt_queries(boxes, resized_hw, pad_to=pad_to)

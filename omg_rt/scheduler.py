@@ -3,7 +3,7 @@
 - Requests return ``concurrent.futures.Future`` objects; :meth:`Scheduler.prompt` and
   :meth:`Scheduler.segment` are the synchronous wrappers.
 - Interactive prompt requests are served before bulk image requests.
-- Prompt requests on the same image are grouped into one prompt-encoder + query-decoder call,
+- Prompt requests on the same image are grouped into one prompt-encoder + prompt-decoder call,
   the prompt axis padded to a power of two (few distinct shapes for engines and CUDA graphs);
   prompt queries attend only to themselves, so grouping does not change any mask.
 - Bulk requests are taken up to the encoder's max batch at a time, and their encoder misses run

@@ -463,7 +463,7 @@ class Segmenter:
     def prompt_groups(
         self, image: Any, groups: Sequence[np.ndarray], *, pad_to: int | None = None
     ) -> list[SegmentationResult]:
-        """Several prompt sets on one image in one prompt-encoder + query-decoder call (what
+        """Several prompt sets on one image in one prompt-encoder + prompt-decoder call (what
         the :class:`~omg_rt.scheduler.Scheduler` batches concurrent requests into).
 
         Args:

@@ -239,7 +239,7 @@ class Page:
         masks = " · ".join(f"{i}: {p.kind} → {p.name or '-'} (IoU {p.score:.2f})"
                            for i, p in enumerate(state.prompts, start=1))
         return View(render(state), f"click {state.clicks}: {kind} at ({where}) in "
-                                   f"**{_ms(elapsed)}** (prompt encoder + query decoder; {cache})."
+                                   f"**{_ms(elapsed)}** (prompt encoder + prompt decoder; {cache})."
                                    f"\n\n{masks}")
 
     # ------------------------------------------------------------------ tasks and vocabulary

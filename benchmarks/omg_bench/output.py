@@ -28,7 +28,7 @@ HOW_MEASURED = """\
   `Segmenter.post_device`). End to end = `panoptic()` / `instances()`
   / `semantic()` on an image not in the encoder cache (preprocess + 3 graphs + post-process).
 - Throughput: `set_images` of B new images (encoder batched by B) + `panoptic` of each.
-- Prompts: clicks on an image whose encoder work is cached (prompt encoder + query decoder +
+- Prompts: clicks on an image whose encoder work is cached (prompt encoder + prompt decoder +
   mask post-processing). Video: a VIS stream after one untimed pass (with --warmup > 0), each
   clip's step times summed / its frames, one sample per frame.
 - Cold start: a fresh process imports the runtime, runs `Segmenter.from_bundle` and the first

@@ -12,6 +12,11 @@ and the mask features are resized once per level instead of every head's stride-
 to float32 rounding; research/omg_seg.md section 6, item 3). Training (``all_layers``) needs every
 head's stride-4 masks and classes, and keeps the straightforward order.
 
+Prompts on images (``decode_prompts``, the runtime's prompt graph): a few queries against an
+image's whole memory. Each cross-attention folds its key and value projections into the queries
+(``MultiheadAttention.few_queries``), so a prompt does not pay for projecting the memory in every
+layer (2 x C^2 multiply-adds per token and layer, nearly all of a prompt's cost before).
+
 Video: a clip's T frames share one decoding. Memories join along the token axis (frame-major)
 with the 3-D sine code; mask features are stacked along height, so each query predicts a tube.
 """
