@@ -36,7 +36,7 @@ from omg_rt.manifest import (
     write_manifest,
 )
 from omg_rt.preprocess import prepare_image
-from omg_rt.spec import ENCODER, PIXEL_DECODER, PRECISIONS
+from omg_rt.spec import ENCODER, PIXEL_DECODER, PRECISIONS, QUERY_DECODER
 from training.model import OMGSeg
 from training.model.checkpoint import load_checkpoint
 
@@ -101,11 +101,15 @@ def build_bundle(
     contract = InputContract.at_image_size(spec.preprocess, image_size)
     defs = graph_defs(model)
     graphs: dict[str, dict[str, Any]] = {}
-    # the pixel decoder's plugin flavour: TensorRT's on GPU targets, the fused graph of ONNX
-    # Runtime's CPU provider (omg_rt.backends.ort_ops) on the cpu target
-    plugin_key, plugin_dir = ("tensorrt_files", "tensorrt") if target != "cpu" else \
-        ("fused_files", "fused")
-    flavour_jobs = [(name, "portable") for name in defs] + [(PIXEL_DECODER.name, "tensorrt")]
+    # the plugin flavours: TensorRT's pixel decoder on GPU targets; on the cpu target the fused
+    # pixel and query decoders of ONNX Runtime's CPU provider (omg_rt.backends.ort_ops)
+    if target != "cpu":
+        plugin_key, plugin_dir = "tensorrt_files", "tensorrt"
+        plugin_jobs = [(PIXEL_DECODER.name, "tensorrt")]
+    else:
+        plugin_key, plugin_dir = "fused_files", "fused"
+        plugin_jobs = [(PIXEL_DECODER.name, "fused"), (QUERY_DECODER.name, "fused")]
+    flavour_jobs = [(name, "portable") for name in defs] + plugin_jobs
     for name, flavour in tqdm(flavour_jobs, desc="onnx export", unit="graph", disable=not show):
         if flavour == "portable":
             path = export_graph(defs[name], work / f"{name}.onnx")
@@ -156,7 +160,7 @@ def build_bundle(
     if verify:
         verifier = Verifier(defs, spec, vocabulary.class_bank, (content, position),
                             vocabulary.num_things, image_size, progress=show)
-        files = {p: {g: work / e["files"][p] for g, e in graphs.items()} for p in precisions}
+        files = {p: _verified_files(work, graphs, p) for p in precisions}
         report = run_verification(verifier, files, progress=show)
     (work / VERIFY_FILE).write_text(json.dumps(report, indent=1, sort_keys=True))
     if verify and not report["passed"]:
@@ -213,6 +217,25 @@ def _check_out_dir(out_dir: Path) -> None:
         raise InvalidInputError(
             f"out_dir: expected a new directory or an existing bundle, got {out_dir} which holds "
             "other files (not replaced)")
+
+
+def _verified_files(work: Path, graphs: dict[str, dict[str, Any]], precision: str
+                    ) -> dict[str, Path]:
+    """The file of each graph ONNX Runtime's CPU provider runs at ``precision``, the one to
+    verify: the fused flavour where exported and omg-rt's operators build here (as
+    ``omg_rt.backends`` chooses), else the portable graph."""
+    from omg_rt.backends import ort_ops
+
+    try:
+        ort_ops.library()
+        fused_ok = True
+    except BackendUnavailableError:
+        fused_ok = False  # no C compiler: the runtime runs the portable graphs
+    chosen = {}
+    for name, entry in graphs.items():
+        fused = entry.get("fused_files", {}) if fused_ok else {}
+        chosen[name] = work / fused.get(precision, entry["files"][precision])
+    return chosen
 
 
 def _load(checkpoint_or_model, backbone_weights) -> OMGSeg:

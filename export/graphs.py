@@ -20,10 +20,14 @@ Dynamic axes (symbolic dimension names, as they appear in the manifest):
 Height and width are dynamic: the runtime feeds each image at its own keep-ratio size padded to a
 multiple of 32, as the official model (the manifest's ``input`` says which range was checked).
 
-Two flavours of the pixel decoder's deformable attention, chosen by the export target: ``portable``
-(``grid_sample`` -> ONNX GridSample, runs in ONNX Runtime everywhere) and ``tensorrt`` (a
+Three flavours, chosen by the export target: ``portable`` (the deformable attention as
+``grid_sample`` -> ONNX GridSample, the masked attention as matrix products and a softmax: runs in
+ONNX Runtime everywhere), ``tensorrt`` (the deformable attention as a
 ``MultiscaleDeformableAttnPlugin_TRT`` node; TensorRT >= 10.14 computes the GridSample form wrong,
-NVIDIA/TensorRT#4813). The choice never depends on the device the export runs on.
+NVIDIA/TensorRT#4813) and ``fused``, ONNX Runtime's CPU provider with omg-rt's operators
+(``omg_rt.backends.ort_ops``): the plugin node, and the query decoder's masked cross-attention as
+one ``omg_rt::MaskedAttention`` node (no (B, M, Q, K) score tensor). The choice never depends on
+the device the export runs on.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from omg_rt.spec import (
 )
 from training.model import OMGSeg
 
-FLAVOURS = ("portable", "tensorrt")
+FLAVOURS = ("portable", "tensorrt", "fused")
 
 
 class EncoderGraph(nn.Module):
@@ -280,18 +284,48 @@ def _plugin_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_lo
                                      sampling_locations, attention_weights)
 
 
+class _FusedMaskedAttention(torch.autograd.Function):
+    """The reference computation in PyTorch; an ``omg_rt::MaskedAttention`` node in ONNX, fed
+    the (B, L, M, d) layout the projections produce (the transposes around it cancel those of
+    the head split: ONNX Runtime's transpose optimizer removes both)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask):
+        return kernels.masked_attention_reference(q, k, v, mask)
+
+    @staticmethod
+    def symbolic(g, q, k, v, mask):
+        from omg_rt.backends.ort_ops import MASKED_ATTENTION_OP, OPS_DOMAIN
+
+        heads_last = [0, 2, 1, 3]  # (B, M, L, d) <-> (B, L, M, d)
+        out = g.op(f"{OPS_DOMAIN}::{MASKED_ATTENTION_OP}",
+                   *(g.op("Transpose", t, perm_i=heads_last) for t in (q, k, v)), mask)
+        return g.op("Transpose", out, perm_i=heads_last)
+
+
+def _fused_masked_attention(q, k, v, mask, *, impl=None):
+    del impl
+    if mask is None:  # self-attention: plain products, no custom node
+        return kernels.masked_attention_reference(q, k, v, None)
+    return _FusedMaskedAttention.apply(q, k, v, mask)
+
+
 @contextlib.contextmanager
 def deform_attn_flavour(flavour: str) -> Iterator[None]:
-    """Trace the model's deformable attention as ``flavour`` (``portable`` or ``tensorrt``) and
-    its masked attention as the PyTorch reference, whatever device or kernel setting is active."""
+    """Trace the model's attention as ``flavour`` (``portable``, ``tensorrt`` or ``fused``):
+    the masked attention as the PyTorch reference (``fused``: the custom node) whatever device
+    or kernel setting is active."""
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour: expected one of {FLAVOURS}, got {flavour!r}")
-    previous_impl, previous_op = kernels.get_impl(), kernels.ms_deform_attn
+    previous_impl = kernels.get_impl()
+    previous_ops = kernels.ms_deform_attn, kernels.masked_attention
     kernels.set_impl("reference")
-    if flavour == "tensorrt":
+    if flavour in ("tensorrt", "fused"):
         kernels.ms_deform_attn = _plugin_ms_deform_attn
+    if flavour == "fused":
+        kernels.masked_attention = _fused_masked_attention
     try:
         yield
     finally:
-        kernels.ms_deform_attn = previous_op
+        kernels.ms_deform_attn, kernels.masked_attention = previous_ops
         kernels.set_impl(previous_impl)

@@ -18,6 +18,8 @@ Bundle layout::
       fp16/<graph>.onnx        FP16 variants (FP32 I/O; graphs not converted point at the FP32 file)
       int8/<graph>.onnx        INT8 QDQ variants (encoder, pixel decoder; others point at FP32)
       tensorrt/pixel_decoder.onnx   TensorRT targets only: the deformable-attention plugin flavour
+      fused/<graph>.onnx       cpu target only: pixel and query decoders with omg-rt's ONNX Runtime
+                               operators (int8/fused/: the INT8 encoder and pixel decoder's)
       queries.npz              learned queries: query_content (Q, C), query_position (Q, C) float32
       vocab.npz                class_bank (K, S, D) float32, names (K,) str, num_things () int64,
                                seen (K,) bool
@@ -44,7 +46,8 @@ Manifest keys (``format_version`` 3; :class:`Manifest` holds them):
 - ``graphs``: ``{name: {"files": {precision: path}, "tensorrt_files": {precision: path} (TensorRT
   targets), "fused_files": {precision: path} (the ``cpu`` target's graphs with omg-rt's ONNX
   Runtime operators, run by the CPU provider with ``omg_rt.backends.ort_ops``: the pixel decoder
-  with the same plugin nodes, the INT8 encoder with its GELU + quantization and its
+  with the same plugin nodes, the query decoder with its masked cross-attention as
+  ``omg_rt::MaskedAttention`` nodes, the INT8 encoder with its GELU + quantization and its
   LayerNorm + quantization fused; optional),
   "inputs": {name: {"shape": [...], "dtype": str}}, "outputs": {...},
   "dynamic_axes": {tensor: {axis index (str): symbol}}}}`` (:class:`GraphEntry`); symbolic

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from omg_rt import native
 from omg_rt.assembly import instance_result, panoptic_result, prompt_result, semantic_result
 from omg_rt.backends import BackendChoice, open_backends
 from omg_rt.bundle import ModelAssets, load_bundle
@@ -70,6 +71,7 @@ class Segmenter:
         max_encoder_batch: int = DEFAULT_MAX_ENCODER_BATCH,
         post_device: str | None = "auto",
     ) -> None:
+        native.retain_freed_memory()  # large per-frame arrays reuse freed memory
         self.assets = assets
         self.spec = assets.spec
         self.backend = backend

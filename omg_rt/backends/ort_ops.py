@@ -34,8 +34,9 @@ OP_NAME = "MultiscaleDeformableAttnPlugin_TRT"
 OPS_DOMAIN = "omg_rt"  # omg-rt's own operators
 GELU_QUANTIZE_OP = "BiasGeluQuantize"
 LAYERNORM_QUANTIZE_OP = "LayerNormQuantize"
-_SOURCES = ("gelu_quantize_compute.h", "layernorm_quantize_compute.h", "ms_deform_attn_compute.h",
-            "ort_ops.c")
+MASKED_ATTENTION_OP = "MaskedAttention"
+_SOURCES = ("gelu_quantize_compute.h", "layernorm_quantize_compute.h",
+            "masked_attention_compute.h", "ms_deform_attn_compute.h", "ort_ops.c")
 
 
 def library() -> Path:
@@ -69,11 +70,13 @@ def inference_session(path: Path, options: Any, providers: Any) -> tuple[Any, bo
         return onnxruntime.InferenceSession(str(path), sess_options=options,
                                             providers=providers), False
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-        if not any(op in str(exc) for op in (OP_NAME, GELU_QUANTIZE_OP, LAYERNORM_QUANTIZE_OP)):
+        if not any(op in str(exc) for op in (OP_NAME, GELU_QUANTIZE_OP, LAYERNORM_QUANTIZE_OP,
+                                            MASKED_ATTENTION_OP)):
             raise
     register(options)
     return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers), True
 
 
-__all__ = ["DOMAIN", "OPS_DOMAIN", "GELU_QUANTIZE_OP", "LAYERNORM_QUANTIZE_OP", "OP_NAME",
+__all__ = ["DOMAIN", "OPS_DOMAIN", "GELU_QUANTIZE_OP", "LAYERNORM_QUANTIZE_OP",
+           "MASKED_ATTENTION_OP", "OP_NAME",
            "inference_session", "library", "register"]

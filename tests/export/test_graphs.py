@@ -65,9 +65,13 @@ def test_tensorrt_flavour_replaces_grid_sample_by_the_plugin_node(defs, model, t
 def test_the_flavour_is_restored_after_export(defs, tmp_path):
     import kernels
 
-    before, impl = kernels.ms_deform_attn, kernels.get_impl()
+    before, impl = (kernels.ms_deform_attn, kernels.masked_attention), kernels.get_impl()
     export_graph(defs["pixel_decoder"], tmp_path / "t.onnx", flavour="tensorrt")
-    assert kernels.ms_deform_attn is before and kernels.get_impl() == impl
+    export_graph(defs["query_decoder"], tmp_path / "q.onnx", flavour="fused")
+    assert (kernels.ms_deform_attn, kernels.masked_attention) == before
+    assert kernels.get_impl() == impl
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
+    assert "MaskedAttention" in ops and "Softmax" not in ops
     with pytest.raises(ValueError, match="flavour"):
         export_graph(defs["pixel_decoder"], tmp_path / "x.onnx", flavour="cuda")
 

@@ -72,17 +72,19 @@ def _official_id_map(result, void: int) -> np.ndarray:
     return np.where(result.id_map < 0, void, result.id_map)
 
 
-def test_these_goldens_run_the_fused_pixel_decoder_where_its_operator_builds(seg):
-    # every golden of this module then checks omg-rt's deformable-attention operator on the
-    # real model (omg_rt.backends.ort_ops); without a C compiler they check the portable graph
+def test_these_goldens_run_the_fused_decoders_where_their_operators_build(seg):
+    # every golden of this module then checks omg-rt's deformable-attention and masked-attention
+    # operators on the real model (omg_rt.backends.ort_ops); without a C compiler they check
+    # the portable graphs
     from omg_rt.backends import ort_ops
     from omg_rt.errors import BackendUnavailableError
 
     try:
         ort_ops.library()
     except BackendUnavailableError as exc:
-        pytest.skip(f"the portable pixel decoder runs here: {exc}")
-    assert seg.pipeline.runners["pixel_decoder"].backend.name.endswith("+omg-ops")
+        pytest.skip(f"the portable decoders run here: {exc}")
+    for graph in ("pixel_decoder", "query_decoder"):
+        assert seg.pipeline.runners[graph].backend.name.endswith("+omg-ops"), graph
 
 
 def test_the_image_is_encoded_at_its_own_padded_shape_not_a_square(meta, session):

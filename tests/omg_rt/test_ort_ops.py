@@ -1,6 +1,8 @@
 """omg-rt's ONNX Runtime custom operators (``omg_rt.backends.ort_ops``): deformable attention as
 one CPU kernel for the plugin node of the fused pixel decoder, against the PyTorch reference on
-fresh random inputs every run (sizes, levels, heads, locations outside the map, batch 2); the INT8
+fresh random inputs every run (sizes, levels, heads, locations outside the map, batch 2); the
+masked attention of the fused query decoder against the reference (query chunks, partial key
+tiles, blocked rows and tiles, a broadcast mask); the INT8
 MLP's bias + GELU + quantization and the norm's dequantize + LayerNorm + quantization against the
 exact float64 chains; the graph rewrites that put them into the INT8 encoder; the build cache and
 errors; and the bundle's fused graphs through the runtime."""
@@ -411,6 +413,89 @@ def test_the_rewrite_fuses_exactly_the_layernorm_quantize_chain(transpose):
     assert "LayerNormalization" in [n.op_type for n in kept.graph.node]
 
 
+def _attention_session(tmp_path):
+    from onnx import TensorProto, helper
+
+    names = ["q", "k", "v", "allowed"]
+    types = [TensorProto.FLOAT] * 3 + [TensorProto.BOOL]
+    node = helper.make_node(ort_ops.MASKED_ATTENTION_OP, names, ["out"], domain=ort_ops.OPS_DOMAIN)
+    graph = helper.make_graph(
+        [node], "ma", [helper.make_tensor_value_info(n, t, None) for n, t in zip(names, types)],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid(ort_ops.OPS_DOMAIN, 1)])
+    path = tmp_path / "ma.onnx"
+    onnx.save(model, str(path))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    ort_ops.register(options)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _attention_case(rng, b, nq, nk, m, d, density, mask_b=None):
+    """Scores spread like a trained decoder's (logits of a few units), blob-like masks (rows of
+    neighbouring keys, as a mask's region at a stride), every seventh row blocked entirely."""
+    q, k, v = (rng.standard_normal((b, n, m, d)).astype(np.float32) for n in (nq, nk, nk))
+    start = rng.integers(0, nk, (mask_b or b, 1, nq, 1))
+    width = np.maximum(1, (rng.random((mask_b or b, 1, nq, 1)) * 2 * density * nk).astype(int))
+    keys = np.arange(nk)[None, None, None]
+    allowed = ((keys - start) % nk) < width
+    allowed |= rng.random(allowed.shape) < density / 4  # and scattered keys
+    allowed[:, :, ::7] = False  # Mask2Former's empty-row rule: these attend to every key
+    return {"q": q, "k": k, "v": v, "allowed": allowed}
+
+
+def _attention_reference(feeds):
+    from kernels.reference import masked_attention_reference
+
+    heads = lambda x: torch.from_numpy(x).transpose(1, 2)  # noqa: E731 - (B, L, M, d) -> (B, M, L, d)
+    out = masked_attention_reference(heads(feeds["q"]), heads(feeds["k"]), heads(feeds["v"]),
+                                     torch.from_numpy(feeds["allowed"]))
+    return out.transpose(1, 2).numpy()
+
+
+@pytest.mark.parametrize("case", [
+    (2, 11, 37, 3, 5, 0.3, None),  # odd sizes, a partial key tile, batch 2
+    (1, 300, 700, 8, 32, 0.1, None),  # the decoder's queries and heads, three query chunks
+    (1, 65, 130, 4, 16, 0.02, None),  # the tiny model's head width, nearly all blocked
+    (1, 5, 64, 2, 128, 0.5, None),  # the widest head, one tile exactly
+    (3, 9, 9, 2, 8, 0.2, 1),  # one mask for every batch row (prompt-mode self-attention)
+    (1, 1, 1, 1, 1, 1.0, None),  # one of everything
+])
+def test_masked_attention_is_the_reference(tmp_path, case):
+    """``omg_rt::MaskedAttention`` (online softmax over key tiles, blocked tiles skipped) against
+    the PyTorch reference of the portable graphs on fresh random inputs every run; output
+    poisoned first by ONNX Runtime's arena reuse across the runs."""
+    _library_or_skip()
+    session = _attention_session(tmp_path)
+    *shape, mask_b = case
+    rng = np.random.default_rng()
+    for _ in range(2):  # the second run's output buffer held the first's values
+        feeds = _attention_case(rng, *shape, mask_b=mask_b)
+        out = session.run(None, feeds)[0]
+        expected = _attention_reference(feeds)
+        assert out.shape == expected.shape and np.isfinite(out).all()
+        err = float(np.abs(out - expected).max() / np.abs(expected).max())
+        assert err <= RTOL, (case, err)
+
+
+def test_masked_attention_refuses_inputs_that_do_not_fit(tmp_path):
+    _library_or_skip()
+    session = _attention_session(tmp_path)
+    good = _attention_case(np.random.default_rng(0), 2, 4, 6, 2, 8, 0.5)
+    bad_cases = {
+        "heads": {**good, "k": good["k"][:, :, :1]},  # k has another M than q
+        "values": {**good, "v": good["v"][:, :5]},  # v has fewer keys than k
+        "mask": {**good, "allowed": good["allowed"][..., :5]},  # a mask of other keys
+        "width": {key: np.zeros((2, n, 2, 129), np.float32) if key != "allowed" else value
+                  for key, value, n in zip(good, good.values(), (4, 6, 6, 0))},  # D > 128
+    }
+    for feeds in bad_cases.values():
+        with pytest.raises(Exception, match="MaskedAttention"):
+            session.run(None, feeds)
+    assert np.isfinite(session.run(None, good)[0]).all()  # the session keeps serving
+
+
 def test_inputs_that_disagree_fail_the_node_not_the_process(tmp_path):
     _library_or_skip()
     session = _op_session(tmp_path)
@@ -437,10 +522,10 @@ def test_the_library_is_built_once_and_a_missing_compiler_is_a_typed_error(tmp_p
         ort_ops.library()
 
 
-def test_the_bundles_fused_pixel_decoder_runs_and_equals_the_portable_one(tmp_path, monkeypatch):
-    """The cpu target exports the pixel decoder twice (portable, fused) at FP32 and INT8; the
-    runtime runs the fused one where the operator builds, the portable one where it cannot,
-    and both give the same results."""
+def test_the_bundles_fused_decoders_run_and_equal_the_portable_ones(tmp_path, monkeypatch):
+    """The cpu target exports the pixel and query decoders twice (portable, fused) at FP32 and
+    INT8; the runtime runs the fused ones where the operators build, the portable ones where
+    they cannot, and both give the same results on an image and on a two-frame clip."""
     _library_or_skip()
     import types
 
@@ -449,25 +534,42 @@ def test_the_bundles_fused_pixel_decoder_runs_and_equals_the_portable_one(tmp_pa
     from omg_rt.bundle import load_bundle
     from tests.omg_rt.test_runtime_support import NAMES, NUM_THINGS, merging_model, scene
 
-    bundle_dir = build_bundle(merging_model(), tmp_path / "bundle", image_size=128,
+    model = merging_model()
+    bundle_dir = build_bundle(model, tmp_path / "bundle", image_size=128,
                               vocab=types.SimpleNamespace(names=NAMES, num_things=NUM_THINGS),
                               precisions=("fp32", "int8"), verify=False, progress=False)
     graphs = load_bundle(bundle_dir).graphs
     assert graphs["pixel_decoder"].fused_files == {"fp32": "fused/pixel_decoder.onnx",
                                                    "int8": "int8/fused/pixel_decoder.onnx"}
     assert graphs["encoder"].fused_files == {"int8": "int8/fused/encoder.onnx"}
+    assert graphs["query_decoder"].fused_files == {"fp32": "fused/query_decoder.onnx",
+                                                   "int8": "fused/query_decoder.onnx"}
+    fused_graph = onnx.load(str(bundle_dir / "fused" / "query_decoder.onnx"))
+    ops = [n.op_type for n in fused_graph.graph.node]
+    # every layer's cross-attention and (masked in prompt mode) self-attention: no score tensor
+    assert ops.count(ort_ops.MASKED_ATTENTION_OP) == 2 * len(model.query_decoder.layers)
+    assert "Softmax" not in ops
     image = scene(5, (90, 130))
+    clip = [scene(6, (90, 130)), scene(7, (90, 130))]
     for precision in ("fp32", "int8"):
         fused = Segmenter.from_bundle(bundle_dir, backend="onnxruntime", precision=precision)
-        name = fused.pipeline.runners["pixel_decoder"].backend.name
-        assert name.endswith("+omg-ops"), (precision, name)
+        for graph in ("pixel_decoder", "query_decoder"):
+            name = fused.pipeline.runners[graph].backend.name
+            assert name.endswith("+omg-ops"), (precision, graph, name)
         name = fused.pipeline.runners["encoder"].backend.name
         assert name.endswith("+omg-ops") == (precision == "int8"), (precision, name)
         monkeypatch.setenv("CC", "no-such-compiler-omg")
         portable = Segmenter.from_bundle(bundle_dir, backend="onnxruntime", precision=precision)
         monkeypatch.delenv("CC")
-        assert "+omg-ops" not in portable.pipeline.runners["pixel_decoder"].backend.name
-        a, b = fused.predict(image), portable.predict(image)
-        np.testing.assert_allclose(a.class_scores, b.class_scores, atol=1e-3, err_msg=precision)
-        agree = ((a.mask_logits > 0) == (b.mask_logits > 0)).mean()
-        assert agree >= 0.999, (precision, agree)
+        for graph in ("pixel_decoder", "query_decoder"):
+            assert "+omg-ops" not in portable.pipeline.runners[graph].backend.name
+        pairs = [(fused.predict(image), portable.predict(image))]
+        pairs.append(tuple(  # type: ignore[arg-type]
+            seg.predict_clip([seg.image_encoder.frame_session(f, "frame") for f in clip])
+            for seg in (fused, portable)))
+        for a, b in pairs:
+            np.testing.assert_allclose(a.class_scores, b.class_scores, atol=1e-3,
+                                       err_msg=precision)
+            agree = ((a.mask_logits > 0) == (b.mask_logits > 0)).mean()
+            assert agree >= 0.999, (precision, agree)
+        assert pairs[1][0].mask_logits.shape[1] == len(clip)

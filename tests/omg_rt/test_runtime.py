@@ -599,3 +599,44 @@ def test_tensorrt_backend_matches_onnxruntime(ort, tmp_path):
     image = scene(12)
     _assert_same(trt.instances(image), ort.instances(image), "tensorrt instances")
     _assert_same(trt.prompt(image, points=[[10, 10]]), ort.prompt(image, points=[[10, 10]]), "trt prompt")
+
+
+_RETAIN_SCRIPT = """
+import os
+import numpy as np
+from omg_rt import native
+applied = native.retain_freed_memory()
+def resident():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+size = 256 << 20
+frame = np.ones(size, np.uint8)  # a frame's large result, written
+held = resident()
+del frame
+kept = resident()
+frame = np.ones(size, np.uint8)  # the next frame's
+print(int(applied), held - kept, resident() - kept)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt: Linux only")
+def test_freed_large_arrays_stay_in_the_process_for_the_next_frame():
+    """``native.retain_freed_memory`` (every Segmenter applies it): a freed 256 MB array stays
+    resident and the next one reuses it (no fresh pages to fault in and zero); with the setting
+    turned off glibc unmaps it and the next array is mapped anew."""
+    import os
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    runs = {}
+    for setting in ("1", "0"):
+        done = subprocess.run([sys.executable, "-c", _RETAIN_SCRIPT], capture_output=True,
+                              text=True, cwd=REPO, check=True,
+                              env={**os.environ, "OMG_RT_RETAIN_FREED_MEMORY": setting})
+        runs[setting] = tuple(int(v) for v in done.stdout.split())
+    size = 256 << 20
+    applied, released, grown = runs["1"]
+    assert applied == 1 and released < size // 10 and grown < size // 10, runs
+    applied, released, grown = runs["0"]
+    assert applied == 0 and released > size // 2 and grown > size // 2, runs

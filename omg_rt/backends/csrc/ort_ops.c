@@ -14,6 +14,11 @@
  *   fuse_layernorm_quantize): inputs x (..., C) uint8, x_scale float32, x_zero_point uint8,
  *   gamma (C,) and beta (C,) float32, epsilon float32, y_scale float32, y_zero_point uint8 (one
  *   value each but gamma and beta); output uint8 of x's shape. layernorm_quantize_compute.h.
+ * - omg_rt::MaskedAttention, Mask2Former's masked cross-attention without its score tensor
+ *   (the fused query decoder, export/graphs.py): inputs q (B, Q, M, D), k and v (B, K, M, D)
+ *   float32, allowed (B or 1, 1, Q, K) bool (True = may attend; a row allowing nothing attends
+ *   to every key); output (B, Q, M, D); the scores are scaled by 1 / sqrt(D).
+ *   masked_attention_compute.h.
  *
  * Built without ONNX Runtime's headers: the library declares what it uses of the C ABI itself.
  * OrtApi is a table of function pointers that only ever grows (entries keep their place across
@@ -26,6 +31,7 @@
 
 #include "gelu_quantize_compute.h"
 #include "layernorm_quantize_compute.h"
+#include "masked_attention_compute.h"
 #include "ms_deform_attn_compute.h"
 
 typedef struct OrtStatus OrtStatus;
@@ -48,7 +54,7 @@ typedef struct OrtApiBase {
 /* OrtCustomOp fields filled in: through KernelComputeV2 (version 16), which returns a status */
 #define ORT_CUSTOM_OP_VERSION 16
 
-enum { ORT_FLOAT = 1, ORT_UINT8 = 2, ORT_INT32 = 6 };  /* ONNXTensorElementDataType */
+enum { ORT_FLOAT = 1, ORT_UINT8 = 2, ORT_INT32 = 6, ORT_BOOL = 9 };  /* ONNXTensorElementDataType */
 enum { INPUT_OUTPUT_REQUIRED = 0 };  /* OrtCustomOpInputOutputCharacteristic */
 enum { ORT_INVALID_ARGUMENT = 2 };  /* OrtErrorCode */
 enum { ORT_MEM_TYPE_DEFAULT = 0 };  /* OrtMemType */
@@ -153,6 +159,15 @@ static void gelu_quantize_range(const void* args, int64_t begin, int64_t end) {
 
 static void layernorm_quantize_range(const void* args, int64_t begin, int64_t end) {
     layernorm_quantize_rows((const LayerNormQuantizeArgs*)args, begin, end);
+}
+
+static void masked_attention_range(const void* args, int64_t begin, int64_t end) {
+    masked_attention_items((const MaskedAttnArgs*)args, begin, end);
+}
+
+static void row_any_range(const void* args, int64_t begin, int64_t end) {
+    const MaskedAttnArgs* a = (const MaskedAttnArgs*)args;
+    masked_attention_row_any(a->allowed, a->nk, (uint8_t*)a->row_any, begin, end);
 }
 
 /* dims of input `index` into dims[0..max) -> rank, or -1 with the element type not `want` */
@@ -323,6 +338,43 @@ static OrtStatus* layernorm_quantize_compute(void* kernel, OrtKernelContext* con
     return status;
 }
 
+static OrtStatus* masked_attention_compute(void* kernel, OrtKernelContext* context) {
+    (void)kernel;
+    int64_t q[8], k[8], v[8], al[8];
+    const void *q_data, *k_data, *v_data, *allowed;
+    if (input_dims(context, 0, ORT_FLOAT, q, 8, &q_data) != 4 ||
+        input_dims(context, 1, ORT_FLOAT, k, 8, &k_data) != 4 ||
+        input_dims(context, 2, ORT_FLOAT, v, 8, &v_data) != 4 ||
+        input_dims(context, 3, ORT_BOOL, al, 8, &allowed) != 4)
+        return invalid("MaskedAttention: expected float32 q (B, Q, M, D), k and v (B, K, M, D) "
+                       "and bool allowed (B or 1, 1, Q, K)");
+    const int64_t b = q[0], nq = q[1], m = q[2], d = q[3], nk = k[1];
+    for (int i = 0; i < 4; ++i)
+        if (k[i] != v[i])
+            return invalid("MaskedAttention: k and v must have the same shape");
+    if (k[0] != b || k[2] != m || k[3] != d || (al[0] != b && al[0] != 1) || al[1] != 1 ||
+        al[2] != nq || al[3] != nk)
+        return invalid("MaskedAttention: the inputs' B, Q, K, M or D disagree");
+    if (d < 1 || d > OMG_MA_MAX_D) return invalid("MaskedAttention: D must be 1..128");
+    if (nk < 1 && b * nq > 0) return invalid("MaskedAttention: no keys");
+    const int64_t out_dims[4] = {b, nq, m, d};
+    void* out_data = NULL;
+    OrtStatus* status = output_data(context, out_dims, 4, &out_data);
+    if (status || b * nq * m == 0) return status;
+    uint8_t* row_any = (uint8_t*)malloc((size_t)(al[0] * nq));
+    if (!row_any) return invalid("MaskedAttention: out of memory");
+    const MaskedAttnArgs args = {(const float*)q_data, (const float*)k_data, (const float*)v_data,
+                                 (const uint8_t*)allowed, row_any, (float*)out_data,
+                                 b, nq, nk, m, d, al[0], 1.0f / sqrtf((float)d)};
+    status = parallel_ranges(context, row_any_range, &args, al[0] * nq, 8);
+    if (!status) {
+        status = parallel_ranges(context, masked_attention_range, &args,
+                                 b * m * masked_attention_chunks(nq), 1);
+    }
+    free(row_any);
+    return status;
+}
+
 /* ------------------------------------------------------------------ the operators */
 
 static void* op_create_kernel(const OmgCustomOp* op, const OrtApiTable* api,
@@ -367,6 +419,13 @@ static int lq_input_type(const OmgCustomOp* op, size_t index) {
 }
 static size_t lq_input_count(const OmgCustomOp* op) { (void)op; return 8; }
 
+static const char* ma_name(const OmgCustomOp* op) { (void)op; return "MaskedAttention"; }
+static int ma_input_type(const OmgCustomOp* op, size_t index) {
+    (void)op;
+    return index == 3 ? ORT_BOOL : ORT_FLOAT;
+}
+static size_t ma_input_count(const OmgCustomOp* op) { (void)op; return 4; }
+
 /* KernelCompute is NULL: KernelComputeV2 runs, and reports bad inputs as a status;
  * CreateKernelV2 is NULL: CreateKernel runs. */
 #define OMG_OP(name, input_type, input_count, output_type, compute)                          \
@@ -380,6 +439,8 @@ static const OmgCustomOp g_gelu_quantize_op =
     OMG_OP(gq_name, gq_input_type, gq_input_count, gq_output_type, gelu_quantize_compute);
 static const OmgCustomOp g_layernorm_quantize_op = OMG_OP(
     lq_name, lq_input_type, lq_input_count, gq_output_type, layernorm_quantize_compute);
+static const OmgCustomOp g_masked_attention_op =
+    OMG_OP(ma_name, ma_input_type, ma_input_count, msda_output_type, masked_attention_compute);
 
 static OrtStatus* add_domain(OrtSessionOptions* options, const char* name,
                              const OmgCustomOp* const* ops, size_t count) {
@@ -398,10 +459,11 @@ OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base)
     g_api = (const void* const*)base->GetApi(OMG_ORT_API_VERSION);
     if (!g_api) return NULL;  /* an ONNX Runtime older than 1.17: register nothing */
     static const OmgCustomOp* const trt_ops[] = {&g_msda_op};
-    static const OmgCustomOp* const omg_ops[] = {&g_gelu_quantize_op, &g_layernorm_quantize_op};
+    static const OmgCustomOp* const omg_ops[] = {&g_gelu_quantize_op, &g_layernorm_quantize_op,
+                                                 &g_masked_attention_op};
     OrtStatus* status = add_domain(options, "trt", trt_ops, 1);
     if (status) return status;
-    return add_domain(options, "omg_rt", omg_ops, 2);
+    return add_domain(options, "omg_rt", omg_ops, 3);
 }
 
 /* For tests: the computation alone, on the calling thread. */
