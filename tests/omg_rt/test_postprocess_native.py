@@ -176,17 +176,22 @@ def test_without_a_compiler_the_numpy_merge_computes_the_panoptic(tmp_path, monk
 
 @pytest.mark.parametrize("sizes", [EXACT[0], EXACT[-1]], ids=lambda s: "x".join(map(str, s[3])))
 def test_instances_are_the_official_ones_of_pytorchs_resize(sizes):
-    """Masks, mask scores and boxes of the selected queries (a saturated mask, an empty one and
-    a query selected under two labels among them) against ``instances_from_masks`` of
-    ``F.interpolate``'s logits."""
+    """Masks, mask scores and boxes of the selected queries (a saturated mask, an empty one, one
+    whose upper rows are all <= 0 -- bands the C kernel does not resize -- with a -0.0, a -inf
+    and a NaN there, and a query selected under two labels among them) against
+    ``instances_from_masks`` of ``F.interpolate``'s logits."""
     stride4, padded, resized, original = sizes
     rng, seed = _rng()
     cls, logits = random_weight_logits(rng, 100, 20, stride4)
     logits[7] = np.float32(60.0)  # sigmoid exactly 1 everywhere
     logits[8] = np.float32(-5.0)  # an empty mask
-    cls[[7, 8], 3] = cls[9, [2, 4]] = np.float32(9.0)  # query 9: two labels
+    top = logits[10, : stride4[0] // 2]
+    top[...] = -np.abs(top)  # bands reading only these rows hold no pixel of query 10
+    top[0, 0], top[1, 1], top[2, 2] = -0.0, -np.inf, np.nan
+    logits[10, stride4[0] // 2 :] = np.abs(logits[10, stride4[0] // 2 :]) + np.float32(0.5)
+    cls[[7, 8, 10], 3] = cls[9, [2, 4]] = np.float32(9.0)  # query 9: two labels
     probs, labels, queries = select_instances(cls, 15, 30)
-    assert {7, 8, 9} <= set(queries.tolist()) and (queries == 9).sum() == 2, seed
+    assert {7, 8, 9, 10} <= set(queries.tolist()) and (queries == 9).sum() == 2, seed
     got = instances_from_tiles(probs, labels, queries, TiledLogits(logits, padded, resized,
                                                                    original))
     want = instances_from_masks(probs, labels, queries,

@@ -112,13 +112,24 @@ static const float *band_logits(const float *q, const omg_resize *r, int64_t top
 
 /* What to do with each band of output rows [y, end): begin (may be NULL), then query() with
  * each query's logits there ((end - y) x w, in the scratch: valid until the next call), then
- * finish (may be NULL). */
+ * finish (may be NULL). nonpositive (may be NULL) replaces query() where every stride-4 logit
+ * the band reads is <= 0 or NaN: the bilinear weights are >= 0, so every resized logit there is
+ * too (a product of a value <= 0 and a weight >= 0 is <= 0, and so is a sum of two, rounded),
+ * and the band is not resized at all (most of an instance mask's image, most instances). */
 typedef struct {
     void (*begin)(void *ctx, int64_t y, int64_t end);
     void (*query)(void *ctx, int64_t k, int64_t y, int64_t end, const float *x);
     void (*finish)(void *ctx, int64_t y, int64_t end);
     void *ctx;
+    void (*nonpositive)(void *ctx, int64_t k, int64_t y, int64_t end);
 } omg_visitor;
+
+/* Whether rows [a0, a1] of one query's stride-4 logits hold a value > 0. */
+static int any_positive(const float *q, int64_t a0, int64_t a1, int64_t w4) {
+    int found = 0;
+    for (int64_t i = a0 * w4; i < (a1 + 1) * w4; ++i) found |= q[i] > 0.0f;
+    return found;
+}
 
 /* Rows [top, stop) of the logits at the original size of the n queries queries[0..n) of the
  * stride-4 logits (Q, h4, w4), OMG_BAND rows at a time, to the visitor (k: the place in
@@ -144,10 +155,13 @@ static int visit_bands(const float *logits, const int64_t *queries, int64_t n,
         int64_t c0, c1, a0, a1;
         reads(r, y, end, &c0, &c1, &a0, &a1);
         if (v->begin != NULL) v->begin(v->ctx, y, end);
-        for (int64_t k = 0; k < n; ++k)
-            v->query(v->ctx, k, y, end,
-                     band_logits(logits + queries[k] * r->h4 * r->w4, r, y, end, c0, c1, a0, a1,
-                                 &s));
+        for (int64_t k = 0; k < n; ++k) {
+            const float *q = logits + queries[k] * r->h4 * r->w4;
+            if (v->nonpositive != NULL && !any_positive(q, a0, a1, r->w4))
+                v->nonpositive(v->ctx, k, y, end);
+            else
+                v->query(v->ctx, k, y, end, band_logits(q, r, y, end, c0, c1, a0, a1, &s));
+        }
         if (v->finish != NULL) v->finish(v->ctx, y, end);
     }
     free(buffer);
@@ -175,7 +189,7 @@ static void copy_query(void *ctx, int64_t k, int64_t y, int64_t end, const float
 int omg_upsample(const float *logits, const int64_t *queries, int64_t n, const omg_resize *r,
                  int64_t top, int64_t stop, float *out) {
     omg_copy c = {out, top, stop - top, r->cols2.n};
-    omg_visitor v = {NULL, copy_query, NULL, &c};
+    omg_visitor v = {NULL, copy_query, NULL, &c, NULL};
     return visit_bands(logits, queries, n, r, top, stop, &v);
 }
 
@@ -220,6 +234,12 @@ static void instance_query(void *ctx, int64_t k, int64_t y, int64_t end, const f
     }
 }
 
+/* A band where the query's mask is empty: no pixel, no sum, no box. */
+static void instance_empty(void *ctx, int64_t k, int64_t y, int64_t end) {
+    const omg_instances *c = ctx;
+    memset(c->masks + (k * c->rows + y) * c->w, 0, (size_t)((end - y) * c->w));
+}
+
 /* Rows [top, stop) of the n queries' binary masks (logit > 0) into masks, (n, rows, w) with
  * rows the image's height (row top of each query's mask is written from masks + top * w); per
  * query sums[k] += the float64 sum of the sigmoid over its mask's pixels (exact in any order:
@@ -232,7 +252,7 @@ int omg_instance_masks(const float *logits, const int64_t *queries, int64_t n,
                        float saturated, uint8_t *masks, double *sums, int64_t *area,
                        int64_t *box) {
     omg_instances c = {masks, sums, area, box, rows, r->cols2.n, saturated};
-    omg_visitor v = {NULL, instance_query, NULL, &c};
+    omg_visitor v = {NULL, instance_query, NULL, &c, instance_empty};
     return visit_bands(logits, queries, n, r, top, stop, &v);
 }
 
@@ -344,7 +364,7 @@ int omg_panoptic_merge(const float *logits, const int64_t *queries, int64_t n,
     if (state != NULL && best_slot != NULL && open != NULL) {
         omg_merge st = {scores, slots, near, threshold, top, w, winner, above, confident, open,
                         state, state + pixels, state + 2 * pixels, best_slot};
-        omg_visitor v = {merge_begin, merge_query, merge_finish, &st};
+        omg_visitor v = {merge_begin, merge_query, merge_finish, &st, NULL};
         status = visit_bands(logits, queries, n, r, top, stop, &v);
     }
     free(state);
