@@ -100,6 +100,11 @@ class OnnxRuntimeGraph:
         # x86 microcode assists (the ConvNeXt-L query decoder's softmax 5x slower); their true
         # value is 0 (benchmarks/RESULTS.md, 2026-12-04).
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
+        # ONNX Runtime's memory pattern plans one block for all of a run's intermediates per
+        # input shape, and its first two runs at each new shape (every image size is one) then
+        # cost up to twice a steady run: ConvNeXt-L's 5-frame query decoder 3.0 and 3.5 s, then
+        # 1.5 s; without it 2.0, 1.6, 1.5 s, and steady runs are as fast (2026-12-05).
+        options.enable_mem_pattern = False
         provider_args: list[str | tuple[str, dict[str, Any]]] = []
         for provider in providers:
             if provider == "TensorrtExecutionProvider" and trt_cache_dir is not None:

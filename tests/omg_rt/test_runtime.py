@@ -601,6 +601,13 @@ def test_tensorrt_backend_matches_onnxruntime(ort, tmp_path):
     _assert_same(trt.prompt(image, points=[[10, 10]]), ort.prompt(image, points=[[10, 10]]), "trt prompt")
 
 
+def test_onnx_runtime_plans_memory_per_run_not_per_input_shape(ort):
+    """Every image size is a new input shape: ONNX Runtime's memory pattern (one block per shape,
+    planned over its first runs) made the first two runs at each size up to twice as slow."""
+    for name, runner in ort.pipeline.runners.items():
+        assert runner.backend.session.get_session_options().enable_mem_pattern is False, name
+
+
 _RETAIN_SCRIPT = """
 import os
 import numpy as np
