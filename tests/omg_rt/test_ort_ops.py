@@ -30,24 +30,31 @@ def _library_or_skip():
         pytest.skip(f"omg-rt's custom operators cannot be built here: {exc}")
 
 
-def _op_session(tmp_path):
+def _one_node_session(tmp_path, op: str, domain: str, inputs: dict[str, int]):
+    """An ONNX Runtime session of one ``domain::op`` node over ``inputs`` (name -> ONNX element
+    type), output ``out``, with the library registered."""
     from onnx import TensorProto, helper
 
-    names = ["value", "shapes", "starts", "locations", "weights"]
-    types = [TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT32, TensorProto.FLOAT,
-             TensorProto.FLOAT]
-    node = helper.make_node(ort_ops.OP_NAME, names, ["out"], domain=ort_ops.DOMAIN)
+    node = helper.make_node(op, list(inputs), ["out"], domain=domain)
     graph = helper.make_graph(
-        [node], "msda", [helper.make_tensor_value_info(n, t, None) for n, t in zip(names, types)],
+        [node], op, [helper.make_tensor_value_info(n, t, None) for n, t in inputs.items()],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                   helper.make_opsetid(ort_ops.DOMAIN, 1)])
-    path = tmp_path / "msda.onnx"
+                                                   helper.make_opsetid(domain, 1)])
+    path = tmp_path / f"{op}.onnx"
     onnx.save(model, str(path))
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
     ort_ops.register(options)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _op_session(tmp_path):
+    from onnx import TensorProto
+
+    f32, i32 = TensorProto.FLOAT, TensorProto.INT32
+    return _one_node_session(tmp_path, ort_ops.OP_NAME, ort_ops.DOMAIN, {
+        "value": f32, "shapes": i32, "starts": i32, "locations": f32, "weights": f32})
 
 
 def _case(rng, n, m, d, shapes, lq, p):
@@ -414,22 +421,11 @@ def test_the_rewrite_fuses_exactly_the_layernorm_quantize_chain(transpose):
 
 
 def _attention_session(tmp_path):
-    from onnx import TensorProto, helper
+    from onnx import TensorProto
 
-    names = ["q", "k", "v", "allowed"]
-    types = [TensorProto.FLOAT] * 3 + [TensorProto.BOOL]
-    node = helper.make_node(ort_ops.MASKED_ATTENTION_OP, names, ["out"], domain=ort_ops.OPS_DOMAIN)
-    graph = helper.make_graph(
-        [node], "ma", [helper.make_tensor_value_info(n, t, None) for n, t in zip(names, types)],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
-                                                   helper.make_opsetid(ort_ops.OPS_DOMAIN, 1)])
-    path = tmp_path / "ma.onnx"
-    onnx.save(model, str(path))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    ort_ops.register(options)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    f32 = TensorProto.FLOAT
+    return _one_node_session(tmp_path, ort_ops.MASKED_ATTENTION_OP, ort_ops.OPS_DOMAIN,
+                             {"q": f32, "k": f32, "v": f32, "allowed": TensorProto.BOOL})
 
 
 def _attention_case(rng, b, nq, nk, m, d, density, mask_b=None):
