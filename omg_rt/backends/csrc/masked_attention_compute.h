@@ -3,17 +3,20 @@
  * out[b, i, h] = sum_j softmax_j(scale * q[b, i, h] . k[b, j, h] | allowed[b, i, j]) v[b, j, h]
  * with Mask2Former's empty-row rule: a query whose row allows no key attends to every key.
  * Layout (B, L, M, D) for q, k, v and out (the heads of a projection's channels, as they come
- * out of the Linear: no transposes), allowed (B, Q, K) bytes, nonzero = may attend.
+ * out of the Linear: no transposes), allowed (B or 1, Q, K) bytes, nonzero = may attend.
  *
  * The portable graph materialises the (B, M, Q, K) scores and runs a bias add, a softmax and two
  * matrix products over them: at T = 5 frames of 736 x 992 that is 550 MB per stride-8 layer,
- * written and read five times. Here one item is (batch, head, QC queries): the keys go by in
- * tiles of KT, the tile's scores of 4 queries at a time stay in registers and L1, and an online
- * softmax (running max, running sum, rescaled accumulator) folds each tile into the output. A
- * tile no query of a 4-row block may attend is skipped (masked attention is mostly blocked).
+ * written and read five times. Here one item is (batch, head, up to OMG_MA_QC queries): the
+ * keys go by in tiles of OMG_MA_KT, each tile packed once for all the item's queries, the
+ * tile's scores of 4 queries at a time stay in registers and L1, and an online softmax (running
+ * max, running sum, rescaled accumulator) folds each tile into the output. A tile no query of a
+ * 4-row block may attend is skipped (masked attention is mostly blocked).
  *
  * Vectorised with GCC/Clang vector extensions (16 floats; NEON splits them), contraction to FMA
- * allowed in this file only: the sums differ from a matrix product's by float32 rounding.
+ * allowed in this file's functions only (GCC: push/pop_options; Clang: OMG_MA_CONTRACT at the
+ * top of each function body, scoped to it): the sums differ from a matrix product's by float32
+ * rounding, and the other kernels of the library keep -ffp-contract=off.
  */
 #ifndef OMG_MASKED_ATTENTION_COMPUTE_H
 #define OMG_MASKED_ATTENTION_COMPUTE_H
@@ -24,10 +27,13 @@
 #include <string.h>
 
 #if defined(__clang__)
-#pragma clang fp contract(fast)
-#elif defined(__GNUC__)
+#define OMG_MA_CONTRACT _Pragma("clang fp contract(fast)")
+#else
+#define OMG_MA_CONTRACT
+#if defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=fast")
+#endif
 #endif
 
 #define OMG_MA_KT 64     /* keys per tile */
@@ -57,9 +63,11 @@ static inline omg_vf omg_ma_splat(float x) {
     return r;
 }
 
-/* e^x for x <= 0 (larger x are not asked for), relative error ~2e-7; x below -87.3 gives ~0
- * (blocked keys are zeroed by the mask afterwards, whatever their score). */
+/* e^x for x <= 0 (larger x are not asked for), relative error ~2e-7; x below ln(FLT_MIN) gives
+ * FLT_MIN, never a denormal (blocked keys are zeroed by the mask afterwards, whatever their
+ * score). */
 static inline omg_vf omg_ma_exp(omg_vf x) {
+    OMG_MA_CONTRACT
     const omg_vf lo = omg_ma_splat(-87.33654f), magic = omg_ma_splat(12582912.0f);
     x = (omg_vf)(((omg_vi)x & (omg_vi)(x >= lo)) | ((omg_vi)lo & ~(omg_vi)(x >= lo)));
     omg_vf n = x * 1.44269504f + magic;  /* round to nearest: the magic number's ulp is 1 */
@@ -89,6 +97,7 @@ static inline float omg_ma_hsum(omg_vf x) {
 
 /* s[r][j] = qs[r] . kt[:, j] for 4 rows of packed scaled queries (stride d) and a packed tile */
 static inline void omg_ma_scores(const float* qs, const float* kt, int64_t d, float* s) {
+    OMG_MA_CONTRACT
     omg_vf a[OMG_MA_RB][4] = {{{0}}};
     for (int64_t c = 0; c < d; ++c) {
         const omg_vf* kr = (const omg_vf*)(kt + c * OMG_MA_KT);
@@ -108,6 +117,7 @@ static inline void omg_ma_scores(const float* qs, const float* kt, int64_t d, fl
 /* o[r] += sum_j p[r][j] vt[j] for 4 rows, dv vectors of the padded head width, two at a time
  * (6 loads per 8 multiply-adds) */
 static inline void omg_ma_accumulate(const float* p, const float* vt, int64_t dv, float* o) {
+    OMG_MA_CONTRACT
     const int64_t dp = dv * 16;
     for (int64_t c = 0; c < dv; c += 2) {
         const int64_t c1 = c + 1 < dv ? c + 1 : c;  /* an odd last vector is done twice, kept once */
@@ -136,6 +146,7 @@ static inline void omg_ma_accumulate(const float* p, const float* vt, int64_t dv
  * (zeros where blocked) and rescale its accumulator. */
 static inline void omg_ma_softmax_row(const float* s, const uint8_t* allowed, float* p, float* m,
                                       float* l, float* o, int64_t dp) {
+    OMG_MA_CONTRACT
     const omg_vf neg_inf = omg_ma_splat(-INFINITY);
     omg_vi keep[4];
     omg_vf best = neg_inf;
@@ -176,6 +187,7 @@ static inline int64_t masked_attention_chunk(int64_t nq) {
 
 /* items [begin, end) of (batch, head, chunk of queries) */
 static void masked_attention_items(const MaskedAttnArgs* a, int64_t begin, int64_t end) {
+    OMG_MA_CONTRACT
     const int64_t d = a->d, dv = (d + 15) / 16, dp = dv * 16;
     const int64_t chunks = masked_attention_chunks(a->nq), qc = masked_attention_chunk(a->nq);
     /* packed scaled queries, keys (D x KT), values (KT x DP), scores, weights, accumulators */
