@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             options.add_session_config_entry("session.set_denormal_as_zero", "1")
             ort_ops.register(options)
             path = _export(flavour, Path(work) / f"{flavour}.onnx", example)
-            sessions[flavour] = ort.InferenceSession(str(path), options,
-                                                     providers=["CPUExecutionProvider"])
+            sessions[flavour], _ = ort_ops.inference_session(  # the caller's FP state kept
+                path, options, ["CPUExecutionProvider"])
         for keys in (int(k) for k in args.keys.split(",")):
             feeds = {"q": rng.standard_normal((1, queries, heads, d), np.float32),
                      "k": rng.standard_normal((1, keys, heads, d), np.float32),

@@ -24,10 +24,14 @@ it calls are declared in the source by their place in ``OrtApi``, which only eve
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from omg_rt import native
+from omg_rt.errors import BackendUnavailableError
 
 DOMAIN = "trt"
 OP_NAME = "MultiscaleDeformableAttnPlugin_TRT"
@@ -57,6 +61,9 @@ def register(options: Any) -> None:
 def inference_session(path: Path, options: Any, providers: Any) -> tuple[Any, bool]:
     """``onnxruntime.InferenceSession`` of ``path``; a graph ONNX Runtime refuses for want of one of
     this library's operators is loaded again with the library registered (built on first use).
+    The calling thread's floating-point control word is restored afterwards (where the library
+    builds): with ``session.set_denormal_as_zero`` ONNX Runtime leaves the thread that created a
+    session flushing denormals to zero, the caller's own numpy and Python arithmetic included.
 
     Returns:
         the session, and whether the library was registered for it.
@@ -66,15 +73,35 @@ def inference_session(path: Path, options: Any, providers: Any) -> tuple[Any, bo
     """
     import onnxruntime
 
-    try:
+    with _kept_fp_control():
+        try:
+            return onnxruntime.InferenceSession(str(path), sess_options=options,
+                                                providers=providers), False
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            if not any(op in str(exc) for op in (OP_NAME, GELU_QUANTIZE_OP,
+                                                LAYERNORM_QUANTIZE_OP, MASKED_ATTENTION_OP)):
+                raise
+        register(options)
         return onnxruntime.InferenceSession(str(path), sess_options=options,
-                                            providers=providers), False
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-        if not any(op in str(exc) for op in (OP_NAME, GELU_QUANTIZE_OP, LAYERNORM_QUANTIZE_OP,
-                                            MASKED_ATTENTION_OP)):
-            raise
-    register(options)
-    return onnxruntime.InferenceSession(str(path), sess_options=options, providers=providers), True
+                                            providers=providers), True
+
+
+@contextlib.contextmanager
+def _kept_fp_control() -> Iterator[None]:
+    """The calling thread's floating-point control word (MXCSR / FPCR) as it was on entry, on
+    exit; without a C compiler ONNX Runtime's setting stays."""
+    try:
+        lib = ctypes.CDLL(str(library()))
+    except (BackendUnavailableError, OSError):
+        yield
+        return
+    lib.omg_fp_control_get.restype = ctypes.c_ulong
+    lib.omg_fp_control_set.argtypes = [ctypes.c_ulong]
+    saved = lib.omg_fp_control_get()
+    try:
+        yield
+    finally:
+        lib.omg_fp_control_set(saved)
 
 
 __all__ = ["DOMAIN", "OPS_DOMAIN", "GELU_QUANTIZE_OP", "LAYERNORM_QUANTIZE_OP",

@@ -569,3 +569,44 @@ def test_the_bundles_fused_decoders_run_and_equal_the_portable_ones(tmp_path, mo
             agree = ((a.mask_logits > 0) == (b.mask_logits > 0)).mean()
             assert agree >= 0.999, (precision, agree)
         assert pairs[1][0].mask_logits.shape[1] == len(clip)
+
+
+_SESSION_SCRIPT = """
+import sys
+import onnxruntime as ort
+from omg_rt.backends import ort_ops
+options = ort.SessionOptions()
+options.add_session_config_entry("session.set_denormal_as_zero", "1")
+if sys.argv[2] == "omg":
+    ort_ops.inference_session(sys.argv[1], options, ["CPUExecutionProvider"])
+else:
+    ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+print(int(float.__mul__(2.0**-1070, 0.5) > 0.0))  # a subnormal float64 survives
+"""
+
+
+def test_creating_a_session_leaves_the_callers_denormals_alone(tmp_path):
+    """ONNX Runtime's ``session.set_denormal_as_zero`` (every omg-rt session sets it for its own
+    threads) switches the thread that creates a process's session to flush-to-zero for good, the
+    caller's numpy and Python arithmetic with it; sessions made through
+    ``ort_ops.inference_session`` give the caller its floating-point state back (each case in a
+    fresh process)."""
+    _library_or_skip()
+    import subprocess
+    import sys
+
+    from onnx import TensorProto, helper
+
+    from tests.conftest import REPO
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    kept = {}
+    for how in ("onnxruntime", "omg"):
+        done = subprocess.run([sys.executable, "-c", _SESSION_SCRIPT, str(path), how],
+                              capture_output=True, text=True, cwd=REPO, check=True)
+        kept[how] = done.stdout.strip()
+    assert kept == {"onnxruntime": "0", "omg": "1"}, kept

@@ -468,3 +468,23 @@ OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base)
 
 /* For tests: the computation alone, on the calling thread. */
 void omg_msda_forward(const MsdaArgs* args) { msda_items(args, 0, args->n * args->lq); }
+
+/* The calling thread's floating-point control word (x86: MXCSR; AArch64: FPCR; else 0), read and
+ * written back around an ONNX Runtime session's creation: with session.set_denormal_as_zero,
+ * ONNX Runtime switches the creating thread to flush-to-zero / denormals-are-zero for good, and
+ * the user's own numpy and Python arithmetic on that thread with it. */
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+unsigned long omg_fp_control_get(void) { return _mm_getcsr(); }
+void omg_fp_control_set(unsigned long value) { _mm_setcsr((unsigned int)value); }
+#elif defined(__aarch64__)
+unsigned long omg_fp_control_get(void) {
+    unsigned long value;
+    __asm__ volatile("mrs %0, fpcr" : "=r"(value));
+    return value;
+}
+void omg_fp_control_set(unsigned long value) { __asm__ volatile("msr fpcr, %0" : : "r"(value)); }
+#else
+unsigned long omg_fp_control_get(void) { return 0; }
+void omg_fp_control_set(unsigned long value) { (void)value; }
+#endif
