@@ -226,11 +226,7 @@ def _verified_files(work: Path, graphs: dict[str, dict[str, Any]], precision: st
     ``omg_rt.backends`` chooses), else the portable graph."""
     from omg_rt.backends import ort_ops
 
-    try:
-        ort_ops.library()
-        fused_ok = True
-    except BackendUnavailableError:
-        fused_ok = False  # no C compiler: the runtime runs the portable graphs
+    fused_ok = ort_ops.available()  # no C compiler: the runtime runs the portable graphs
     chosen = {}
     for name, entry in graphs.items():
         fused = entry.get("fused_files", {}) if fused_ok else {}

@@ -85,11 +85,7 @@ def _onnxruntime_file(bundle: Any, name: str, precision: str, providers: list[st
     if fused_ops and precision in fused and providers == ["CPUExecutionProvider"]:
         from omg_rt.backends import ort_ops
 
-        try:
-            ort_ops.library()
-        except BackendUnavailableError:
-            pass  # no C compiler: the portable graph computes the same
-        else:
+        if ort_ops.available():  # without a C compiler the portable graph computes the same
             return bundle.root / fused[precision]
     return bundle.graph_file(name, precision)
 

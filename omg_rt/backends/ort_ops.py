@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,16 @@ def library() -> Path:
     """
     source_dir = Path(__file__).resolve().parent / "csrc"
     return native.build("onnxruntime custom ops", "ort-ops", source_dir, _SOURCES, "ort_ops.c")
+
+
+def available() -> bool:
+    """Whether the library builds here (a C compiler): then the runtime runs, and the export
+    verifies, the bundle's fused graphs."""
+    try:
+        library()
+    except BackendUnavailableError:
+        return False
+    return True
 
 
 def register(options: Any) -> None:
@@ -86,17 +97,26 @@ def inference_session(path: Path, options: Any, providers: Any) -> tuple[Any, bo
                                             providers=providers), True
 
 
+@functools.lru_cache(maxsize=1)
+def _fp_control() -> Any:
+    """The library's floating-point control word entry points, or None without a C compiler."""
+    try:
+        lib = ctypes.CDLL(str(library()))
+    except (BackendUnavailableError, OSError):
+        return None
+    lib.omg_fp_control_get.restype = ctypes.c_ulong
+    lib.omg_fp_control_set.argtypes = [ctypes.c_ulong]
+    return lib
+
+
 @contextlib.contextmanager
 def _kept_fp_control() -> Iterator[None]:
     """The calling thread's floating-point control word (MXCSR / FPCR) as it was on entry, on
     exit; without a C compiler ONNX Runtime's setting stays."""
-    try:
-        lib = ctypes.CDLL(str(library()))
-    except (BackendUnavailableError, OSError):
+    lib = _fp_control()
+    if lib is None:
         yield
         return
-    lib.omg_fp_control_get.restype = ctypes.c_ulong
-    lib.omg_fp_control_set.argtypes = [ctypes.c_ulong]
     saved = lib.omg_fp_control_get()
     try:
         yield
@@ -106,4 +126,4 @@ def _kept_fp_control() -> Iterator[None]:
 
 __all__ = ["DOMAIN", "OPS_DOMAIN", "GELU_QUANTIZE_OP", "LAYERNORM_QUANTIZE_OP",
            "MASKED_ATTENTION_OP", "OP_NAME",
-           "inference_session", "library", "register"]
+           "available", "inference_session", "library", "register"]
