@@ -26,6 +26,14 @@ def id_maps(name: str, value: Any, ndim: int) -> np.ndarray:
     return value.astype(np.uint64, copy=False)
 
 
+def distinct_ids(name: str, value: Sequence[int]) -> list[int]:
+    """A non-empty sequence of distinct integer ids, as a list of ints."""
+    ids = [int(v) for v in value]
+    if not ids or len(set(ids)) != len(ids):
+        raise InvalidInputError(f"{name}: expected distinct ids, got {value}")
+    return ids
+
+
 def binary_masks(name: str, value: Any, ndim: int) -> np.ndarray:
     """A bool (or 0/1 integer) mask array of `ndim` dims, returned as bool."""
     if not isinstance(value, np.ndarray) or value.ndim != ndim:

@@ -77,9 +77,7 @@ class MaskAPAccumulator:
     """
 
     def __init__(self, category_ids: Sequence[int]) -> None:
-        self._category_ids = [int(c) for c in category_ids]
-        if not self._category_ids or len(set(self._category_ids)) != len(self._category_ids):
-            raise InvalidInputError(f"category_ids: expected distinct ids, got {category_ids}")
+        self._category_ids = check.distinct_ids("category_ids", category_ids)
         self._images: list[dict[str, Any]] = []
         self._annotations: list[dict[str, Any]] = []
         self._detections: list[dict[str, Any]] = []

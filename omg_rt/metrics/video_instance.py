@@ -72,9 +72,7 @@ class VideoInstanceAPAccumulator:
     """
 
     def __init__(self, category_ids: Sequence[int]) -> None:
-        self._category_ids = [int(c) for c in category_ids]
-        if not self._category_ids or len(set(self._category_ids)) != len(self._category_ids):
-            raise InvalidInputError(f"category_ids: expected distinct ids, got {category_ids}")
+        self._category_ids = check.distinct_ids("category_ids", category_ids)
         self._videos: list[dict[str, Any]] = []
         self._gt: list[dict[str, Any]] = []
         self._dt: list[dict[str, Any]] = []
