@@ -532,3 +532,11 @@ def test_metrics_never_import_torch():
             "bad = [m for m in ('torch', 'training', 'skimage', 'panopticapi') "
             "if m in sys.modules]; sys.exit(f'imported {bad}' if bad else 0)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("accumulator", [MaskAPAccumulator, VideoInstanceAPAccumulator])
+@pytest.mark.parametrize("ids", [[], [3, 1, 3]])
+def test_instance_accumulators_refuse_repeated_or_no_categories(accumulator, ids):
+    with pytest.raises(InvalidInputError, match="category_ids: expected distinct ids"):
+        accumulator(ids)
+    assert accumulator([3, 1])._category_ids == [3, 1]
