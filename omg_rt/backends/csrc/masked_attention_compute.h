@@ -186,18 +186,19 @@ static inline void omg_ma_softmax_block(float* s, uint8_t (*masks)[OMG_MA_KT],
     for (int r = 0; r < OMG_MA_RB; ++r) best[r] = omg_ma_max(best[r], OMG_MA_ROTATE(best[r], 1));
     for (int r = 0; r < OMG_MA_RB; ++r) {
         const int64_t i = row[r];
-        /* a padding row (all blocked) keeps m = -inf: weights 0, nothing rescaled */
         const float m_new = best[r][0] > m[i] ? best[r][0] : m[i];
+        if (m_new == -INFINITY) {  /* a padding row (all blocked): weights 0, its state kept */
+            memset(p + r * OMG_MA_KT, 0, sizeof(float) * OMG_MA_KT);
+            continue;
+        }
         const float correction = expf(m[i] - m_new);  /* 0 for a row's first tile (m = -inf) */
         const omg_vf shift = omg_ma_splat(m_new);
         omg_vf total = omg_ma_splat(0.0f);
         for (int t = 0; t < 4; ++t) {
-            const omg_vf sv = ((const omg_vf*)(s + r * OMG_MA_KT))[t];
-            const omg_vf e = m_new == -INFINITY ? omg_ma_splat(0.0f) : omg_ma_exp(sv - shift);
+            const omg_vf e = omg_ma_exp(((const omg_vf*)(s + r * OMG_MA_KT))[t] - shift);
             ((omg_vf*)(p + r * OMG_MA_KT))[t] = e;
             total += e;
         }
-        if (m_new == -INFINITY) continue;
         lsum[i] = lsum[i] * correction + total;
         if (correction != 1.0f)
             for (int64_t c = 0; c < dp; ++c) o[r][c] *= correction;
