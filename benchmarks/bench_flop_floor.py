@@ -134,19 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n`{args.preset}`, one {args.shape[0]}x{args.shape[1]} image:\n")
     print(head)
     print("|---|---:|---:|" + "---:|---:|" * len(measured))
-    total = dict.fromkeys(["flops", *measured], 0.0)
-    for stage in STAGES:
-        floor = flops[stage] / best / 1e6
-        cells = ""
-        for target, stages in measured.items():
-            ms = stages.get(stage, float("nan"))
-            total[target] += ms
-            cells += f" {ms:.0f} | {ms / floor:.2f} |"
-        total["flops"] += flops[stage]
-        print(f"| {stage} | {flops[stage] / 1e9:.4g} | {floor:.4g} |{cells}")
-    floor = total["flops"] / best / 1e6
-    cells = "".join(f" {total[t]:.0f} | {total[t] / floor:.2f} |" for t in measured)
-    print(f"| all three | {total['flops'] / 1e9:.4g} | {floor:.4g} |{cells}")
+    rows = [(stage, flops[stage], {t: s.get(stage, float("nan")) for t, s in measured.items()})
+            for stage in STAGES]
+    rows.append(("all three", sum(flops.values()),
+                 {t: sum(ms[t] for _, _, ms in rows) for t in measured}))
+    for name, work, ms in rows:
+        floor = work / best / 1e6
+        cells = "".join(f" {ms[t]:.0f} | {ms[t] / floor:.2f} |" for t in measured)
+        print(f"| {name} | {work / 1e9:.4g} | {floor:.4g} |{cells}")
     return 0
 
 
