@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     from training.model.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(checkpoint)
-    bank = torch.from_numpy(ort.vocabulary.class_bank)
+    bank = torch.from_numpy(ort.vocabulary.class_bank.copy())
     with torch.inference_mode():
         t_model = time_cpu(lambda: model(torch.from_numpy(tensor), bank), warmup=2, runs=args.runs)
     t_graphs = time_cpu(lambda: ort._learned(ort.image_encoder.encode([prepared]), ort.vocabulary),

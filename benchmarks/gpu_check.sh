@@ -84,7 +84,7 @@ step "post-processing host vs GPU" 60 "$reports/post.md" \
   "$python" -m benchmarks.bench_postprocess --kinds trained,random-model --only panoptic,instance \
   --device cuda --runs 5
 # Where the time of a panoptic call, a cached click and a VIS clip goes (torch.profiler): what
-# to optimise next.
+# to optimise next; the clicks replayed from CUDA graphs and kernel by kernel, side by side.
 step "profile of the runtime's calls (ConvNeXt-L)" 90 "$reports/profile.md" \
   "$python" -m benchmarks.profile_calls --device cuda --runs 3 --rows 10
 step "kernel benchmark" 90 "$reports/kernels.md" \

@@ -4,7 +4,8 @@ ConvNeXt-L OMG-Seg (``preset:omg-convl``'s random weights, as omg-bench) through
 ``Segmenter.from_checkpoint`` on one device, at the official shapes: a panoptic call on a new
 1024x768 photo, one click and 16 clicks on it once cached, and one VIS clip of 960x720 frames.
 For each: the wall time (median of ``--runs`` after a warm-up), the device's busy time, and the
-ops that take most of it, so that the next optimisation is chosen from a measurement.
+ops that take most of it, so that the next optimisation is chosen from a measurement. On a GPU
+the clicks run twice: replayed from CUDA graphs (the runtime's default) and kernel by kernel.
 
     python -m benchmarks.profile_calls --device cuda [--runs 3] [--rows 12] [--out FILE.md]
 
@@ -143,6 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     for n, points in clicks.items():
         out += _profile(f"{n} click(s) on a cached image", lambda p=points: seg.prompt(cached, p),
                         lambda: None, args.device, args.runs, args.rows)
+    if args.device.startswith("cuda"):  # the same clicks with every kernel launched by the host
+        eager = Segmenter.from_checkpoint(model, vocabulary=list(coco.names),
+                                          num_things=int(coco.num_things),
+                                          image_size=args.image_size, device=args.device,
+                                          cuda_graphs=False)
+        eager_cached = eager.set_image(_photo((768, 1024), 99))
+        for n, points in clicks.items():
+            out += _profile(f"{n} click(s) on a cached image, without CUDA graphs",
+                            lambda p=points: eager.prompt(eager_cached, p), lambda: None,
+                            args.device, args.runs, args.rows)
+        eager.close()
 
     def clip() -> None:
         seg.cache.clear()

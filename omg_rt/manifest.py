@@ -419,6 +419,13 @@ class Vocabulary:
     class_bank: np.ndarray
     source: str = ""
 
+    def __post_init__(self) -> None:
+        # a read-only copy: backends keep a device copy of the bank for as long as the same
+        # (unchangeable) array comes back
+        bank = np.array(self.class_bank)
+        bank.setflags(write=False)
+        object.__setattr__(self, "class_bank", bank)
+
 
 @dataclass(frozen=True)
 class VocabularyRecord:

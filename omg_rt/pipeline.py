@@ -172,8 +172,8 @@ class Pipeline:
     def feeds(
         self,
         frames: Sequence[EncodedImage],
-        content: np.ndarray,
-        position: np.ndarray,
+        content: Array,
+        position: Array,
         prompt_mode: bool,
         class_bank: np.ndarray,
     ) -> dict[str, Array]:
@@ -191,8 +191,8 @@ class Pipeline:
     def decode(
         self,
         frames: Sequence[EncodedImage],
-        content: np.ndarray,
-        position: np.ndarray,
+        content: Array,
+        position: Array,
         prompt_mode: bool,
         class_bank: np.ndarray,
     ) -> dict[str, Array]:
@@ -260,10 +260,10 @@ class Pipeline:
 
     def prompt_queries(
         self, boxes: np.ndarray, resized_hw: tuple[int, int], *, pad_to: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[Array, Array]:
         """(P, 4) boxes in resized-image pixels -> (1, P', C) content and position queries,
         P' = P padded (with copies of the first box) to the graph's fixed prompt axis or to
-        ``pad_to``."""
+        ``pad_to`` (numpy, or tensors on the PyTorch backend's device)."""
         if not self.has_prompts:
             raise BundleError("prompt: this bundle has no prompt encoder graph")
         runner = self.runners[PROMPT_ENCODER.name]
@@ -286,7 +286,7 @@ class Pipeline:
         return queries["query_content"], queries["query_position"]
 
     def decode_prompts(
-        self, frame: EncodedImage, content: np.ndarray, position: np.ndarray,
+        self, frame: EncodedImage, content: Array, position: Array,
         class_bank: np.ndarray,
     ) -> dict[str, Array]:
         """Prompt queries ((1, P, C)) on one image: the prompt decoder (a prompt pays only for

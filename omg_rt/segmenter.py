@@ -184,6 +184,7 @@ class Segmenter:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_encoder_batch: int = DEFAULT_MAX_ENCODER_BATCH,
         post_device: str | None = "auto",
+        cuda_graphs: bool = True,
     ) -> Segmenter:
         """The PyTorch model as a runtime (the reference backend).
 
@@ -200,6 +201,9 @@ class Segmenter:
                 and padded to a multiple of 32 (default: the spec's image scale).
             device: torch device of the model; cache_bytes, max_encoder_batch, post_device: as
                 :meth:`from_bundle`.
+            cuda_graphs: on a GPU, replay the prompt encoder and decoder from CUDA graphs
+                (captured per image shape and power-of-two prompt count); False launches their
+                kernels one by one.
         """
         if backend != "torch":
             raise InvalidInputError(
@@ -213,7 +217,8 @@ class Segmenter:
         else:
             model, spec = path, path.config
         names = check_names(vocabulary)
-        choice = open_backends("torch", model=model, device=device)
+        choice = open_backends("torch", model=model, device=device,
+                               options={"cuda_graphs": cuda_graphs})
         content, position = learned_queries(model)
         placeholder = Vocabulary(
             names=tuple(names),

@@ -109,8 +109,9 @@ def open_backends(
         precision: ``fp32``, ``fp16`` or ``int8`` (bundle backends).
         device: torch device (``auto``, ``cpu``, ``cuda``).
         providers: onnxruntime providers (``auto``, ``cpu``, ``cuda``, ``tensorrt`` or a list).
-        options: ``threads`` and ``fused_ops`` (onnxruntime), and TensorRT options (see
-            :class:`~omg_rt.backends.tensorrt.TensorRTOptions`).
+        options: ``threads`` and ``fused_ops`` (onnxruntime), ``cuda_graphs`` (torch: replay
+            the prompt graphs from CUDA graphs on a GPU, default True), and TensorRT options
+            (see :class:`~omg_rt.backends.tensorrt.TensorRTOptions`).
     """
     options = dict(options or {})
     graphs: Mapping[str, Backend]
@@ -124,7 +125,9 @@ def open_backends(
             )
         from omg_rt.backends.torch import open_torch_graphs
 
-        graphs = open_torch_graphs(model, device=device)
+        graphs = open_torch_graphs(
+            model, device=device, cuda_graphs=bool(options.get("cuda_graphs", True))
+        )
         name = next(iter(graphs.values())).name
         return BackendChoice(name, _runners(graphs), [(name, "used")])
     if bundle is None:

@@ -19,11 +19,14 @@ from typing import Protocol, runtime_checkable
 
 from omg_rt.arrays import Array, contiguous, dtype_name, is_host, is_tensor
 from omg_rt.errors import InvalidInputError, describe
-from omg_rt.spec import ENCODER, PIXEL_DECODER, GraphIO
+from omg_rt.spec import ENCODER, PIXEL_DECODER, PROMPT_ENCODER, GraphIO
 
 # The outputs a backend may leave on its device: the big maps that only the next graph, the
-# encoder cache and device post-processing read (everything else comes back as numpy).
-RESIDENT_OUTPUTS = frozenset({*ENCODER.outputs, *PIXEL_DECODER.outputs, "mask_logits"})
+# encoder cache and device post-processing read, and the prompt queries only the prompt decoder
+# reads (everything else comes back as numpy).
+RESIDENT_OUTPUTS = frozenset(
+    {*ENCODER.outputs, *PIXEL_DECODER.outputs, *PROMPT_ENCODER.outputs, "mask_logits"}
+)
 
 # Padded image height and width are multiples of the backbone's coarsest stride.
 INPUT_DIVISOR = 32

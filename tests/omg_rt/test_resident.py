@@ -12,7 +12,7 @@ import pytest
 from omg_rt.arrays import concat, dtype_name, is_tensor, row, to_host
 from omg_rt.backends.base import RESIDENT_OUTPUTS, GraphRunner, TensorSpec
 from omg_rt.errors import InvalidInputError
-from omg_rt.spec import ENCODER, PIXEL_DECODER, PROMPT_ENCODER
+from omg_rt.spec import ENCODER, PIXEL_DECODER, PROMPT_ENCODER, QUERY_DECODER
 from tests.omg_rt.test_runtime_support import NAMES, NUM_THINGS, merging_model, moving_clip, scene
 
 torch = pytest.importorskip("torch")
@@ -87,7 +87,8 @@ def _segmenters(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_the_torch_backend_keeps_its_maps_on_the_device_and_the_results_stay(device):
     resident, host = _segmenters(device)
-    assert {*ENCODER.outputs, *PIXEL_DECODER.outputs, "mask_logits"} == RESIDENT_OUTPUTS
+    assert {*ENCODER.outputs, *PIXEL_DECODER.outputs, *PROMPT_ENCODER.outputs,
+            "mask_logits"} == RESIDENT_OUTPUTS
     image = scene(11, (100, 140))
     session = resident.set_image(image)
     encoded = session.encoded
@@ -108,6 +109,10 @@ def test_the_torch_backend_keeps_its_maps_on_the_device_and_the_results_stay(dev
         assert (got.masks != want.masks).mean() <= 1e-3, task
     want = host.semantic(image)
     np.testing.assert_array_equal(resident.semantic(image).id_map, want.id_map)
+    # the prompt queries go from the prompt encoder to the decoder without a host copy
+    content, position = resident.pipeline.prompt_queries(
+        np.array([[10, 10, 60, 50]], np.float32), session.resized_hw)
+    assert is_tensor(content) and content.device.type == device and is_tensor(position)
     got = resident.prompt(image, boxes=[[10, 10, 60, 50]], points=[[90, 60]])
     want = host.prompt(image, boxes=[[10, 10, 60, 50]], points=[[90, 60]])
     assert want.masks.any() and (got.masks != want.masks).mean() <= 1e-3
@@ -122,3 +127,26 @@ def test_the_torch_backend_keeps_its_maps_on_the_device_and_the_results_stay(dev
         for a, b in zip(got_video, want_video, strict=True):
             assert a.ids.tolist() == b.ids.tolist(), task
             assert (a.masks != b.masks).mean() <= 1e-3, task
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_read_only_class_bank_goes_to_the_device_once(device):
+    from omg_rt.backends.torch import open_torch_graphs
+
+    graph = open_torch_graphs(merging_model(), device=device)[QUERY_DECODER.name]
+    bank = np.random.default_rng().standard_normal((5, 2, 32)).astype(np.float32)
+    writable = graph.device_feed("class_bank", bank)
+    assert graph.device_feed("class_bank", bank) is not writable  # may have changed: copied
+    bank.setflags(write=False)
+    kept = graph.device_feed("class_bank", bank)
+    assert kept.device.type == device and graph.device_feed("class_bank", bank) is kept
+    np.testing.assert_array_equal(to_host(kept), bank)
+    other = bank.copy()
+    other.setflags(write=False)
+    assert graph.device_feed("class_bank", other) is not kept
+    # a vocabulary's bank is such an array (a read-only copy of what it was given)
+    from omg_rt import Segmenter
+
+    seg = Segmenter.from_checkpoint(merging_model(), vocabulary=NAMES, num_things=NUM_THINGS,
+                                    device=device)
+    assert not seg.vocabulary.class_bank.flags.writeable

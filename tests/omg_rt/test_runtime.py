@@ -148,7 +148,7 @@ def test_torch_backend_runtime_equals_the_model_called_directly(ref):
     handle = ref.set_image(image)
     tensor = ref.image_encoder.tensor(ref.image_encoder.prepare(image, "image"))
     with torch.no_grad():
-        pred = model(torch.from_numpy(tensor), torch.from_numpy(ref.vocabulary.class_bank))[-1]
+        pred = model(torch.from_numpy(tensor), torch.from_numpy(ref.vocabulary.class_bank.copy()))[-1]
     logits = upsample_masks(
         pred.mask_logits[0, :, 0].numpy(), handle.padded_hw, handle.resized_hw, handle.original_hw
     )
