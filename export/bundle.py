@@ -311,9 +311,13 @@ def _quantize(work: Path, images: list[np.ndarray], target: str, show: bool) -> 
         del model
         pixel = work / "fused" / "pixel_decoder.onnx"
         precision_mod.alias_calibration(ranges, work / "pixel_decoder.onnx", pixel, ranges)
-        precision_mod.quantize_int8(pixel, work / "int8" / "fused" / "pixel_decoder.onnx", [],
-                                    desc="int8: fused pixel decoder", progress=show,
-                                    calibration=ranges)
+        fused_pixel = work / "int8" / "fused" / "pixel_decoder.onnx"
+        precision_mod.quantize_int8(pixel, fused_pixel, [], desc="int8: fused pixel decoder",
+                                    progress=show, calibration=ranges)
+        model = onnx.load_model(str(fused_pixel))
+        if precision_mod.fuse_relu_quantize(model):
+            save_model(model, fused_pixel)
+        del model
         fused.append(PIXEL_DECODER.name)
     except BackendUnavailableError:
         pass

@@ -295,7 +295,7 @@ def keep_float_paths(graph: onnx.GraphProto) -> int:
 class _Chains:
     """A graph's producers, readers and constants, for replacing a chain of nodes that nothing
     outside it reads by one of omg-rt's operators (:func:`fuse_gelu_quantize`,
-    :func:`fuse_layernorm_quantize`)."""
+    :func:`fuse_relu_quantize`, :func:`fuse_layernorm_quantize`)."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
@@ -326,6 +326,25 @@ class _Chains:
         return values[0] is not None and values[1] is not None and values[0].size == 1 \
             and values[1].size == 1 and values[0].dtype == np.float32 \
             and values[1].dtype == np.uint8
+
+    def bias_of_product(self, add: onnx.NodeProto | None) -> tuple[str, str] | None:
+        """(the product's output, the bias) where ``add`` is ``Add(bias, MatMul(a, DQ(W)))``
+        with a 1-D float32 bias as long as W's columns (a linear layer's), the product read by
+        the Add alone; else None."""
+        if add is None or add.op_type != "Add":
+            return None
+        a, b = add.input
+        for bias, product in ((a, b), (b, a)):
+            vector = self.constant(bias)
+            if vector is None or vector.ndim != 1 or vector.dtype != np.float32:
+                continue
+            matmul = self.private(product, "MatMul")
+            weight_dq = matmul and self.producers.get(matmul.input[1])
+            weight = self.constant(weight_dq.input[0]) \
+                if weight_dq and weight_dq.op_type == "DequantizeLinear" else None
+            if weight is not None and weight.ndim == 2 and weight.shape[1] == vector.shape[0]:
+                return product, bias
+        return None
 
     def add_constant(self, name: str, value: np.ndarray) -> str:
         self.model.graph.initializer.append(onnx.numpy_helper.from_array(value, name))
@@ -371,7 +390,7 @@ def fuse_gelu_quantize(model: onnx.ModelProto) -> int:
         How many chains were fused.
     """
     index = _Chains(model)
-    constant, private, is_scalar = index.constant, index.private, index.is_scalar
+    private, is_scalar = index.private, index.is_scalar
 
     def other(node: onnx.NodeProto, name: str) -> str | None:
         """The operand of binary ``node`` that is not ``name`` (None when neither is)."""
@@ -405,16 +424,9 @@ def fuse_gelu_quantize(model: onnx.ModelProto) -> int:
             return None
         gelu = [div, erf, one, product, half, quantize]
         source = index.producers.get(v)
-        biased = source is not None and source.op_type == "Add" and constant_operand(
-            source, lambda n: (c := constant(n)) is not None and c.ndim == 1
-            and c.dtype == np.float32)
-        matmul = biased and private(biased[1], "MatMul")
-        weight_dq = matmul and index.producers.get(matmul.input[1])
-        weight = constant(weight_dq.input[0]) \
-            if weight_dq and weight_dq.op_type == "DequantizeLinear" else None
-        length = constant(biased[0]).shape[0] if biased else -1
-        if weight is not None and weight.ndim == 2 and weight.shape[1] == length:
-            return [source, *gelu], biased[1], biased[0]  # the product's bias folded in
+        biased = index.bias_of_product(source)
+        if source is not None and biased is not None:
+            return [source, *gelu], *biased  # the product's bias folded in
         return gelu, v, ""
 
     fused = 0
@@ -430,6 +442,37 @@ def fuse_gelu_quantize(model: onnx.ModelProto) -> int:
             list(quantize.output), name=f"{quantize.name}/{ort_ops.GELU_QUANTIZE_OP}",
             domain=ort_ops.OPS_DOMAIN)
         index.replace(chain, [node])
+        fused += 1
+    return index.finish(fused)
+
+
+def fuse_relu_quantize(model: onnx.ModelProto) -> int:
+    """Replace each ``Add(bias, MatMul(a, DQ(W))) -> Relu -> QuantizeLinear`` chain by omg-rt's
+    ``omg_rt::BiasReluQuantize`` node (``omg_rt.backends.ort_ops``), in place: the FFNs of the
+    fused INT8 pixel decoder, which ONNX Runtime runs as a float32 bias Add written out and a
+    QuantizeLinear reading it back (its Relu folds into the quantization).
+
+    A chain is fused only when its bias is a linear layer's (:meth:`_Chains.bias_of_product`),
+    the quantization is per tensor (one float32 scale, one uint8 zero point) and nothing else
+    reads a tensor in between.
+
+    Returns:
+        How many chains were fused.
+    """
+    index = _Chains(model)
+    fused = 0
+    for quantize in [n for n in model.graph.node if n.op_type == "QuantizeLinear"]:
+        if len(quantize.input) != 3 or not index.per_tensor(*quantize.input[1:3]):
+            continue
+        relu = index.private(quantize.input[0], "Relu")
+        add = relu and index.private(relu.input[0], "Add")
+        found = index.bias_of_product(add) if add else None
+        if relu is None or add is None or found is None:
+            continue
+        node = onnx.helper.make_node(
+            ort_ops.RELU_QUANTIZE_OP, [*found, *quantize.input[1:3]], list(quantize.output),
+            name=f"{quantize.name}/{ort_ops.RELU_QUANTIZE_OP}", domain=ort_ops.OPS_DOMAIN)
+        index.replace([add, relu, quantize], [node])
         fused += 1
     return index.finish(fused)
 

@@ -15,7 +15,9 @@ products; ONNX Runtime writes the GELU in float32 and reads it back to quantize,
 float cost of the INT8 ConvNeXt after its matrix products. ``omg_rt::BiasGeluQuantize`` does it
 in one pass (``export.precision.fuse_gelu_quantize`` puts it into the cpu target's fused INT8
 encoder); ``omg_rt::LayerNormQuantize`` likewise the block's ``DequantizeLinear -> LayerNorm ->
-QuantizeLinear`` before the MLP (``export.precision.fuse_layernorm_quantize``).
+QuantizeLinear`` before the MLP (``export.precision.fuse_layernorm_quantize``), and
+``omg_rt::BiasReluQuantize`` the pixel decoder FFNs' ``bias -> Relu -> QuantizeLinear``
+(``export.precision.fuse_relu_quantize``).
 
 The library is built on first use by :func:`omg_rt.native.build` (the machine's C compiler, for
 this CPU, cached in ``$OMG_RT_CACHE``); it needs no ONNX Runtime headers (the few C API entries
@@ -38,6 +40,7 @@ DOMAIN = "trt"
 OP_NAME = "MultiscaleDeformableAttnPlugin_TRT"
 OPS_DOMAIN = "omg_rt"  # omg-rt's own operators
 GELU_QUANTIZE_OP = "BiasGeluQuantize"
+RELU_QUANTIZE_OP = "BiasReluQuantize"
 LAYERNORM_QUANTIZE_OP = "LayerNormQuantize"
 MASKED_ATTENTION_OP = "MaskedAttention"
 _SOURCES = ("gelu_quantize_compute.h", "layernorm_quantize_compute.h",
@@ -89,7 +92,7 @@ def inference_session(path: Path, options: Any, providers: Any) -> tuple[Any, bo
             return onnxruntime.InferenceSession(str(path), sess_options=options,
                                                 providers=providers), False
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-            if not any(op in str(exc) for op in (OP_NAME, GELU_QUANTIZE_OP,
+            if not any(op in str(exc) for op in (OP_NAME, GELU_QUANTIZE_OP, RELU_QUANTIZE_OP,
                                                 LAYERNORM_QUANTIZE_OP, MASKED_ATTENTION_OP)):
                 raise
         register(options)
@@ -124,6 +127,6 @@ def _kept_fp_control() -> Iterator[None]:
         lib.omg_fp_control_set(saved)
 
 
-__all__ = ["DOMAIN", "OPS_DOMAIN", "GELU_QUANTIZE_OP", "LAYERNORM_QUANTIZE_OP",
+__all__ = ["DOMAIN", "OPS_DOMAIN", "GELU_QUANTIZE_OP", "LAYERNORM_QUANTIZE_OP", "RELU_QUANTIZE_OP",
            "MASKED_ATTENTION_OP", "OP_NAME",
            "available", "inference_session", "library", "register"]

@@ -124,10 +124,10 @@ def _omg_op_session(tmp_path, op, inputs):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _gelu_quantize_session(tmp_path, rank):
+def _gelu_quantize_session(tmp_path, rank, op=ort_ops.GELU_QUANTIZE_OP):
     from onnx import TensorProto
 
-    return _omg_op_session(tmp_path, ort_ops.GELU_QUANTIZE_OP, [
+    return _omg_op_session(tmp_path, op, [
         ("x", TensorProto.FLOAT, [None] * rank), ("bias", TensorProto.FLOAT, [None]),
         ("scale", TensorProto.FLOAT, []), ("zero_point", TensorProto.UINT8, [])])
 
@@ -181,10 +181,33 @@ def test_gelu_quantize_refuses_inputs_that_do_not_fit(tmp_path):
             session.run(None, {**good, name: bad})
 
 
-def _mlp_graph(rng, *, extra_reader=False):
+def test_relu_quantize_is_the_ieee_chain(tmp_path):
+    """Add -> Relu -> QuantizeLinear as the ONNX spec writes it (float32 sum, division by the
+    scale, round half to even, saturation): the same bytes."""
+    _library_or_skip()
+    session = _gelu_quantize_session(tmp_path, 3, ort_ops.RELU_QUANTIZE_OP)
+    seed = int(np.random.SeedSequence().entropy % (1 << 32))
+    rng = np.random.default_rng(seed)
+    for shape in [(1, 37, 61), (2, 5, 1024), (1, 1, 1)]:
+        x = (rng.standard_normal(shape) * rng.uniform(0.5, 8)).astype(np.float32)
+        bias = rng.standard_normal(rng.choice([shape[-1], 1])).astype(np.float32)
+        scale = np.array(rng.choice([float(np.abs(x).max()) / 250, 0.004]), np.float32)
+        zero_point = np.array(rng.integers(0, 3), np.uint8)
+        got = session.run(None, {"x": x, "bias": bias, "scale": scale,
+                                 "zero_point": zero_point})[0]
+        v = np.maximum(x + bias, np.float32(0))
+        want = np.clip(np.rint(v / scale) + zero_point.astype(np.float32), 0, 255)
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, want.astype(np.uint8), err_msg=str(seed))
+    with pytest.raises(Exception, match="BiasReluQuantize: y_scale must be positive"):
+        session.run(None, {"x": x, "bias": bias, "scale": np.array(0.0, np.float32),
+                           "zero_point": zero_point})
+
+
+def _mlp_graph(rng, *, extra_reader=False, activation="gelu"):
     """A quantized MLP as ``quantize_int8`` leaves it: DQ(W1) MatMul, bias Add, the exporter's
-    erf GELU, Q -> DQ, DQ(W2) MatMul. ``extra_reader``: the GELU's output is a graph output too
-    (the chain is then not private and must stay)."""
+    erf GELU (or a Relu), Q -> DQ, DQ(W2) MatMul. ``extra_reader``: the activation's input is a
+    graph output too (the chain is then not private and must stay)."""
     from onnx import TensorProto, helper, numpy_helper
 
     c, hidden = 6, 24
@@ -204,11 +227,12 @@ def _mlp_graph(rng, *, extra_reader=False):
         helper.make_node("DequantizeLinear", ["w1_q", "w1_s", "w1_z"], ["w1"], axis=1),
         helper.make_node("MatMul", ["x", "w1"], ["h"]),
         helper.make_node("Add", ["b1", "h"], ["v"]),
-        helper.make_node("Div", ["v", "sqrt2"], ["d"]),
-        helper.make_node("Erf", ["d"], ["e"]),
-        helper.make_node("Add", ["e", "one"], ["e1"]),
-        helper.make_node("Mul", ["v", "e1"], ["m"]),
-        helper.make_node("Mul", ["m", "half"], ["g"]),
+        *([helper.make_node("Div", ["v", "sqrt2"], ["d"]),
+           helper.make_node("Erf", ["d"], ["e"]),
+           helper.make_node("Add", ["e", "one"], ["e1"]),
+           helper.make_node("Mul", ["v", "e1"], ["m"]),
+           helper.make_node("Mul", ["m", "half"], ["g"])] if activation == "gelu" else
+          [helper.make_node("Relu", ["v"], ["g"])]),
         helper.make_node("QuantizeLinear", ["g", "g_s", "g_z"], ["gq"]),
         helper.make_node("DequantizeLinear", ["gq", "g_s", "g_z"], ["gd"]),
         helper.make_node("DequantizeLinear", ["w2_q", "w2_s", "w2_z"], ["w2"], axis=1),
@@ -216,7 +240,11 @@ def _mlp_graph(rng, *, extra_reader=False):
     ]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
     if extra_reader:
-        outputs.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, None))
+        outputs.append(helper.make_tensor_value_info(
+            "m" if activation == "gelu" else "v", TensorProto.FLOAT, None))
+    if activation != "gelu":
+        inits = {k: v for k, v in inits.items() if k not in ("sqrt2", "one", "half")}
+        inits["g_z"] = np.array(0, np.uint8)  # a ReLU's calibrated range starts at 0
     graph = helper.make_graph(
         nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 5, c])],
         outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
@@ -269,6 +297,38 @@ def test_the_rewrite_fuses_exactly_the_gelu_quantize_chain(tmp_path):
     a = ort.InferenceSession(unbiased.SerializeToString(), options,
                              providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     assert float(np.abs(a - reference.run(None, feeds)[0]).max()) <= step, seed
+
+
+def test_the_rewrite_fuses_exactly_the_relu_quantize_chain():
+    from export.precision import fuse_relu_quantize
+
+    _library_or_skip()
+    seed = int(np.random.SeedSequence().entropy % (1 << 32))
+    rng = np.random.default_rng(seed)
+    model = _mlp_graph(rng, activation="relu")
+    original = model.SerializeToString()
+    assert fuse_relu_quantize(model) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count(ort_ops.RELU_QUANTIZE_OP) == 1 and not {"Relu", "Add", "QuantizeLinear"} \
+        & set(ops), ops
+    assert "b1" in next(n for n in model.graph.node if n.op_type == ort_ops.RELU_QUANTIZE_OP).input
+    options = ort.SessionOptions()
+    ort_ops.register(options)
+    fused = ort.InferenceSession(model.SerializeToString(), options,
+                                 providers=["CPUExecutionProvider"])
+    plain = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((3, 5, 6)).astype(np.float32) * 4
+    a, b = fused.run(None, {"x": x})[0], plain.run(None, {"x": x})[0]
+    # ONNX Runtime's QuantizeLinear may round a tie through a reciprocal: one step of the
+    # activation (0.02) times a column of W2 at most, in rare elements
+    step = 0.02 * float(np.abs(onnx.numpy_helper.to_array(
+        next(t for t in model.graph.initializer if t.name == "w2_q"))).max() * 0.03)
+    assert float(np.abs(a - b).max()) <= step, seed
+    assert float(np.mean(a != b)) <= 0.05, seed
+    # the Relu's input read elsewhere too, or a GELU: nothing fused
+    for other in (_mlp_graph(rng, extra_reader=True, activation="relu"), _mlp_graph(rng)):
+        assert fuse_relu_quantize(other) == 0
+        assert "QuantizeLinear" in [n.op_type for n in other.graph.node]
 
 
 _LQ_INPUTS = ("x", "x_scale", "x_zero_point", "gamma", "beta", "epsilon", "y_scale",
@@ -545,6 +605,10 @@ def test_the_bundles_fused_decoders_run_and_equal_the_portable_ones(tmp_path, mo
     # every layer's cross-attention and (masked in prompt mode) self-attention: no score tensor
     assert ops.count(ort_ops.MASKED_ATTENTION_OP) == 2 * len(model.query_decoder.layers)
     assert "Softmax" not in ops
+    # every deformable-attention layer's FFN: bias, ReLU and quantization in one node
+    ops = [n.op_type for n in onnx.load(
+        str(bundle_dir / "int8" / "fused" / "pixel_decoder.onnx")).graph.node]
+    assert ops.count(ort_ops.RELU_QUANTIZE_OP) == len(model.pixel_decoder.encoder) > 0, ops
     image = scene(5, (90, 130))
     clip = [scene(6, (90, 130)), scene(7, (90, 130))]
     for precision in ("fp32", "int8"):

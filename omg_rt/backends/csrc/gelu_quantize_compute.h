@@ -1,4 +1,4 @@
-/* GELU of a biased input, quantized: the computation of the ONNX chain
+/* GELU (or ReLU, below) of a biased input, quantized: the computation of the ONNX chain
  *   Add(x, bias) -> Div(sqrt 2) -> Erf -> Add(1) -> Mul(x + bias) -> Mul(0.5) -> QuantizeLinear
  * that the INT8 ConvNeXt MLP puts between its two matrix products, in one pass over x (ONNX
  * Runtime runs it as a BiasGelu kernel writing float32 and a QuantizeLinear reading it back).
@@ -91,5 +91,25 @@ static inline void gelu_quantize_rows(const GeluQuantizeArgs* args, int64_t begi
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options
 #endif
+
+/* ReLU of a biased input, quantized: the chain Add(x, bias) -> Relu -> QuantizeLinear of the INT8
+ * pixel decoder's FFNs, in one pass. IEEE arithmetic (outside the fast-math region above): the
+ * same bytes as ONNX Runtime's three kernels, which divide by the scale too. */
+static inline void relu_quantize_rows(const GeluQuantizeArgs* args, int64_t begin, int64_t end) {
+    const int64_t cols = args->cols;
+    const float scale = args->scale, zero_point = args->zero_point;
+    const float* bias = args->bias;
+    for (int64_t r = begin; r < end; ++r) {
+        const float* x = args->x + r * cols;
+        uint8_t* out = args->out + r * cols;
+        for (int64_t c = 0; c < cols; ++c) {
+            float v = x[c] + bias[c];
+            v = v > 0.0f ? v : 0.0f;
+            float q = rintf(v / scale) + zero_point;
+            q = q > 255.0f ? 255.0f : q;
+            out[c] = (uint8_t)(int32_t)q;
+        }
+    }
+}
 
 #endif

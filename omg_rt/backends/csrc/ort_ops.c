@@ -9,6 +9,9 @@
  *   MLP (export/precision.py fuse_gelu_quantize): inputs x (..., C) float32, bias (C,) or (1,)
  *   float32, y_scale float32 and y_zero_point uint8 (one value each); output uint8 of x's shape.
  *   gelu_quantize_compute.h.
+ * - omg_rt::BiasReluQuantize, the same with ReLU: the bias + Relu + QuantizeLinear chain of the
+ *   INT8 pixel decoder's FFNs (export/precision.py fuse_relu_quantize); the same inputs and
+ *   output. gelu_quantize_compute.h.
  * - omg_rt::LayerNormQuantize, the DequantizeLinear + LayerNormalization (last axis) +
  *   QuantizeLinear chain before the INT8 ConvNeXt MLP (export/precision.py
  *   fuse_layernorm_quantize): inputs x (..., C) uint8, x_scale float32, x_zero_point uint8,
@@ -27,6 +30,7 @@
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "gelu_quantize_compute.h"
@@ -247,8 +251,14 @@ static int64_t element_count(const int64_t* dims, int64_t rank) {
     return count;
 }
 
-static OrtStatus* gelu_quantize_compute(void* kernel, OrtKernelContext* context) {
-    (void)kernel;
+static void relu_quantize_range(const void* args, int64_t begin, int64_t end) {
+    relu_quantize_rows((const GeluQuantizeArgs*)args, begin, end);
+}
+
+/* BiasGeluQuantize and BiasReluQuantize: the same inputs, checks and split of rows */
+static OrtStatus* bias_activation_quantize(OrtKernelContext* context, const char* name,
+                                           RangeFn rows_fn) {
+    char message[256];
     int64_t x[8], b[8], sc[8], zp[8];
     const void *x_data, *bias, *scale, *zero_point;
     const int64_t rank = input_dims(context, 0, ORT_FLOAT, x, 8, &x_data);
@@ -256,15 +266,22 @@ static OrtStatus* gelu_quantize_compute(void* kernel, OrtKernelContext* context)
     const int64_t sc_rank = input_dims(context, 2, ORT_FLOAT, sc, 8, &scale);
     const int64_t zp_rank = input_dims(context, 3, ORT_UINT8, zp, 8, &zero_point);
     if (rank < 1 || b_rank != 1 || sc_rank < 0 || zp_rank < 0 ||
-        element_count(sc, sc_rank) != 1 || element_count(zp, zp_rank) != 1)
-        return invalid("BiasGeluQuantize: expected float32 x (..., C), float32 bias (C,), one "
-                       "float32 y_scale and one uint8 y_zero_point");
+        element_count(sc, sc_rank) != 1 || element_count(zp, zp_rank) != 1) {
+        snprintf(message, sizeof message, "%s: expected float32 x (..., C), float32 bias (C,), "
+                 "one float32 y_scale and one uint8 y_zero_point", name);
+        return invalid(message);
+    }
     const int64_t cols = x[rank - 1];
-    if (b[0] != cols && b[0] != 1)
-        return invalid("BiasGeluQuantize: bias length is neither x's last dimension nor 1");
+    if (b[0] != cols && b[0] != 1) {
+        snprintf(message, sizeof message, "%s: bias length is neither x's last dimension nor 1",
+                 name);
+        return invalid(message);
+    }
     const float scale_value = *(const float*)scale;
-    if (!(scale_value > 0.0f) || isinf(scale_value))
-        return invalid("BiasGeluQuantize: y_scale must be positive and finite");
+    if (!(scale_value > 0.0f) || isinf(scale_value)) {
+        snprintf(message, sizeof message, "%s: y_scale must be positive and finite", name);
+        return invalid(message);
+    }
     void* out_data = NULL;
     OrtStatus* status = output_data(context, x, rank, &out_data);
     if (status) return status;
@@ -273,16 +290,29 @@ static OrtStatus* gelu_quantize_compute(void* kernel, OrtKernelContext* context)
     float* row_bias = NULL;  /* one bias for every column: spelled out along a row */
     if (b[0] != cols) {
         row_bias = (float*)malloc((size_t)cols * sizeof(float));
-        if (!row_bias) return invalid("BiasGeluQuantize: out of memory");
+        if (!row_bias) {
+            snprintf(message, sizeof message, "%s: out of memory", name);
+            return invalid(message);
+        }
         for (int64_t c = 0; c < cols; ++c) row_bias[c] = *(const float*)bias;
     }
     const GeluQuantizeArgs args = {(const float*)x_data,
                                    row_bias ? row_bias : (const float*)bias, (uint8_t*)out_data,
                                    rows, cols, scale_value, (float)*(const uint8_t*)zero_point};
     const int64_t chunk = (1 << 16) / cols > 0 ? (1 << 16) / cols : 1;  /* ~64K elements */
-    status = parallel_ranges(context, gelu_quantize_range, &args, rows, chunk);
+    status = parallel_ranges(context, rows_fn, &args, rows, chunk);
     free(row_bias);
     return status;
+}
+
+static OrtStatus* gelu_quantize_compute(void* kernel, OrtKernelContext* context) {
+    (void)kernel;
+    return bias_activation_quantize(context, "BiasGeluQuantize", gelu_quantize_range);
+}
+
+static OrtStatus* relu_quantize_compute(void* kernel, OrtKernelContext* context) {
+    (void)kernel;
+    return bias_activation_quantize(context, "BiasReluQuantize", relu_quantize_range);
 }
 
 /* one value of input `index` of element type `want` into *value (float), or 0 */
@@ -412,6 +442,8 @@ static int gq_input_type(const OmgCustomOp* op, size_t index) {
 static size_t gq_input_count(const OmgCustomOp* op) { (void)op; return 4; }
 static int gq_output_type(const OmgCustomOp* op, size_t index) { (void)op; (void)index; return ORT_UINT8; }
 
+static const char* rq_name(const OmgCustomOp* op) { (void)op; return "BiasReluQuantize"; }
+
 static const char* lq_name(const OmgCustomOp* op) { (void)op; return "LayerNormQuantize"; }
 static int lq_input_type(const OmgCustomOp* op, size_t index) {
     (void)op;
@@ -437,6 +469,8 @@ static const OmgCustomOp g_msda_op =
     OMG_OP(msda_name, msda_input_type, msda_input_count, msda_output_type, msda_compute);
 static const OmgCustomOp g_gelu_quantize_op =
     OMG_OP(gq_name, gq_input_type, gq_input_count, gq_output_type, gelu_quantize_compute);
+static const OmgCustomOp g_relu_quantize_op =
+    OMG_OP(rq_name, gq_input_type, gq_input_count, gq_output_type, relu_quantize_compute);
 static const OmgCustomOp g_layernorm_quantize_op = OMG_OP(
     lq_name, lq_input_type, lq_input_count, gq_output_type, layernorm_quantize_compute);
 static const OmgCustomOp g_masked_attention_op =
@@ -459,11 +493,11 @@ OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base)
     g_api = (const void* const*)base->GetApi(OMG_ORT_API_VERSION);
     if (!g_api) return NULL;  /* an ONNX Runtime older than 1.17: register nothing */
     static const OmgCustomOp* const trt_ops[] = {&g_msda_op};
-    static const OmgCustomOp* const omg_ops[] = {&g_gelu_quantize_op, &g_layernorm_quantize_op,
-                                                 &g_masked_attention_op};
+    static const OmgCustomOp* const omg_ops[] = {&g_gelu_quantize_op, &g_relu_quantize_op,
+                                                 &g_layernorm_quantize_op, &g_masked_attention_op};
     OrtStatus* status = add_domain(options, "trt", trt_ops, 1);
     if (status) return status;
-    return add_domain(options, "omg_rt", omg_ops, 3);
+    return add_domain(options, "omg_rt", omg_ops, sizeof omg_ops / sizeof omg_ops[0]);
 }
 
 /* For tests: the computation alone, on the calling thread. */
