@@ -175,7 +175,7 @@ class TorchGraph:
         if is_tensor(value):
             return value if value.ndim == 0 else value.to(self._device)
         kept = self._constants.get(name)
-        if kept is not None and kept[0] is value:
+        if kept is not None and kept[0] is value and not value.flags.writeable:
             return kept[1]
         t = self._torch.from_numpy(np.array(value))
         if t.ndim == 0:

@@ -144,6 +144,9 @@ def test_a_read_only_class_bank_goes_to_the_device_once(device):
     other = bank.copy()
     other.setflags(write=False)
     assert graph.device_feed("class_bank", other) is not kept
+    other.setflags(write=True)  # its owner may make it writable again, and change it
+    other[0] = 7.0
+    np.testing.assert_array_equal(to_host(graph.device_feed("class_bank", other)), other)
     # a vocabulary's bank is such an array (a read-only copy of what it was given)
     from omg_rt import Segmenter
 
