@@ -327,6 +327,12 @@ class _Chains:
             and values[1].size == 1 and values[0].dtype == np.float32 \
             and values[1].dtype == np.uint8
 
+    def quantizations(self) -> list[onnx.NodeProto]:
+        """The QuantizeLinear nodes with one float32 scale and one uint8 zero point: where the
+        chains end."""
+        return [n for n in self.model.graph.node if n.op_type == "QuantizeLinear"
+                and len(n.input) == 3 and self.per_tensor(*n.input[1:3])]
+
     def bias_of_product(self, add: onnx.NodeProto | None) -> tuple[str, str] | None:
         """(the product's output, the bias) where ``add`` is ``Add(bias, MatMul(a, DQ(W)))``
         with a 1-D float32 bias as long as W's columns (a linear layer's), the product read by
@@ -405,8 +411,6 @@ def fuse_gelu_quantize(model: onnx.ModelProto) -> int:
     def chain_of(quantize: onnx.NodeProto) -> tuple[list[onnx.NodeProto], str, str] | None:
         """The chain ending at ``quantize``: its nodes, the GELU's input before the bias, and
         the bias ("" for none)."""
-        if not index.per_tensor(*quantize.input[1:3]):
-            return None
         half = private(quantize.input[0], "Mul")
         halved = half and constant_operand(half, lambda n: is_scalar(n, 0.5))
         product = halved and private(halved[1], "Mul")
@@ -430,8 +434,8 @@ def fuse_gelu_quantize(model: onnx.ModelProto) -> int:
         return gelu, v, ""
 
     fused = 0
-    for quantize in [n for n in model.graph.node if n.op_type == "QuantizeLinear"]:
-        found = chain_of(quantize) if len(quantize.input) == 3 else None
+    for quantize in index.quantizations():
+        found = chain_of(quantize)
         if found is None:
             continue
         chain, product_output, bias = found
@@ -461,9 +465,7 @@ def fuse_relu_quantize(model: onnx.ModelProto) -> int:
     """
     index = _Chains(model)
     fused = 0
-    for quantize in [n for n in model.graph.node if n.op_type == "QuantizeLinear"]:
-        if len(quantize.input) != 3 or not index.per_tensor(*quantize.input[1:3]):
-            continue
+    for quantize in index.quantizations():
         relu = index.private(quantize.input[0], "Relu")
         add = relu and index.private(relu.input[0], "Add")
         found = index.bias_of_product(add) if add else None
@@ -494,9 +496,7 @@ def fuse_layernorm_quantize(model: onnx.ModelProto) -> int:
     """
     index = _Chains(model)
     fused = 0
-    for quantize in [n for n in model.graph.node if n.op_type == "QuantizeLinear"]:
-        if len(quantize.input) != 3 or not index.per_tensor(*quantize.input[1:3]):
-            continue
+    for quantize in index.quantizations():
         norm = index.private(quantize.input[0], "LayerNormalization")
         if norm is None or len(norm.input) != 3 or len([o for o in norm.output if o]) != 1:
             continue

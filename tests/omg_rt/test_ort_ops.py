@@ -251,6 +251,27 @@ def _mlp_graph(rng, *, extra_reader=False, activation="gelu"):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def _fused_mlp_agrees(model, original, rng, seed):
+    """The fused MLP ``model`` gives what the ``original`` graph gives, up to one quantization
+    step of the activation (0.02; the GELU's float32 error, or a tie ONNX Runtime's
+    QuantizeLinear rounds through a reciprocal) times a column of W2, in rare elements.
+
+    Returns:
+        the input used, that step, and session options with the library registered."""
+    options = ort.SessionOptions()
+    ort_ops.register(options)
+    fused = ort.InferenceSession(model.SerializeToString(), options,
+                                 providers=["CPUExecutionProvider"])
+    plain = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((3, 5, 6)).astype(np.float32) * 4
+    a, b = fused.run(None, {"x": x})[0], plain.run(None, {"x": x})[0]
+    step = 0.02 * float(np.abs(onnx.numpy_helper.to_array(
+        next(t for t in model.graph.initializer if t.name == "w2_q"))).max() * 0.03)
+    assert float(np.abs(a - b).max()) <= step, seed
+    assert float(np.mean(a != b)) <= 0.05, seed
+    return x, step, options
+
+
 def test_the_rewrite_fuses_exactly_the_gelu_quantize_chain(tmp_path):
     from export.precision import fuse_gelu_quantize
 
@@ -264,18 +285,7 @@ def test_the_rewrite_fuses_exactly_the_gelu_quantize_chain(tmp_path):
     assert ops.count(ort_ops.GELU_QUANTIZE_OP) == 1 and not {"Erf", "Div", "QuantizeLinear",
                                                              "Add"} & set(ops), ops
     assert not {"sqrt2", "one", "half"} & {t.name for t in model.graph.initializer}
-    options = ort.SessionOptions()
-    ort_ops.register(options)
-    fused = ort.InferenceSession(model.SerializeToString(), options,
-                                 providers=["CPUExecutionProvider"])
-    plain = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
-    x = rng.standard_normal((3, 5, 6)).astype(np.float32) * 4
-    a, b = fused.run(None, {"x": x})[0], plain.run(None, {"x": x})[0]
-    # one quantization step of the GELU (0.02) times a column of W2 at most, in rare elements
-    step = 0.02 * float(np.abs(onnx.numpy_helper.to_array(
-        next(t for t in model.graph.initializer if t.name == "w2_q"))).max() * 0.03)
-    assert float(np.abs(a - b).max()) <= step, seed
-    assert float(np.mean(a != b)) <= 0.05, seed
+    x, step, options = _fused_mlp_agrees(model, original, rng, seed)
     kept = _mlp_graph(rng, extra_reader=True)
     assert fuse_gelu_quantize(kept) == 0
     assert "Erf" in [n.op_type for n in kept.graph.node]
@@ -312,19 +322,7 @@ def test_the_rewrite_fuses_exactly_the_relu_quantize_chain():
     assert ops.count(ort_ops.RELU_QUANTIZE_OP) == 1 and not {"Relu", "Add", "QuantizeLinear"} \
         & set(ops), ops
     assert "b1" in next(n for n in model.graph.node if n.op_type == ort_ops.RELU_QUANTIZE_OP).input
-    options = ort.SessionOptions()
-    ort_ops.register(options)
-    fused = ort.InferenceSession(model.SerializeToString(), options,
-                                 providers=["CPUExecutionProvider"])
-    plain = ort.InferenceSession(original, providers=["CPUExecutionProvider"])
-    x = rng.standard_normal((3, 5, 6)).astype(np.float32) * 4
-    a, b = fused.run(None, {"x": x})[0], plain.run(None, {"x": x})[0]
-    # ONNX Runtime's QuantizeLinear may round a tie through a reciprocal: one step of the
-    # activation (0.02) times a column of W2 at most, in rare elements
-    step = 0.02 * float(np.abs(onnx.numpy_helper.to_array(
-        next(t for t in model.graph.initializer if t.name == "w2_q"))).max() * 0.03)
-    assert float(np.abs(a - b).max()) <= step, seed
-    assert float(np.mean(a != b)) <= 0.05, seed
+    _fused_mlp_agrees(model, original, rng, seed)
     # the Relu's input read elsewhere too, or a GELU: nothing fused
     for other in (_mlp_graph(rng, extra_reader=True, activation="relu"), _mlp_graph(rng)):
         assert fuse_relu_quantize(other) == 0
