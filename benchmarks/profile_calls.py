@@ -120,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(args.preset).eval()
     lively_backbone(model)
     coco = VOCABULARIES["coco"]
-    seg = Segmenter.from_checkpoint(model, vocabulary=list(coco.names),
-                                    num_things=int(coco.num_things), image_size=args.image_size,
-                                    device=args.device)
+    opened = {"vocabulary": list(coco.names), "num_things": int(coco.num_things),
+              "image_size": args.image_size, "device": args.device}
+    seg = Segmenter.from_checkpoint(model, **opened)
     counter = {"i": 0}
     image = {"now": _photo((768, 1024), 0)}
 
@@ -145,10 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         out += _profile(f"{n} click(s) on a cached image", lambda p=points: seg.prompt(cached, p),
                         lambda: None, args.device, args.runs, args.rows)
     if args.device.startswith("cuda"):  # the same clicks with every kernel launched by the host
-        eager = Segmenter.from_checkpoint(model, vocabulary=list(coco.names),
-                                          num_things=int(coco.num_things),
-                                          image_size=args.image_size, device=args.device,
-                                          cuda_graphs=False)
+        eager = Segmenter.from_checkpoint(model, **opened, cuda_graphs=False)
         eager_cached = eager.set_image(_photo((768, 1024), 99))
         for n, points in clicks.items():
             out += _profile(f"{n} click(s) on a cached image, without CUDA graphs",

@@ -144,7 +144,7 @@ class TorchGraph:
         self._specs = specs
         self._device = device
         self._torch = import_torch()
-        # the CUDA-graph replay behind this graph, if any (its counters for tests and benchmarks)
+        # the CUDA-graph replay behind this graph, if any (tests read its graph count)
         self.replay = fn if isinstance(fn, GraphReplay) else None
         # device copies of read-only host inputs (a vocabulary's class bank), by input name
         self._constants: dict[str, tuple[np.ndarray, Any]] = {}
