@@ -164,13 +164,24 @@ def test_prompt_masks_on_the_device_equal_the_host_masks(device, sizes, monkeypa
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_bool_masks_come_back_packed_and_whole(device):
+def test_bool_masks_are_packed_as_numpy_packs_them(device):
     rng = np.random.default_rng()
     for width in (1, 7, 8, 9, 17, 64):
         values = rng.random((3, 5, width)) < 0.4
-        got = device_module._bool_to_host(torch, torch.from_numpy(values).to(device))
-        assert got.dtype == bool and got.shape == values.shape, width
-        np.testing.assert_array_equal(got, values, err_msg=str(width))
+        got = device_module._pack_bits(torch, torch.from_numpy(values).to(device)).cpu().numpy()
+        np.testing.assert_array_equal(got, np.packbits(values, axis=-1), err_msg=str(width))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_queries_give_empty_masks_of_the_image_size(device):
+    logits = np.zeros((4, 8, 10), np.float32)
+    on_device = DeviceLogits(logits, (32, 40), (30, 40), (45, 60), device)
+    none = np.empty(0, np.int64)
+    masks, sums, areas, boxes = on_device.instance_masks(none)
+    assert masks.shape == (0, 45, 60) and masks.dtype == bool
+    assert sums.shape == areas.shape == (0,) and boxes.shape == (0, 4)
+    masks, boxes = on_device.binary_masks(none)
+    assert masks.shape == (0, 45, 60) and boxes.shape == (0, 4) and boxes.dtype == np.float32
 
 
 @pytest.mark.gpu
