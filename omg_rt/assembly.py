@@ -22,7 +22,12 @@ import numpy as np
 from omg_rt.arrays import Array, to_host
 from omg_rt.bundle import Vocabulary
 from omg_rt.postprocess.device import DeviceLogits
-from omg_rt.postprocess.instance import instances_from_tiles, masks_to_boxes, select_instances
+from omg_rt.postprocess.instance import (
+    instances_from_tiles,
+    masks_of_ids,
+    masks_to_boxes,
+    select_instances,
+)
 from omg_rt.postprocess.interactive import prompt_results
 from omg_rt.postprocess.masks import upsample_masks
 from omg_rt.postprocess.panoptic import INSTANCE_OFFSET, PanopticResult, panoptic_from_tiles
@@ -158,7 +163,7 @@ def semantic_result(
     time: :func:`~omg_rt.postprocess.semantic.semantic_from_tiles`)."""
     label_map, class_scores = semantic_from_tiles(cls, tiled(session, mask_logits))
     classes = np.unique(label_map)
-    masks = label_map[None] == classes[:, None, None]
+    masks, boxes = masks_of_ids(label_map, classes)
     return SegmentationResult(
         task=task,
         masks=masks,
@@ -166,7 +171,7 @@ def semantic_result(
         labels=classes.astype(np.int64),
         ids=classes.astype(np.int64),
         class_names=vocabulary.names,
-        boxes=masks_to_boxes(masks),
+        boxes=boxes,
         id_map=label_map.astype(np.int32),
         is_thing=classes < vocabulary.num_things,
         frame_index=frame_index,
@@ -232,7 +237,7 @@ def _from_panoptic(
     void: int,
 ) -> SegmentationResult:
     ids = np.array([s["id"] for s in result.segments], np.int64)
-    masks = result.id_map[None] == ids[:, None, None]
+    masks, boxes = masks_of_ids(result.id_map, ids)
     id_map = np.where(result.id_map == void, -1, result.id_map).astype(np.int32)
     return SegmentationResult(
         task=task,
@@ -241,7 +246,7 @@ def _from_panoptic(
         labels=np.array([s["category_id"] for s in result.segments], np.int64),
         ids=ids,
         class_names=vocabulary.names,
-        boxes=masks_to_boxes(masks),
+        boxes=boxes,
         id_map=id_map,
         is_thing=np.array([s["isthing"] for s in result.segments], bool),
         frame_index=frame_index,

@@ -36,7 +36,7 @@ from omg_rt.assembly import (
 from omg_rt.errors import InvalidInputError
 from omg_rt.manifest import Vocabulary
 from omg_rt.postprocess._common import sigmoid
-from omg_rt.postprocess.instance import masks_to_boxes
+from omg_rt.postprocess.instance import masks_of_ids
 from omg_rt.postprocess.panoptic import INSTANCE_OFFSET
 from omg_rt.postprocess.video import align_clips, vos_assign_ids, vos_proposals
 from omg_rt.results import SegmentationResult
@@ -286,14 +286,14 @@ class VideoSession:
             id_map[full[j] > 0] = oid
         order = np.argsort(object_ids)
         ids = np.asarray(object_ids, np.int64)[order]
-        masks = id_map[None] == ids[:, None, None]
+        masks, boxes = masks_of_ids(id_map, ids)
         return SegmentationResult(
             task="vos",
             masks=masks,
             scores=sigmoid(iou[np.asarray(slots, np.int64)[order]]).astype(np.float32),
             labels=np.full(len(ids), -1, np.int64),
             ids=ids,
-            boxes=masks_to_boxes(masks),
+            boxes=boxes,
             id_map=id_map,
             is_thing=np.ones(len(ids), bool),
             frame_index=index,

@@ -263,7 +263,8 @@ class DeviceAssignment:
         won = torch.bincount(self.winner.flatten(), minlength=n)
         painted = torch.bincount(self.winner[self.confident], minlength=n) if filter_low_score \
             else won
-        return won.cpu().numpy(), painted.cpu().numpy(), self.original_area.cpu().numpy()
+        areas = torch.stack([won, painted, self.original_area]).cpu().numpy()  # one copy
+        return areas[0], areas[1], areas[2]
 
     def paint(self, value: np.ndarray, void: int, filter_low_score: bool) -> np.ndarray:
         """(H, W) int32 host map: ``value[winner]`` where painted, else ``void``."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from omg_rt.errors import InvalidInputError
+from omg_rt.errors import InvalidInputError, describe
 from omg_rt.postprocess import native
 from omg_rt.postprocess._common import check_array, parallel_map, sigmoid, softmax
 from omg_rt.postprocess.device import DeviceLogits
@@ -232,6 +232,37 @@ def _tile_masks(distinct: np.ndarray, tiles: TiledLogits) -> tuple[np.ndarray, n
 
     parallel_map(fill, range(distinct.shape[0]))
     return masks, sums
+
+
+def masks_of_ids(id_map: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The segments of an id map as masks, with their boxes: ``id_map == ids[j]`` and
+    :func:`masks_to_boxes` of them.
+
+    In C (one pass over the map, :func:`omg_rt.postprocess.native.id_masks`) where the library
+    is built and the ids are distinct int32 values; otherwise one comparison per id in numpy
+    (the panoptic result of a 768x1024 photo with 60 segments: 25 ms).
+
+    Args:
+        id_map: (H, W) integer map; ids: (n,) integers.
+
+    Returns:
+        (n, H, W) bool masks and (n, 4) float32 boxes.
+    """
+    id_map = check_array(id_map, "id_map", 2, "int", "integer (H, W)")
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+        raise InvalidInputError(f"ids: expected (n,) integers, got {describe(ids)}")
+    int32 = np.iinfo(np.int32)
+
+    def fits(values: np.ndarray) -> bool:
+        return values.size == 0 or (int(values.min()) >= int32.min
+                                    and int(values.max()) <= int32.max)
+
+    map_fits = np.can_cast(id_map.dtype, np.int32) or fits(id_map)
+    if native.available() and map_fits and fits(ids) and np.unique(ids).size == ids.size:
+        return native.id_masks(id_map, ids)
+    masks = id_map[None] == ids[:, None, None]
+    return masks, masks_to_boxes(masks)
 
 
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:

@@ -74,6 +74,11 @@ def _library() -> ctypes.CDLL | None:
     lib.omg_panoptic_merge.argtypes = [
         *source, _f32, _i64, _u8, ctypes.c_float, ctypes.c_int64, ctypes.c_int64, _i64, _u8, _i64,
     ]
+    lib.omg_id_masks.restype = None
+    lib.omg_id_masks.argtypes = [
+        _i32, ctypes.c_int64, _i32, _i64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+        ctypes.c_int64, _u8, _i64,
+    ]
     return lib
 
 
@@ -219,9 +224,48 @@ def instance_masks(
     parts = parallel_map(run, row_spans(h, _BAND, 4 * thread_count()))
     sums = np.sum([p[0] for p in parts], axis=0)
     area = np.sum([p[1] for p in parts], axis=0)
-    boxes = np.stack([p[2] for p in parts])  # (spans, d, 4)
+    return masks.view(bool), sums, area, _merged_boxes([p[2] for p in parts], area > 0)
+
+
+def id_masks(id_map: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``id_map == ids[j]`` for every j and their boxes, in one pass over the map on the
+    post-processing threads (:func:`~omg_rt.postprocess.instance.masks_of_ids` checks the
+    inputs and falls back to numpy).
+
+    Args:
+        id_map: (H, W) int32; ids: (n,) distinct values that fit int32, in any order.
+
+    Returns:
+        (n, H, W) bool masks and (n, 4) float32 boxes as
+        :func:`~omg_rt.postprocess.instance.masks_to_boxes` gives them.
+    """
+    lib = _checked()
+    id_map = np.ascontiguousarray(id_map, np.int32)
+    h, w = id_map.shape
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = np.ascontiguousarray(np.asarray(ids)[order], np.int32)
+    slots = np.ascontiguousarray(order, np.int64)
+    n = slots.shape[0]
+    masks = np.empty((n, h, w), np.uint8)
+
+    def run(span: tuple[int, int]) -> np.ndarray:
+        box = np.tile(np.array([h, -1, w, -1], np.int64), (n, 1))
+        lib.omg_id_masks(_pointer(id_map, _i32), w, _pointer(sorted_ids, _i32),
+                         _pointer(slots, _i64), n, h, span[0], span[1], _pointer(masks, _u8),
+                         _pointer(box, _i64))
+        return box
+
+    parts = parallel_map(run, row_spans(h, _BAND, 4 * thread_count()))
+    return masks.view(bool), _merged_boxes(parts, None)
+
+
+def _merged_boxes(parts: list[np.ndarray], nonempty: np.ndarray | None) -> np.ndarray:
+    """Per-span (n, 4) extents (first row, last row, first column, last column) -> (n, 4)
+    float32 ``(x1, y1, x2 + 1, y2 + 1)``, zeros for an empty mask (``nonempty`` False, or no
+    row seen)."""
+    boxes = np.stack(parts)  # (spans, n, 4)
     y1, y2 = boxes[..., 0].min(0), boxes[..., 1].max(0)
     x1, x2 = boxes[..., 2].min(0), boxes[..., 3].max(0)
     out = np.stack([x1, y1, x2 + 1, y2 + 1], axis=1).astype(np.float32)
-    out[area == 0] = 0.0
-    return masks.view(bool), sums, area, out
+    out[(y2 < 0) if nonempty is None else ~nonempty] = 0.0
+    return out

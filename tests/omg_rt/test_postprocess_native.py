@@ -14,9 +14,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from omg_rt.errors import BackendUnavailableError
+from omg_rt.errors import BackendUnavailableError, InvalidInputError
 from omg_rt.postprocess import native, panoptic
-from omg_rt.postprocess.instance import instances_from_masks, instances_from_tiles, select_instances
+from omg_rt.postprocess.instance import (
+    instances_from_masks,
+    instances_from_tiles,
+    masks_of_ids,
+    masks_to_boxes,
+    select_instances,
+)
 from omg_rt.postprocess.masks import ResizePlan, upsample_masks
 from omg_rt.postprocess.panoptic import _assign_pixels, panoptic_from_tiles, panoptic_results
 from omg_rt.postprocess.tiles import TiledLogits
@@ -202,3 +208,38 @@ def test_instances_are_the_official_ones_of_pytorchs_resize(sizes):
     empty = instances_from_tiles(probs[:0], labels[:0], queries[:0],
                                  TiledLogits(logits, padded, resized, original))
     assert empty.masks.shape == (0, *original) and empty.boxes.shape == (0, 4), seed
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_id_masks_are_the_comparisons_of_the_map_with_each_id(threads, monkeypatch):
+    """``masks_of_ids`` in C against ``id_map == id`` and ``masks_to_boxes``: a map of blocks,
+    runs and single pixels (ids of 1..6 digits, -1 for void); asked ids in any order, some
+    absent from the map (empty masks, zero boxes), some map ids not asked."""
+    monkeypatch.setattr(native, "thread_count", lambda: threads)
+    rng, seed = _rng()
+    h, w = int(rng.integers(1, 90)), int(rng.integers(1, 120))
+    values = np.array([-1, 0, 7, 133, 1005, 42_017, 300_133], np.int32)
+    id_map = values[rng.integers(0, values.size, (h // 8 + 1, w // 8 + 1))]
+    id_map = id_map.repeat(8, 0).repeat(8, 1)[:h, :w].copy()
+    noise = rng.random((h, w)) < 0.05
+    id_map[noise] = rng.choice(values, int(noise.sum()))
+    for ids in (rng.permutation(values), np.array([133, 5, 300_133, -7], np.int64),
+                np.unique(id_map), np.empty(0, np.int64)):
+        got_masks, got_boxes = masks_of_ids(id_map, ids)
+        want = id_map[None] == ids[:, None, None]
+        np.testing.assert_array_equal(got_masks, want, err_msg=f"{seed} {ids}")
+        np.testing.assert_array_equal(got_boxes, masks_to_boxes(want), err_msg=f"{seed} {ids}")
+        assert got_masks.shape == (ids.size, h, w) and got_boxes.dtype == np.float32
+
+
+def test_id_masks_outside_the_c_kernels_reach_fall_back_to_numpy():
+    """Repeated ids, ids or maps beyond int32: numpy's comparisons, the same results."""
+    id_map = np.array([[1, 2, 2], [2**40, 1, 1]], np.int64)
+    for ids in (np.array([2, 1, 2]), np.array([2**40, 1])):
+        masks, boxes = masks_of_ids(id_map, ids)
+        np.testing.assert_array_equal(masks, id_map[None] == ids[:, None, None])
+        np.testing.assert_array_equal(boxes, masks_to_boxes(masks))
+    with pytest.raises(InvalidInputError, match="ids"):
+        masks_of_ids(id_map, np.array([0.5]))
+    with pytest.raises(InvalidInputError, match="id_map"):
+        masks_of_ids(id_map.astype(np.float32), np.array([1]))

@@ -4,7 +4,9 @@
  * - omg_instance_masks: binary masks (logit > 0), their sigmoid sums, areas and boxes;
  * - omg_panoptic_merge: per output pixel, the kept query with the largest
  *   score * sigmoid(mask logit), whether that sigmoid is >= 0.5, and per query its
- *   sigmoid >= 0.5 area.
+ *   sigmoid >= 0.5 area;
+ * - omg_id_masks: the segments of a finished id map (panoptic, semantic, VOS) as binary masks
+ *   with their boxes, in one pass over the map.
  *
  * The logits at the image size are the official two bilinear resizes (align_corners=False):
  * stride 4 -> the padded input, cropped to the resized image, -> the original image. Each resize
@@ -371,4 +373,41 @@ int omg_panoptic_merge(const float *logits, const int64_t *queries, int64_t n,
     free(best_slot);
     free(open);
     return status;
+}
+
+/* ---- omg_id_masks ---- */
+
+/* Rows [top, stop) of the masks id_map == ids[j] into masks, (n, rows, w) with rows the map's
+ * height, and their boxes widened as omg_instance_masks's (first row, last row, first column,
+ * last column; start at (rows, -1, w, -1)). ids: (n,) distinct, ascending; slot[j]: the mask
+ * (and box) index of ids[j]. One pass over the map: each run of equal ids along a row finds its
+ * slot once (binary search) and is written with one memset. Safe to call from several threads
+ * on disjoint rows with their own `box`. */
+void omg_id_masks(const int32_t *id_map, int64_t w, const int32_t *ids, const int64_t *slot,
+                  int64_t n, int64_t rows, int64_t top, int64_t stop, uint8_t *masks,
+                  int64_t *box) {
+    for (int64_t k = 0; k < n; ++k)
+        memset(masks + (k * rows + top) * w, 0, (size_t)((stop - top) * w));
+    for (int64_t y = top; y < stop; ++y) {
+        const int32_t *line = id_map + y * w;
+        for (int64_t x = 0, end; x < w; x = end) {
+            const int32_t v = line[x];
+            for (end = x + 1; end < w && line[end] == v; ++end) {
+            }
+            int64_t lo = 0, hi = n;
+            while (lo < hi) {
+                const int64_t mid = lo + (hi - lo) / 2;
+                if (ids[mid] < v) lo = mid + 1;
+                else hi = mid;
+            }
+            if (lo == n || ids[lo] != v) continue;
+            const int64_t k = slot[lo];
+            memset(masks + (k * rows + y) * w + x, 1, (size_t)(end - x));
+            int64_t *b = box + 4 * k;
+            if (y < b[0]) b[0] = y;
+            if (y > b[1]) b[1] = y;
+            if (x < b[2]) b[2] = x;
+            if (end - 1 > b[3]) b[3] = end - 1;
+        }
+    }
 }
