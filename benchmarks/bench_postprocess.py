@@ -21,7 +21,7 @@ golden fixture: |mask logits| up to ~1e4, every query non-void) and ``random-mod
 exported ConvNeXt-L with random weights: near-uniform class logits, every query kept; mask
 logits ~N(0, 3), smooth, near-identical across queries, so tile bounds decide almost nothing).
 
-``--device DEV`` adds the panoptic and instance cases post-processed on a torch device
+``--device DEV`` adds the panoptic, instance and semantic cases post-processed on a torch device
 (``omg_rt.postprocess.device``, what ``Segmenter`` does when its graphs run on a GPU), each
 beside its host case in the same run.
 
@@ -143,7 +143,7 @@ def _vocabulary(shape: dict):
 
 def cases(kinds: tuple[str, ...], device: str | None = None) -> list[tuple[str, str, object]]:
     """(subject, case, zero-argument callable) for every task, frame and logit kind; with a
-    torch ``device``, also the panoptic and instance cases post-processed there."""
+    torch ``device``, also the panoptic, instance and semantic cases post-processed there."""
     from omg_rt import assembly
     from omg_rt.spec import PostprocessSpec
 
@@ -166,14 +166,15 @@ def cases(kinds: tuple[str, ...], device: str | None = None) -> list[tuple[str, 
             def instance(s=session, c=cls, m=masks, v=vocab, video=video, on=None):
                 return assembly.instance_result(s, c, m, v, post, track_ids=video, device=on)
 
-            def semantic(s=session, c=cls, m=masks, v=vocab):
-                return assembly.semantic_result(s, c, m, v)
+            def semantic(s=session, c=cls, m=masks, v=vocab, on=None):
+                return assembly.semantic_result(s, c, m, v, device=on)
 
             out += [("panoptic", case, panoptic), ("instance", case, instance),
                     ("semantic", case, semantic)]
             if device is not None:
-                out += [("panoptic", f"{case} [{device}]", functools.partial(panoptic, on=device)),
-                        ("instance", f"{case} [{device}]", functools.partial(instance, on=device))]
+                out += [(name, f"{case} [{device}]", functools.partial(fn, on=device))
+                        for name, fn in (("panoptic", panoptic), ("instance", instance),
+                                         ("semantic", semantic))]
             if frame.startswith("image"):
                 for n in (1, 16):
                     def prompt(s=session, n=n, c=cls_iou, m=masks, v=vocab):
@@ -288,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated subjects to run")
     parser.add_argument("--baseline", metavar="REV",
                         help="also time this git revision's omg_rt, side by side")
-    parser.add_argument("--device", help="also post-process panoptic and instance cases on this "
-                        "torch device (cuda)")
+    parser.add_argument("--device", help="also post-process panoptic, instance and semantic "
+                        "cases on this torch device (cuda)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # Baseline's
     args = parser.parse_args(argv)

@@ -156,12 +156,14 @@ def semantic_result(
     *,
     task: str = "semantic",
     frame_index: int | None = None,
+    device: str | None = None,
 ) -> SegmentationResult:
     """One mask per class present (Mask2Former per-pixel argmax); ids = labels = class indices;
     scores = the mean per-pixel class score over the class's pixels
     (:func:`~omg_rt.postprocess.semantic.semantic_with_scores`, resized a band of rows at a
-    time: :func:`~omg_rt.postprocess.semantic.semantic_from_tiles`)."""
-    label_map, class_scores = semantic_from_tiles(cls, tiled(session, mask_logits))
+    time: :func:`~omg_rt.postprocess.semantic.semantic_from_tiles`; with a torch ``device``,
+    computed there)."""
+    label_map, class_scores = semantic_from_tiles(cls, on_device(session, mask_logits, device))
     classes = np.unique(label_map)
     masks, boxes = masks_of_ids(label_map, classes)
     return SegmentationResult(

@@ -433,7 +433,8 @@ class Segmenter:
         mean mask-weighted class probability over its pixels."""
         session = self._session(image)
         p = self._predict([session])
-        return semantic_result(session, p.class_scores, p.mask_logits[:, 0], p.vocabulary)
+        return semantic_result(session, p.class_scores, p.mask_logits[:, 0], p.vocabulary,
+                               device=self.post_device)
 
     def segment(self, image: Any, task: str) -> SegmentationResult:
         """``panoptic``, ``instance`` or ``semantic`` by name."""

@@ -264,7 +264,8 @@ class VideoSession:
             )
         if self.task == "vss":
             return semantic_result(
-                session, cls, mask_logits, vocabulary, task="vss", frame_index=index
+                session, cls, mask_logits, vocabulary, task="vss", frame_index=index,
+                device=self.runtime.post_device,
             )
         return self._vos_result(session, iou, mask_logits, index)
 

@@ -230,6 +230,51 @@ class DeviceLogits:
         return (self._unpack(packed), _cat_to_host(torch, sums), _cat_to_host(torch, areas),
                 _cat_to_host(torch, boxes))
 
+    def semantic(self, class_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mask2Former's per-pixel class argmax and the class scores, computed here: what
+        :func:`~omg_rt.postprocess.semantic.semantic_with_scores` computes on the host (the same
+        map except where two classes' scores are within float32 rounding of each other).
+
+        Per pixel the K class scores ``sum_q class_probs[q, c] * sigmoid(logit_q)`` are summed a
+        block of queries at a time into a block of classes (the dense logits recomputed for each
+        block of classes: memory stays bounded whatever K is); a later block of classes takes a
+        pixel only with a larger score (or the first NaN), as ``argmax``.
+
+        Args:
+            class_probs: (Q, K) float32 class probabilities (void dropped after the softmax).
+
+        Returns:
+            (H, W) int32 class indices and (K,) float32 scores (on the host).
+        """
+        torch = self._torch
+        q, k = class_probs.shape
+        h, w = self.original_hw
+        probs = torch.from_numpy(np.ascontiguousarray(class_probs, np.float32)).to(self.device)
+        classes = max(1, _BLOCK_ELEMENTS // (h * w))
+        weight = torch.zeros(h * w, device=self.device)
+        best = torch.full((h * w,), -float("inf"), device=self.device)
+        label = torch.zeros(h * w, dtype=torch.int64, device=self.device)
+        with torch.inference_mode():
+            for c in range(0, k, classes):
+                part = probs[:, c : c + classes]
+                scores = torch.zeros((part.shape[1], h * w), device=self.device)
+                for a in range(0, q, self._block()):
+                    sig = torch.sigmoid(self.dense(np.arange(a, min(a + self._block(), q))))
+                    sig = sig.reshape(sig.shape[0], -1)
+                    scores.addmm_(part[a : a + sig.shape[0]].T, sig)
+                    if c == 0:
+                        weight += sig.sum(0)
+                top, index = scores.max(0)  # first maximum; NaN wins
+                take = (top > best) | (top.isnan() & ~best.isnan())
+                best = torch.where(take, top, best)
+                label = torch.where(take, index + c, label)
+            weight = weight.clamp_min(float(np.finfo(np.float32).tiny))
+            score_sum = torch.bincount(label, weights=(best / weight).double(), minlength=k)
+            area = torch.bincount(label, minlength=k)
+            class_scores = torch.where(area > 0, score_sum / area.clamp_min(1), 0.0)
+        return (label.reshape(h, w).to(torch.int32).cpu().numpy(),
+                class_scores.float().cpu().numpy())
+
     def _unpack(self, packed: list[Any]) -> np.ndarray:
         """Blocks of :func:`_pack_bits` masks -> one (d, H, W) bool host array.
 

@@ -22,6 +22,7 @@ from scipy.special import expit
 
 from omg_rt.errors import InvalidInputError
 from omg_rt.postprocess._common import check_array, softmax
+from omg_rt.postprocess.device import DeviceLogits
 from omg_rt.postprocess.tiles import TiledLogits
 
 # Pixels x max(Q, K + 1) per band: bounds the (Q, band) sigmoids and the (K, band) class scores.
@@ -70,10 +71,11 @@ def semantic_with_scores(
 
 
 def semantic_from_tiles(
-    cls_logits: np.ndarray, tiles: TiledLogits
+    cls_logits: np.ndarray, tiles: TiledLogits | DeviceLogits
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`semantic_with_scores` of ``upsample_masks(stride-4 logits)``, resized band by band:
-    the same map and scores, in memory bounded by the band size.
+    the same map and scores, in memory bounded by the band size (on a device,
+    :meth:`~omg_rt.postprocess.device.DeviceLogits.semantic`: the same within float32 rounding).
 
     Args:
         cls_logits: (Q, K + 1) float32, void last (no IoU column).
@@ -81,6 +83,8 @@ def semantic_from_tiles(
     """
     q = tiles.logits.shape[0]
     class_probs = _class_probs(cls_logits, q)
+    if isinstance(tiles, DeviceLogits):
+        return tiles.semantic(class_probs)
     h, w = tiles.original_hw
     band = _band_rows(class_probs.shape, w)
     chunk = band * max(1, _RESIZE_ELEMENTS // max(band * q * w, 1))

@@ -12,6 +12,7 @@ import pytest
 
 from omg_rt.errors import InvalidInputError
 from omg_rt.postprocess import device as device_module
+from omg_rt.postprocess._common import softmax
 from omg_rt.postprocess.device import DeviceLogits, resolve_post_device
 from omg_rt.postprocess.instance import (
     instances_from_tiles,
@@ -21,6 +22,7 @@ from omg_rt.postprocess.instance import (
 from omg_rt.postprocess.interactive import prompt_results
 from omg_rt.postprocess.masks import upsample_masks
 from omg_rt.postprocess.panoptic import _assign_pixels, panoptic_from_tiles, panoptic_results
+from omg_rt.postprocess.semantic import semantic_from_tiles, semantic_with_scores
 from omg_rt.postprocess.tiles import TiledLogits
 from tests.omg_rt.test_postprocess_fast import RESIZES, SMALL, _rng, random_weight_logits
 
@@ -144,6 +146,40 @@ def test_instances_on_the_device_equal_the_host_instances(device, monkeypatch):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("blocks", [1, 4])
+def test_semantic_on_the_device_equals_the_host_semantic(device, blocks, monkeypatch):
+    """The class map and scores against the host's (``semantic_with_scores``), in several
+    blocks of queries and one or several blocks of classes; the map agrees wherever the best two classes'
+    scores (float64 reference) are not within rounding of each other."""
+    rng, seed = _rng()
+    h4w4, padded, resized, original = SMALL
+    cls, logits = random_weight_logits(rng, 60, 20, h4w4)
+    cls[:, 3] += 2.0  # one class wins much of the image, others the rest
+    logits[5] = np.nan  # a NaN query: NaN scores everywhere it reads, the first class wins
+    logits[5, : h4w4[0] // 2] = -30.0
+    pixels = original[0] * original[1]
+    monkeypatch.setattr(device_module, "_BLOCK_ELEMENTS", max(padded[0] * padded[1], pixels)
+                        * 60 // blocks // 3)
+    full = upsample_masks(logits, padded, resized, original)
+    want_map, want_scores = semantic_with_scores(cls, full)
+    got_map, got_scores = semantic_from_tiles(cls, DeviceLogits(logits, padded, resized,
+                                                                original, device))
+    assert got_map.dtype == np.int32 and got_scores.dtype == np.float32, seed
+    probs = softmax(cls.astype(np.float64))[:, :-1]
+    per_class = np.einsum("qc,qhw->chw", probs, 1.0 / (1.0 + np.exp(-full.astype(np.float64))))
+    nan = np.isnan(per_class).any(0)  # every class NaN there: the first class wins
+    top2 = np.sort(np.where(nan, 0.0, per_class), axis=0)[-2:]
+    near = top2[1] - top2[0] <= TIE_RTOL * top2[1]
+    assert nan.any() and (~nan).any() and not near[~nan].all(), seed
+    np.testing.assert_array_equal(got_map[~near], want_map[~near], err_msg=str(seed))
+    np.testing.assert_array_equal(got_map[nan], want_map[nan], err_msg=str(seed))
+    same = [c for c in range(20) if ((got_map == c) == (want_map == c)).all()]
+    assert len(np.unique(want_map)) > 1, seed
+    np.testing.assert_allclose(got_scores[same], want_scores[same], rtol=1e-4,
+                               err_msg=str(seed))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("sizes", RESIZES)
 def test_prompt_masks_on_the_device_equal_the_host_masks(device, sizes, monkeypatch):
     rng, seed = _rng()
@@ -202,6 +238,9 @@ def test_on_cuda_a_segmenter_post_processes_there_as_the_host_does():
     want, got = host.instances(image), gpu.instances(image)
     assert want.ids.size > 0 and got.labels.tolist() == want.labels.tolist()
     assert (got.masks != want.masks).mean() <= 1e-3
+    want, got = host.semantic(image), gpu.semantic(image)
+    assert want.ids.size > 0 and got.ids.tolist() == want.ids.tolist()
+    assert (got.id_map == want.id_map).mean() >= 0.999
 
 
 def test_post_device_resolution():
@@ -239,8 +278,12 @@ def test_a_segmenter_post_processes_images_and_video_on_its_post_device(tmp_path
     assert want.ids.size > 0 and got.labels.tolist() == want.labels.tolist()
     assert (got.masks != want.masks).mean() <= 1e-3
     np.testing.assert_allclose(got.scores, want.scores, rtol=1e-4)
+    want, got = host.semantic(image), torch_cpu.semantic(image)
+    assert want.ids.size > 0 and got.ids.tolist() == want.ids.tolist()
+    assert (got.id_map == want.id_map).mean() >= 0.999
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-4)
     clip = moving_clip(4)
-    for task in ("vps", "vis"):
+    for task in ("vps", "vis", "vss"):
         want_video = host.open_video(task, clip_size=2).run(clip)
         got_video = torch_cpu.open_video(task, clip_size=2).run(clip)
         assert len(got_video) == len(want_video) == 4
