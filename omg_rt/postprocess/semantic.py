@@ -8,9 +8,11 @@ queries covering the pixel, weighted by their masks (:func:`semantic_with_scores
 
 Both entry points run the same loop over bands of rows (the same bands, the same float32 BLAS
 product per band): :func:`semantic_with_scores` reads the bands from logits already at the output
-size, :func:`semantic_from_tiles` resizes each band from the stride-4 logits as it goes
-(:meth:`~omg_rt.postprocess.tiles.TiledLogits.row_bands`), so it never holds the (Q, H, W)
-logits and gives the same map and scores bit for bit.
+size, :func:`semantic_from_tiles` resizes each band from the stride-4 logits as it goes (in C,
+:func:`~omg_rt.postprocess.native.upsample_rows`, or
+:meth:`~omg_rt.postprocess.tiles.TiledLogits.row_bands`), so it never holds the (Q, H, W)
+logits and gives the same map and scores as :func:`semantic_with_scores` of those logits, bit
+for bit.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from omg_rt.errors import InvalidInputError
+from omg_rt.postprocess import native
 from omg_rt.postprocess._common import check_array, softmax
 from omg_rt.postprocess.device import DeviceLogits
 from omg_rt.postprocess.tiles import TiledLogits
@@ -72,9 +75,11 @@ def semantic_with_scores(
 def semantic_from_tiles(
     cls_logits: np.ndarray, tiles: TiledLogits | DeviceLogits
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`semantic_with_scores` of ``upsample_masks(stride-4 logits)``, resized band by band:
-    the same map and scores, in memory bounded by the band size (on a device,
-    :meth:`~omg_rt.postprocess.device.DeviceLogits.semantic`: the same within float32 rounding).
+    """:func:`semantic_with_scores` of the stride-4 logits resized to the image, band by band:
+    the same map and scores, in memory bounded by the band size. The resize is PyTorch's
+    ``F.interpolate``, bit for bit, where the C post-processing is built
+    (:func:`omg_rt.postprocess.native.upsample_rows`), else ``upsample_masks``'s; on a device,
+    :meth:`~omg_rt.postprocess.device.DeviceLogits.semantic` (the same within float32 rounding).
 
     Args:
         cls_logits: (Q, K + 1) float32, void last (no IoU column).
@@ -84,8 +89,15 @@ def semantic_from_tiles(
     class_probs = _class_probs(cls_logits, q)
     if isinstance(tiles, DeviceLogits):
         return tiles.semantic(class_probs)
-    band, chunk = _rows(class_probs.shape, tiles.original_hw[1])
-    return _semantic(class_probs, tiles.row_bands(np.arange(q), band, chunk), tiles.original_hw)
+    h, w = tiles.original_hw
+    band, chunk = _rows(class_probs.shape, w)
+    if native.available():  # PyTorch's resize in C: 1.6-4x faster than the numpy bands
+        bands: Iterator[tuple[int, np.ndarray]] = (
+            (top, native.upsample_rows(tiles.logits, tiles.plan, top, min(top + band, h)))
+            for top in range(0, h, band))
+    else:
+        bands = tiles.row_bands(np.arange(q), band, chunk)
+    return _semantic(class_probs, bands, (h, w))
 
 
 def _class_probs(cls_logits: np.ndarray, q: int) -> np.ndarray:

@@ -25,6 +25,7 @@ from omg_rt.postprocess.instance import (
 )
 from omg_rt.postprocess.masks import ResizePlan, upsample_masks
 from omg_rt.postprocess.panoptic import _assign_pixels, panoptic_from_tiles, panoptic_results
+from omg_rt.postprocess.semantic import semantic_from_tiles, semantic_with_scores
 from omg_rt.postprocess.tiles import TiledLogits
 from tests.omg_rt.test_postprocess_fast import (
     RESIZES,
@@ -243,3 +244,15 @@ def test_id_masks_outside_the_c_kernels_reach_fall_back_to_numpy():
         masks_of_ids(id_map, np.array([0.5]))
     with pytest.raises(InvalidInputError, match="id_map"):
         masks_of_ids(id_map.astype(np.float32), np.array([1]))
+
+
+@pytest.mark.parametrize("sizes", [SMALL, EXACT[0]], ids=lambda s: "x".join(map(str, s[3])))
+def test_semantic_from_tiles_is_the_semantic_of_pytorchs_resize(sizes):
+    rng, seed = _rng()
+    cls, logits = random_weight_logits(rng, 300, 40, sizes[0])
+    cls[:, 5] = cls[:, 4]  # identical classes: exact ties go to the first
+    want_map, want_scores = semantic_with_scores(cls, _torch_upsample(logits, *sizes[1:]))
+    got_map, got_scores = semantic_from_tiles(cls, TiledLogits(logits, *sizes[1:]))
+    np.testing.assert_array_equal(got_map, want_map, err_msg=str(seed))
+    np.testing.assert_array_equal(got_scores, want_scores, err_msg=str(seed))
+    assert not (got_map == 5).any() and len(np.unique(got_map)) > 5, seed
