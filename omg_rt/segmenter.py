@@ -55,9 +55,9 @@ class Segmenter:
         precision: the graphs' precision (part of the cache key).
         cache_bytes: encoder-cache bound in bytes.
         max_encoder_batch: images per encoder call when the encoder's batch axis is dynamic.
-        post_device: where panoptic and instance masks are resized and merged (images and
-            video): ``"auto"`` (a GPU when the graphs run on one and PyTorch sees it, else the
-            host), None (the host, numpy), or a torch device
+        post_device: where panoptic, instance and semantic masks are resized and merged
+            (images and video): ``"auto"`` (a GPU when the graphs run on one and PyTorch sees
+            it, else the host), None (the host, numpy), or a torch device
             (:func:`omg_rt.postprocess.device.resolve_post_device`).
     """
 

@@ -6,9 +6,10 @@ post-processing. On a GPU the same dense work takes milliseconds, while the host
 still cost hundreds (H200 run, 2026-12-04: post-processing 390 ms of a 623 ms panoptic call).
 :class:`DeviceLogits` is the dense form, on the device: the official resize sequence with
 ``torch.nn.functional.interpolate`` (bilinear, ``align_corners=False``: to the padded size, crop,
-to the original size), then the per-pixel winner of ``score * sigmoid``, a block of queries at a
-time so that memory stays bounded. Only the (H, W) winner and confidence maps and the per-query
-areas come back to the host.
+to the original size), then the per-pixel winner of ``score * sigmoid`` (panoptic), the
+``logit > 0`` masks with their sums and boxes (instances, prompts), or the per-pixel best class
+(semantic), a block of queries at a time so that memory stays bounded. Only (H, W) maps, masks
+packed eight pixels a byte, and per-query numbers come back to the host.
 
 The logits may already be there: the PyTorch backend leaves the query decoder's mask logits on its
 device (:mod:`omg_rt.arrays`), and they are read without a copy; host logits are uploaded.
