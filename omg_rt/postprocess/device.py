@@ -122,12 +122,14 @@ class DeviceLogits:
         """Queries resized at once: :data:`_BLOCK_ELEMENTS` padded-size samples."""
         return max(1, _BLOCK_ELEMENTS // (self.padded_hw[0] * self.padded_hw[1]))
 
-    def dense(self, queries: np.ndarray) -> Any:
+    def dense(self, queries: np.ndarray | slice | Any) -> Any:
         """(N,) int queries -> (N, H, W) float32 torch tensor on the device: ``upsample_masks`` of
-        those queries."""
+        those queries. ``queries``: a numpy array, a slice, or an index already on the device
+        (:meth:`_index`: a loop over blocks uploads its indices once, not once a block -- each
+        upload of host memory waits for the device to finish what is queued)."""
         torch = self._torch
         functional = torch.nn.functional
-        x = self.logits[torch.from_numpy(np.asarray(queries, np.int64)).to(self.device)]
+        x = self.logits[self._index(queries) if isinstance(queries, np.ndarray) else queries]
         x = functional.interpolate(x[None], size=self.padded_hw, mode="bilinear",
                                    align_corners=False)
         x = x[:, :, : self.resized_hw[0], : self.resized_hw[1]]
@@ -135,6 +137,10 @@ class DeviceLogits:
             x = functional.interpolate(x, size=self.original_hw, mode="bilinear",
                                        align_corners=False)
         return x[0]
+
+    def _index(self, queries: np.ndarray) -> Any:
+        """(N,) int host indices -> an int64 index tensor on the device."""
+        return self._torch.from_numpy(np.asarray(queries, np.int64)).to(self.device)
 
     def assign(
         self, kept: np.ndarray, scores: np.ndarray
@@ -163,13 +169,14 @@ class DeviceLogits:
         block = self._block()
         thr = float(sigmoid_threshold())
         s = torch.from_numpy(np.ascontiguousarray(scores, np.float32)).to(self.device)
+        kept_index = self._index(kept)
         best = torch.full((h, w), -float("inf"), device=self.device)
         winner = torch.zeros((h, w), dtype=torch.int64, device=self.device)
         confident = torch.zeros((h, w), dtype=torch.bool, device=self.device)
         area = torch.empty(n, dtype=torch.int64, device=self.device)
         with torch.inference_mode():
             for a in range(0, n, block):
-                logits = self.dense(kept[a : a + block])  # (m, H, W)
+                logits = self.dense(kept_index[a : a + block])  # (m, H, W)
                 above = logits >= thr
                 area[a : a + logits.shape[0]] = above.sum((1, 2))
                 values = torch.sigmoid(logits) * s[a : a + logits.shape[0], None, None]
@@ -193,9 +200,10 @@ class DeviceLogits:
         torch = self._torch
         thr = float(sigmoid_threshold(strict=True))
         packed, boxes = [], []
+        index = self._index(queries)
         with torch.inference_mode():
             for a in range(0, queries.shape[0], self._block()):
-                inside = self.dense(queries[a : a + self._block()]) >= thr
+                inside = self.dense(index[a : a + self._block()]) >= thr
                 packed.append(_pack_bits(torch, inside))
                 boxes.append(_boxes(torch, inside))
         if not packed:
@@ -215,9 +223,10 @@ class DeviceLogits:
         """
         torch = self._torch
         packed, sums, areas, boxes = [], [], [], []
+        index = self._index(queries)
         with torch.inference_mode():
             for a in range(0, queries.shape[0], self._block()):
-                logits = self.dense(queries[a : a + self._block()])
+                logits = self.dense(index[a : a + self._block()])
                 inside = logits > 0
                 # summed in float64 as it is read (no float64 copy of the block)
                 sigmoids = torch.where(inside, torch.sigmoid(logits), 0.0)
@@ -260,7 +269,7 @@ class DeviceLogits:
                 part = probs[:, c : c + classes]
                 scores = torch.zeros((part.shape[1], h * w), device=self.device)
                 for a in range(0, q, self._block()):
-                    sig = torch.sigmoid(self.dense(np.arange(a, min(a + self._block(), q))))
+                    sig = torch.sigmoid(self.dense(slice(a, a + self._block())))
                     sig = sig.reshape(sig.shape[0], -1)
                     scores.addmm_(part[a : a + sig.shape[0]].T, sig)
                     if c == 0:
@@ -332,8 +341,9 @@ def _pack_bits(torch: Any, values: Any) -> Any:
     if pad:
         values = torch.nn.functional.pad(values, (0, pad))
     bits = values.reshape(*values.shape[:-1], -1, 8).to(torch.uint8)
-    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=values.device)
-    return (bits * weights).sum(-1, dtype=torch.uint8)
+    # made on the device: a tensor of host values would be a copy that waits for the device
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=values.device)
+    return (bits << shifts).sum(-1, dtype=torch.uint8)
 
 
 def _cat_to_host(torch: Any, blocks: list[Any]) -> np.ndarray:
