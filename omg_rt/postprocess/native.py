@@ -224,7 +224,7 @@ def instance_masks(
     parts = parallel_map(run, row_spans(h, _BAND, 4 * thread_count()))
     sums = np.sum([p[0] for p in parts], axis=0)
     area = np.sum([p[1] for p in parts], axis=0)
-    return masks.view(bool), sums, area, _merged_boxes([p[2] for p in parts], area > 0)
+    return masks.view(bool), sums, area, _merged_boxes([p[2] for p in parts])
 
 
 def id_masks(id_map: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -256,16 +256,16 @@ def id_masks(id_map: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarra
         return box
 
     parts = parallel_map(run, row_spans(h, _BAND, 4 * thread_count()))
-    return masks.view(bool), _merged_boxes(parts, None)
+    return masks.view(bool), _merged_boxes(parts)
 
 
-def _merged_boxes(parts: list[np.ndarray], nonempty: np.ndarray | None) -> np.ndarray:
-    """Per-span (n, 4) extents (first row, last row, first column, last column) -> (n, 4)
-    float32 ``(x1, y1, x2 + 1, y2 + 1)``, zeros for an empty mask (``nonempty`` False, or no
-    row seen)."""
+def _merged_boxes(parts: list[np.ndarray]) -> np.ndarray:
+    """Per-span (n, 4) extents (first row, last row, first column, last column; widened only by
+    a mask's pixels) -> (n, 4) float32 ``(x1, y1, x2 + 1, y2 + 1)``, zeros for an empty mask
+    (no row seen)."""
     boxes = np.stack(parts)  # (spans, n, 4)
     y1, y2 = boxes[..., 0].min(0), boxes[..., 1].max(0)
     x1, x2 = boxes[..., 2].min(0), boxes[..., 3].max(0)
     out = np.stack([x1, y1, x2 + 1, y2 + 1], axis=1).astype(np.float32)
-    out[(y2 < 0) if nonempty is None else ~nonempty] = 0.0
+    out[y2 < 0] = 0.0
     return out
